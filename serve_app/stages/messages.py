@@ -42,3 +42,14 @@ class DecodeChunk:
     finish_reason: str | None = None  # "stop" (EOS or a stop string) | "length" (max_tokens or context)
     prompt_tokens: int = 0
     completion_tokens: int = 0  # running count, including this chunk's tokens
+
+
+class Overloaded(Exception):
+    """A stage's bounded queue is full. The ingress answers 503 with Retry-After instead of queueing without bound."""
+
+    def __init__(self, message: str = "server overloaded", retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):  # crosses process boundaries inside Ray errors: keep retry_after_s
+        return (Overloaded, (str(self), self.retry_after_s))
