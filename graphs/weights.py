@@ -17,7 +17,7 @@ def load_model(cfg: ModelConfig, weights: str | Path | None = None) -> Multimoda
     model = MultimodalModel.seeded(cfg)
     if weights is None:
         return model
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(weights)
@@ -25,14 +25,14 @@ def load_model(cfg: ModelConfig, weights: str | Path | None = None) -> Multimoda
         raise WeightsError(f"{path}: weights file not found")
     try:
         tensors = load_file(str(path))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
-        raise WeightsError(f"{path}: missing tensor {missing[0]!r} (and {len(missing) - 1} more)" if len(missing) > 1
-                           else f"{path}: missing tensor {missing[0]!r}")
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise WeightsError(f"{path}: missing tensor {missing[0]!r}{more}")
     if unexpected:
         raise WeightsError(f"{path}: unexpected tensor {unexpected[0]!r} for preset {cfg.name}")
     for name, ref in expected.items():
