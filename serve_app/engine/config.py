@@ -1,0 +1,27 @@
+"""Engine knobs. Slots and context size the KV cache at start; the others may change while serving."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slots: int = Field(16, ge=1, le=1024, description="sequences decoded together; the KV cache holds this many rows")
+    max_context: int | None = Field(None, ge=2, description="positions per cache row (prompt + generated); "
+                                                            "None = the model's position table size")
+    max_queue: int = Field(64, ge=0, description="requests waiting for a slot beyond `slots`; more are refused "
+                                                 "with Overloaded (HTTP 503)")
+    prefill_token_budget: int = Field(1024, ge=1, description="prompt positions prefilled per step before the "
+                                                              "next decode step (one request is always admitted), so "
+                                                              "arrivals do not stall running streams for long")
+    scheduling: Literal["continuous", "run_to_completion"] = Field(
+        "continuous", description="'continuous' admits into free slots at every step; 'run_to_completion' starts a "
+                                  "batch only when the previous one has fully finished (the baseline benchmarks "
+                                  "compare against)")
+    batch_wait_s: float = Field(0.01, ge=0.0, description="run_to_completion only: how long to wait for a full "
+                                                          "batch before starting a partial one")
+    retry_after_s: float = Field(1.0, gt=0.0, description="Retry-After hint carried by Overloaded")

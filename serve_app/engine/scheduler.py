@@ -1,0 +1,82 @@
+"""Slot bookkeeping: which sequences hold cache rows, which wait, who is admitted next.
+
+Active sequences stay compacted in slots 0..n-1 (`active[i]` owns slot i), so a decode step binds cache[0:n]. When
+a sequence retires, the last active one moves into its slot: one copy of that row's cached prefix, once per
+retirement, instead of binding a sparse set of rows at every step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from serve_app.engine.config import EngineConfig
+from serve_app.engine.runner import StepRunner
+from serve_app.engine.sequence import Sequence
+from serve_app.stages.messages import Overloaded
+
+
+class Scheduler:
+    def __init__(self, runner: StepRunner, config: EngineConfig):
+        self.runner = runner
+        self.config = config
+        self.active: list[Sequence] = []  # active[i] owns cache slot i
+        self.waiting: deque[Sequence] = deque()
+
+    @property
+    def free_slots(self) -> int:
+        return self.runner.slots - len(self.active)
+
+    def enqueue(self, seq: Sequence) -> None:
+        if len(self.waiting) >= self.free_slots + self.config.max_queue:
+            raise Overloaded(f"decoder queue full ({len(self.active)} running, {len(self.waiting)} waiting)",
+                             retry_after_s=self.config.retry_after_s)
+        self.waiting.append(seq)
+
+    def drop_waiting(self, seq: Sequence) -> None:
+        try:
+            self.waiting.remove(seq)
+        except ValueError:
+            pass  # already admitted: the step loop retires it
+
+    def retire_done(self) -> list[Sequence]:
+        """Free the slots of finished and cancelled sequences, keeping the active ones compacted."""
+        retired = []
+        for i in range(len(self.active) - 1, -1, -1):  # from the end: every row after i is live already
+            if self.active[i].done:
+                retired.append(self.active[i])
+                last = len(self.active) - 1
+                if i != last:
+                    moved = self.active[last]
+                    self.runner.move(last, i, moved.length)
+                    self.active[i] = moved
+                self.active.pop()
+        return retired
+
+    def take_admissions(self) -> tuple[list[Sequence], float | None]:
+        """Sequences to prefill now, and when to look again if some wait but none may start yet."""
+        while self.waiting and self.waiting[0].done:
+            self.waiting.popleft()
+        if self.config.scheduling == "run_to_completion":
+            return self._take_full_batch()
+        return self._take_within_budget(), None
+
+    def _take_within_budget(self) -> list[Sequence]:
+        taken: list[Sequence] = []
+        budget = self.config.prefill_token_budget
+        while self.waiting and len(taken) < self.free_slots:
+            cost = self.waiting[0].request.prompt_len
+            if taken and cost > budget:
+                break
+            taken.append(self.waiting.popleft())
+            budget -= cost
+        return taken
+
+    def _take_full_batch(self) -> tuple[list[Sequence], float | None]:
+        if self.active or not self.waiting:
+            return [], None
+        waited = time.perf_counter() - self.waiting[0].submitted_at
+        if len(self.waiting) < self.runner.slots and waited < self.config.batch_wait_s:
+            return [], self.config.batch_wait_s - waited
+        n = min(len(self.waiting), self.runner.slots)
+        return [self.waiting.popleft() for _ in range(n)], None

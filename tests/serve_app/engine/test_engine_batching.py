@@ -1,0 +1,183 @@
+"""Engine scheduling on the numpy fake graph: continuous batching, compaction, sampling, cancellation, overload."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from engine_fakes import FakeModel, FakeRunner, eos_id, make_embeddings, make_tokenizer
+
+from serve_app.engine import Engine, EngineConfig
+from serve_app.stages.messages import DecodeRequest, Overloaded
+
+TOK = make_tokenizer()
+TABLE = make_embeddings()
+MODEL = FakeModel()
+
+
+def make_engine(slots=8, max_context=64, eos=None, **cfg) -> Engine:
+    runner = FakeRunner(MODEL, slots, max_context, cfg.pop("fail_on_batch", None))
+    return Engine(runner, TABLE, TOK, eos if eos is not None else eos_id(TOK),
+                  EngineConfig(slots=slots, max_context=max_context, **cfg))
+
+
+def request(i, prompt_len, max_tokens, n_image=0, **kw) -> DecodeRequest:
+    rng = np.random.default_rng(100 + i)
+    feats = rng.standard_normal((n_image, TABLE.shape[1])).astype(np.float32) if n_image else None
+    ids = rng.integers(10, 500, prompt_len).tolist()
+    return DecodeRequest(f"r{i}", ids, feats, max_tokens, temperature=kw.pop("temperature", 0.0), **kw)
+
+
+def reference(req: DecodeRequest, eos=None) -> list[int]:
+    embeds = TABLE[req.prompt_ids]
+    if req.image_features is not None:
+        embeds = np.concatenate([req.image_features, embeds])
+    return MODEL.greedy(embeds, TABLE, req.max_tokens, eos)
+
+
+async def collect(engine: Engine, req: DecodeRequest):
+    chunks = [c async for c in engine.generate(req)]
+    return [t for c in chunks for t in c.token_ids], chunks
+
+
+async def collect_all(engine, reqs):
+    try:
+        return await asyncio.gather(*(collect(engine, r) for r in reqs))
+    finally:
+        await engine.close()
+
+
+@pytest.mark.parametrize("slots", [8, 3])  # 3 slots: queueing, retirements mid-batch, slot compaction
+def test_eight_sequences_of_different_lengths_match_the_single_sequence_reference(slots):
+    engine = make_engine(slots=slots)
+    reqs = [request(i, prompt_len=3 + 4 * i, max_tokens=5 + 3 * (7 - i), n_image=4 * (i % 2)) for i in range(8)]
+    results = asyncio.run(collect_all(engine, reqs))
+    for req, (tokens, chunks) in zip(reqs, results):
+        assert tokens == reference(req)
+        assert [c.completion_tokens for c in chunks] == list(np.cumsum([len(c.token_ids) for c in chunks]))
+        assert chunks[-1].finish_reason == "length" and all(c.finish_reason is None for c in chunks[:-1])
+        assert chunks[-1].prompt_tokens == req.prompt_len
+        assert "".join(c.text for c in chunks) == TOK.decode(tokens, skip_special_tokens=True)
+    assert max(engine.runner.batch_sizes) == slots  # they really shared decode calls
+
+
+def test_eos_stops_unless_ignored():
+    req = request(0, prompt_len=6, max_tokens=12)
+    free = reference(req)
+    eos = free[4]  # pretend the fifth greedy token is EOS
+    first = free.index(eos)
+    tokens, chunks = asyncio.run(collect_all(make_engine(eos=eos), [req]))[0]
+    assert tokens == free[:first + 1] and chunks[-1].finish_reason == "stop"
+    req_ignore = request(0, prompt_len=6, max_tokens=12, ignore_eos=True)
+    tokens, chunks = asyncio.run(collect_all(make_engine(eos=eos), [req_ignore]))[0]
+    assert tokens == free and chunks[-1].finish_reason == "length"
+
+
+def test_context_end_finishes_with_length():
+    req = request(0, prompt_len=10, max_tokens=50)
+    tokens, chunks = asyncio.run(collect_all(make_engine(max_context=16), [req]))[0]
+    assert len(tokens) == 16 - 10 + 1  # the last token is sampled from a full cache and not fed back
+    assert tokens == reference(req)[:7] and chunks[-1].finish_reason == "length"
+
+
+def test_stop_string_ends_the_stream_and_frees_the_slot():
+    req = request(0, prompt_len=5, max_tokens=30)
+    full_text = TOK.decode(reference(req), skip_special_tokens=True)
+    stop = full_text[len(full_text) // 2:len(full_text) // 2 + 3]
+    req.stop = [stop]
+    engine = make_engine()
+    tokens, chunks = asyncio.run(collect_all(engine, [req]))[0]
+    text = "".join(c.text for c in chunks)
+    assert text == full_text[:full_text.index(stop)] and chunks[-1].finish_reason == "stop"
+    assert len(tokens) < 30 and chunks[-1].completion_tokens == len(tokens)
+
+
+def test_seeded_sampling_is_the_same_alone_and_in_a_full_batch():
+    def sampled(i, seed):
+        return request(i, prompt_len=4 + i, max_tokens=20, temperature=0.9, top_p=0.8, seed=seed)
+
+    alone = asyncio.run(collect_all(make_engine(), [sampled(0, 7)]))[0][0]
+    crowd = [sampled(0, 7)] + [sampled(i, 1000 + i) for i in range(1, 8)]
+    in_batch = asyncio.run(collect_all(make_engine(), crowd))[0][0]
+    assert in_batch == alone
+    other_seed = asyncio.run(collect_all(make_engine(), [sampled(0, 8)]))[0][0]
+    assert other_seed != alone  # the seed matters: the test would notice sampling ignoring it
+
+
+def test_cancelled_stream_frees_its_slot_for_a_waiting_request():
+    async def scenario():
+        engine = make_engine(slots=2, max_context=512)
+        long_a = asyncio.create_task(collect(engine, request(0, 4, max_tokens=400)))
+        long_b = asyncio.create_task(collect(engine, request(1, 4, max_tokens=400)))
+        while engine.steps < 3:
+            await asyncio.sleep(0)
+        waiting = asyncio.create_task(collect(engine, request(2, 4, max_tokens=3)))
+        await asyncio.sleep(0)
+        assert len(engine.scheduler.waiting) == 1
+        steps_at_cancel = engine.steps
+        long_a.cancel()
+        tokens, _ = await waiting
+        assert len(tokens) == 3 and engine.steps - steps_at_cancel <= 5  # admitted right away, not after 400
+        assert not long_b.done()
+        long_b.cancel()
+        await asyncio.gather(long_a, long_b, return_exceptions=True)
+        while engine.scheduler.active:
+            await asyncio.sleep(0)
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_overload_is_refused_at_once_not_queued_forever():
+    async def scenario():
+        engine = make_engine(slots=1, max_queue=1, max_context=512)
+        running = [asyncio.create_task(collect(engine, request(i, 4, max_tokens=300))) for i in range(2)]
+        await asyncio.sleep(0)  # one admitted into the slot, one waiting: the queue is full
+        with pytest.raises(Overloaded) as err:
+            await anext(engine.generate(request(9, 4, max_tokens=3)))
+        assert err.value.retry_after_s == engine.config.retry_after_s
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await collect(engine, request(9, 4, max_tokens=3))  # capacity is back once they are gone
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_graph_call_fails_its_streams_and_the_engine_keeps_serving():
+    async def scenario():
+        engine = make_engine(slots=4, fail_on_batch=2)
+        reqs = [request(i, 4, max_tokens=5) for i in range(2)]
+        started = [asyncio.create_task(collect(engine, r)) for r in reqs]
+        results = await asyncio.gather(*started, return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) and "injected" in str(r) for r in results)
+        tokens, _ = await collect(engine, request(5, 4, max_tokens=5))  # batch of one: served
+        assert tokens == reference(request(5, 4, max_tokens=5))
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
+def test_bad_requests_are_refused_with_clear_errors():
+    engine = make_engine(max_context=16)
+    cases = [(request(0, 17, 3), "exceeds the decoder context"), (request(0, 0, 3), "empty prompt"),
+             (request(0, 4, 0), "max_tokens"), (DecodeRequest("x", [9999], None, 3), "token ids")]
+    for req, message in cases:
+        with pytest.raises(ValueError, match=message):
+            engine.submit(req)
+
+
+def test_run_to_completion_makes_a_late_request_wait_for_the_whole_batch():
+    async def scenario(scheduling):
+        engine = make_engine(slots=4, max_context=512, scheduling=scheduling, batch_wait_s=0.0)
+        longs = [asyncio.create_task(collect(engine, request(i, 4, max_tokens=60))) for i in range(3)]
+        while engine.steps < 5:
+            await asyncio.sleep(0)
+        await collect(engine, request(7, 4, max_tokens=2))
+        steps_when_short_done = engine.steps
+        await asyncio.gather(*longs)
+        await engine.close()
+        return steps_when_short_done
+
+    assert asyncio.run(scenario("continuous")) <= 8
+    assert asyncio.run(scenario("run_to_completion")) >= 60
