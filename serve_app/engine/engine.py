@@ -177,6 +177,7 @@ class Engine:
         self.scheduler.active.append(seq)  # before the await: a failed prefill is retired like any other
         token = await asyncio.get_running_loop().run_in_executor(self._executor, self._prefill, seq, slot)
         self._emit(seq, int(token))
+        self.metrics.add_tokens(1)
 
     def _prefill(self, seq: Sequence, slot: int) -> int:
         req = seq.request
@@ -193,6 +194,7 @@ class Engine:
         self.steps += 1
         for seq, tok in zip(seqs, tokens.tolist()):
             self._emit(seq, tok)
+        self.metrics.add_tokens(len(seqs))
         self.metrics.observe_step(time.perf_counter() - t0, len(seqs))
 
     def _decode(self, seqs: list[Sequence]) -> np.ndarray:
@@ -212,7 +214,6 @@ class Engine:
             self.metrics.observe_ttft(now - seq.submitted_at)
         else:
             self.metrics.observe_itl(now - seq.last_token_at)
-        self.metrics.add_tokens(1)
         seq.last_token_at = now
         seq.generated += 1
         seq.last_token = token

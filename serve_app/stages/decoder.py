@@ -1,0 +1,89 @@
+"""Decoder stage: the continuous-batching engine as a Ray Serve deployment, streaming tokens to the ingress.
+
+Lifecycle: load (manifest -> decoder variant for the CPU EP, KV cache of `slots` x `max_context` allocated once)
+-> warm up (one prefill and one decode step, so the first request does not pay for kernel setup) -> serve
+(`generate` is an async generator: each request joins the engine's step loop and its tokens stream back as they are
+sampled; when the ingress cancels -- client gone -- the generator is closed and the slot is freed at the next step)
+-> reconfigure (queue bound, prefill budget and Retry-After change live; the cache shape does not).
+
+Resources: CPU only; one ORT intra-op thread per replica by default (replicas share cores). `max_ongoing_requests`
+must be >= slots + max_queue, or Serve holds requests back before they reach the engine and batches stay small;
+beyond slots + max_queue the engine refuses with Overloaded, which the ingress answers with 503 + Retry-After.
+
+Shapes: in DecodeRequest (prompt ids, image features (n*P, D) float32); out DecodeChunk stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from serve_app.engine import EngineConfig, load_engine
+from serve_app.stages.decoder_metrics import RayEngineMetrics
+from serve_app.stages.messages import DecodeChunk, DecodeRequest
+
+
+class DecoderOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slots: int = Field(16, ge=1, le=1024, description="sequences decoded together (KV cache rows); fixed at start")
+    max_context: int | None = Field(None, ge=2, description="positions per sequence (prompt + generated); None = "
+                                                            "the model's position table; fixed at start")
+    max_queue: int = Field(64, ge=0, description="requests waiting beyond `slots` before new ones get 503 "
+                                                 "(live via user_config)")
+    prefill_token_budget: int = Field(1024, ge=1, description="prompt positions prefilled between two decode steps; "
+                                                              "bounds the stall arrivals cause (live)")
+    retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with 503 when the queue is full (live)")
+    threads: int = Field(1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
+    prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32"],
+                                       description="decoder graph variants in order of preference")
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(slots=self.slots, max_context=self.max_context, max_queue=self.max_queue,
+                            prefill_token_budget=self.prefill_token_budget, retry_after_s=self.retry_after_s)
+
+
+LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s"})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
+class Decoder:
+    def __init__(self, artifacts_dir: str, options: DecoderOptions | dict | None = None):
+        self.options = DecoderOptions.model_validate(options or {}) if not isinstance(options, DecoderOptions) \
+            else options
+        self.engine = load_engine(artifacts_dir, self.options.engine_config(), threads=self.options.threads,
+                                  prefer=self.options.prefer_variants, metrics=RayEngineMetrics())
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        runner, width = self.engine.runner, self.engine.embeddings.shape[1]
+        runner.prefill(0, np.zeros((4, width), np.float32))  # slot 0 is prefilled afresh before any real use
+        runner.decode(1, np.zeros((1, width), np.float32), np.array([4], np.int32))
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Live knobs: max_queue, prefill_token_budget, retry_after_s. Others need a new replica."""
+        user_config = dict(user_config or {})
+        fixed = sorted(k for k in user_config if k not in LIVE_FIELDS and
+                       user_config[k] != getattr(self.options, k, object()))
+        if fixed:
+            raise ValueError(f"Decoder user_config: {', '.join(fixed)} cannot change on a running replica; "
+                             f"live fields are {', '.join(sorted(LIVE_FIELDS))}")
+        self.options = DecoderOptions.model_validate({**self.options.model_dump(), **user_config})
+        self.engine.update_config(self.options.engine_config())
+
+    async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
+        async for chunk in self.engine.generate(request):
+            yield chunk
+
+    async def info(self) -> dict:
+        sched = self.engine.scheduler
+        return {"variant": self.engine.variant, "slots": self.options.slots,
+                "max_context": self.engine.runner.max_context, "active": len(sched.active),
+                "waiting": len(sched.waiting), "steps": self.engine.steps,
+                "options": self.options.model_dump()}
+
+    async def ready(self) -> bool:
+        return True
