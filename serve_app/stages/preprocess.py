@@ -1,0 +1,194 @@
+"""Preprocess stage: an image URL from a chat message -> model-ready uint8 pixels and a content hash.
+
+Lifecycle: construct (options, model image size) -> per request: fetch bytes (data: URL, or http(s) when allowed)
+-> check the byte limit -> read the header only and check the pixel limit (a decompression bomb is refused before
+its pixels are decoded) -> decode -> EXIF orientation -> RGB -> resize the short side + center crop -> (3,S,S) uint8.
+Resources: CPU only, a fraction of a core; stateless, so it scales out freely.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import re
+import urllib.request
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from serve_app.errors import InvalidImage
+from serve_app.stages.messages import PreprocessedImage
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
+
+
+class PreprocessOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0,
+                                 description="largest encoded image accepted, in bytes (after base64 decoding)")
+    max_image_pixels: int = Field(default=25_000_000, gt=0,
+                                  description="largest width*height accepted; checked from the header before decoding")
+    allow_remote_urls: bool = Field(default=False,
+                                    description="fetch http(s) image URLs; off by default (server-side requests)")
+    fetch_timeout_s: float = Field(default=5.0, gt=0, description="timeout for fetching an http(s) image")
+
+
+# ---------------------------------------------------------------- bytes
+
+
+def _data_url_bytes(url: str, param: str, limit: int) -> bytes:
+    m = _DATA_URL.match(url)
+    if m is None or ";base64" not in (m.group("params") or ""):
+        raise InvalidImage("image data URL must look like data:image/<type>;base64,<data>", param, "invalid_image_url")
+    data = m.group("data").strip()
+    if len(data) * 3 // 4 > limit + 3:  # refuse before decoding: base64 is 4 chars per 3 bytes
+        raise InvalidImage(f"image is larger than {limit} bytes", param, "image_too_large")
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage("image data is not valid base64", param, "invalid_base64") from None
+
+
+def _remote_bytes(url: str, param: str, opts: PreprocessOptions) -> bytes:
+    if not opts.allow_remote_urls:
+        raise InvalidImage("http(s) image URLs are disabled on this server; send a data: URL", param,
+                           "remote_url_disabled")
+    try:
+        with urllib.request.urlopen(url, timeout=opts.fetch_timeout_s) as resp:  # noqa: S310 -- scheme checked
+            body = resp.read(opts.max_image_bytes + 1)
+    except OSError as e:
+        raise InvalidImage(f"could not fetch image: {e}", param, "image_fetch_failed") from None
+    return body
+
+
+def image_bytes(url: str, param: str, opts: PreprocessOptions) -> bytes:
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "data":
+        raw = _data_url_bytes(url, param, opts.max_image_bytes)
+    elif scheme in ("http", "https"):
+        raw = _remote_bytes(url, param, opts)
+    else:
+        raise InvalidImage("image_url must be a data: URL or an http(s) URL", param, "invalid_image_url")
+    if len(raw) > opts.max_image_bytes:
+        raise InvalidImage(f"image is larger than {opts.max_image_bytes} bytes", param, "image_too_large")
+    if not raw:
+        raise InvalidImage("image data is empty", param, "invalid_image")
+    return raw
+
+
+# ---------------------------------------------------------------- decode
+
+
+def open_header(raw: bytes, param: str, max_pixels: int) -> Image.Image:
+    """Image.open reads only the header: size and format are known, no pixel is decoded yet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
+        except UnidentifiedImageError:
+            raise _unreadable(raw, param) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidImage(f"image has more than {max_pixels} pixels", param, "image_too_many_pixels") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise InvalidImage(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}", param,
+                           "image_too_many_pixels")
+    return img
+
+
+def _unreadable(raw: bytes, param: str) -> InvalidImage:
+    """Tell an image in a format we do not take (GIF, BMP, TIFF...) from data that is no image at all."""
+    try:
+        fmt = Image.open(io.BytesIO(raw)).format
+    except Exception:  # noqa: BLE001 -- any failure here means: not an image
+        return InvalidImage("image data is not a PNG, JPEG or WebP image", param, "invalid_image")
+    return InvalidImage(f"unsupported image format {fmt}; send PNG, JPEG or WebP", param, "unsupported_image_format")
+
+
+def _from_alpha(img: Image.Image) -> Image.Image:
+    # Transparent pixels have arbitrary colour underneath (often black); composite on white, as a viewer shows them.
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _from_wide_int(img: Image.Image) -> Image.Image:
+    # Pillow's convert("RGB") clips 16/32-bit values at 255 (a 16-bit photo turns white): rescale the range instead.
+    a = np.asarray(img).astype(np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+    gray = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def _from_float(img: Image.Image) -> Image.Image:
+    a = np.asarray(img, dtype=np.float64)
+    scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+    return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+
+
+# mode -> converter for modes that convert("RGB") gets wrong; every other mode (L, P, CMYK, YCbCr, 1, ...) is right.
+_CONVERTERS = {
+    "I;16": _from_wide_int, "I;16B": _from_wide_int, "I;16L": _from_wide_int, "I;16N": _from_wide_int,
+    "I": _from_wide_int, "F": _from_float,
+}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if _has_alpha(img):
+        return _from_alpha(img)
+    return _CONVERTERS.get(img.mode, lambda i: i.convert("RGB"))(img)
+
+
+def decode(raw: bytes, param: str, opts: PreprocessOptions) -> tuple[Image.Image, int]:
+    """-> (oriented RGB image, source width*height)."""
+    img = open_header(raw, param, opts.max_image_pixels)
+    source_pixels = img.size[0] * img.size[1]
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data surfaces only when decoding
+        raise InvalidImage(f"image data is truncated or corrupt ({e})", param, "invalid_image") from None
+    return to_rgb(img), source_pixels
+
+
+def resize_crop(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the short side to `size`, center-crop the long side -> (3,size,size) uint8."""
+    fitted = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+    return np.ascontiguousarray(np.asarray(fitted, dtype=np.uint8).transpose(2, 0, 1))  # (H,W,3) -> (3,H,W)
+
+
+def preprocess_image(url: str, image_size: int, opts: PreprocessOptions, param: str = "image_url") -> PreprocessedImage:
+    raw = image_bytes(url, param, opts)
+    img, source_pixels = decode(raw, param, opts)
+    pixels = resize_crop(img, image_size)  # (3,S,S)
+    return PreprocessedImage(pixels=pixels, content_hash=hashlib.sha256(pixels.tobytes()).hexdigest(),
+                             source_bytes=len(raw), source_pixels=source_pixels)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=8)
+class Preprocess:
+    """Stateless CPU stage. In: an image URL string. Out: PreprocessedImage with pixels (3,S,S) uint8."""
+
+    def __init__(self, image_size: int, options: PreprocessOptions | dict | None = None):
+        self.image_size = image_size
+        self.options = PreprocessOptions.model_validate(options or {})
+
+    async def process(self, url: str, param: str = "image_url") -> PreprocessedImage:
+        # Decoding is CPU-bound and short; running it inline keeps one image per replica core at a time.
+        return preprocess_image(url, self.image_size, self.options, param)
+
+    async def ready(self) -> bool:
+        return True

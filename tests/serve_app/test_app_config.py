@@ -1,0 +1,54 @@
+"""Application args: every field described, bad config fails before deploy naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from serve_app.config import API_KEYS_ENV, AppArgs, ConfigError, IngressOptions, ModelSource, parse_args, \
+    resolve_artifacts
+
+
+def all_fields(model: type[BaseModel], prefix=""):
+    for name, field in model.model_fields.items():
+        yield f"{prefix}{name}", field
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from all_fields(ann, f"{prefix}{name}.")
+
+
+def test_every_field_has_a_description():
+    missing = [name for name, f in all_fields(AppArgs) if not f.description]
+    assert missing == []
+
+
+def test_defaults_serve_the_demo_model():
+    args = parse_args({})
+    assert args.model.preset == "demo" and args.model.name() == "mmserve-demo"
+
+
+@pytest.mark.parametrize("args,field", [
+    ({"vision": {"max_batch_size": 0}}, "vision.max_batch_size"),
+    ({"model": {"preset": "huge"}}, "model.preset"),
+    ({"decoder": {"slots": "many"}}, "decoder.slots"),
+    ({"preprocess": {"max_image_bytes": -1}}, "preprocess.max_image_bytes"),
+    ({"preprocess": {"max_bytes": 5}}, "preprocess.max_bytes"),
+    ({"ingress": {"api_keys": "abc"}}, "ingress.api_keys"),
+    ({"vison": {}}, "vison"),
+])
+def test_bad_args_name_the_field(args, field):
+    with pytest.raises(ConfigError) as e:
+        parse_args(args)
+    assert f"{field}:" in str(e.value)
+
+
+def test_api_keys_from_config_and_env(monkeypatch):
+    monkeypatch.setenv(API_KEYS_ENV, " k2 , k3,")
+    assert IngressOptions(api_keys=["k1"]).keys() == {"k1", "k2", "k3"}
+    monkeypatch.delenv(API_KEYS_ENV)
+    assert IngressOptions().keys() == frozenset()
+
+
+def test_artifacts_dir_without_manifest_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="model.artifacts_dir"):
+        resolve_artifacts(ModelSource(artifacts_dir=str(tmp_path)))
