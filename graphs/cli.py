@@ -1,0 +1,67 @@
+"""`mmserve build --preset P --out DIR [--weights F] [--tokenizer F]`: the one build command.
+
+Progress goes to stderr, one line per step; any failure is one line `mmserve build: error: ...` naming the file,
+tensor or setting, with exit status 1 (2 for bad arguments, argparse's convention) and no artifact left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from graphs.config import PRESETS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmserve", description="Build and serve LLaVA-style multimodal models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build an artifact directory (ONNX graph variants, tokenizer, manifest)")
+    b.add_argument("--preset", required=True, help=f"model dimensions: one of {', '.join(sorted(PRESETS))}")
+    b.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
+    b.add_argument("--weights", default=None, help="safetensors file; default: seeded random weights "
+                                                   "(the demo preset uses its shipped trained weights)")
+    b.add_argument("--tokenizer", default=None, help="tokenizer.json; default: built for the preset's vocabulary")
+    b.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+class _ProgressLine:
+    """Prints `[  1.2s] step` per build step to stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.start = quiet, time.monotonic()
+
+    def __call__(self, step: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.start:6.1f}s] {step}", file=sys.stderr, flush=True)
+
+
+def _build(args) -> int:
+    from graphs.build import BuildError, build_artifacts
+    from graphs.verify import ParityError
+    from graphs.weights import WeightsError
+
+    try:
+        manifest = build_artifacts(args.preset, args.out, args.weights, args.tokenizer, _ProgressLine(args.quiet))
+    except (BuildError, WeightsError, ParityError) as e:
+        print(f"mmserve build: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. the disk fills while writing: name the file
+        print(f"mmserve build: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    n = sum(len(g.variants) for g in manifest.graphs.values())
+    print(f"built {args.out}: preset {manifest.preset}, {n} graph variants, parity gate passed")
+    return 0
+
+
+COMMANDS = {"build": _build}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Which parity checks each variant gets, and the gate that fails the build (the checks live in graphs.verify).
+
+    vision  every variant        features of a seeded batch of 2 vs the reference (max abs error, cosine)
+            fp32 variants        + greedy 32 tokens after image + prompt, through the fp32 decoder
+    decoder every variant        teacher-forced next-token top-1 agreement over seeded contexts, batched decode
+            fp32 variants        + greedy 32 tokens after image + prompt, through the fp32 CPU vision graph
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from graphs import verify
+from graphs.variants import VARIANTS
+
+FP32_PARTNER = "cpu-fp32"  # the other graph used for end-to-end greedy checks
+
+
+def _figures(model, graph: str, name: str, built: dict[str, dict[str, bytes]]) -> dict:
+    spec = VARIANTS[graph][name]
+    mine = built[graph][name]
+    if graph == "vision":
+        figures = verify.vision_figures(model, mine)
+        if spec.precision == "fp32":
+            figures |= verify.greedy_figures(model, mine, built["decoder"][FP32_PARTNER])
+    else:
+        figures = verify.top1_figures(model, mine)
+        if spec.precision == "fp32":
+            figures |= verify.greedy_figures(model, built["vision"][FP32_PARTNER], mine)
+    return figures
+
+
+def run_parity_gate(model, built: dict[str, dict[str, bytes]], progress: Callable[[str], None]) -> dict:
+    """Figures per graph and variant; raises verify.ParityError at the first variant past tolerance."""
+    results: dict[str, dict[str, dict]] = {}
+    for graph, variants in built.items():
+        for name in variants:
+            progress(f"parity {graph} {name}")
+            figures = _figures(model, graph, name, built)
+            verify.check(graph, name, VARIANTS[graph][name].precision, figures)
+            results.setdefault(graph, {})[name] = figures
+    return results

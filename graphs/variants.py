@@ -1,0 +1,63 @@
+"""The registry of graph variants: name -> how to build it, which EPs it is for, its precision.
+
+Order matters: GraphEntry.variant_for falls back to manifest order, so for each EP the fastest variant built for
+it comes first (cpu-int8 before cpu-fp32 before the portable graphs, which list the CPU EP only as a last resort).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from graphs.decoder_graph import build_decoder
+from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
+from graphs.onnx_ops import MS_DOMAIN
+from graphs.vision_graph import build_vision
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    graph: str  # "vision" or "decoder"
+    precision: str  # "fp32" | "fp16" | "int8"
+    providers: tuple[str, ...]
+    build: Callable  # (MultimodalModel) -> onnx.ModelProto
+    contrib: bool  # may use com.microsoft ops (False: standard domain only, checked by tests)
+
+
+def _quantized(builder: Callable) -> Callable:
+    def build(model):
+        from graphs.quantize import Int8Weights
+        return builder(model, quantize=Int8Weights())
+    return build
+
+
+VARIANTS: dict[str, dict[str, VariantSpec]] = {
+    "vision": {
+        "cpu-fp32": VariantSpec("vision", "fp32", (CPU_EP,), lambda m: build_vision(m, "cpu"), contrib=True),
+        "portable-fp16": VariantSpec("vision", "fp16", (TENSORRT_EP, CUDA_EP),
+                                     lambda m: build_vision(m, "portable", np.float16), contrib=False),
+        "portable-fp32": VariantSpec("vision", "fp32", (TENSORRT_EP, CUDA_EP, CPU_EP),
+                                     lambda m: build_vision(m, "portable"), contrib=False),
+    },
+    "decoder": {
+        "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), build_decoder, contrib=True),
+    },
+}
+
+# Op types worth counting in a saved graph: every contrib op, plus the standard ones that are themselves fusions
+# or quantization.
+_COUNTED_STANDARD_OPS = {"LayerNormalization", "MatMulInteger", "DynamicQuantizeLinear", "ConvInteger"}
+
+
+def fusion_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts = Counter(n.op_type for n in model.graph.node
+                     if n.domain == MS_DOMAIN or n.op_type in _COUNTED_STANDARD_OPS)
+    return dict(sorted(counts.items()))
+
+
+def file_name(graph: str, variant: str) -> str:
+    return f"{graph}.{variant}.onnx"

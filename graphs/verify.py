@@ -1,0 +1,147 @@
+"""The parity gate: every variant against the PyTorch reference, on fixed seeded inputs, at every build.
+
+Tolerances, and why:
+- fp32: max abs error <= FP32_MAX_ABS on features and logits. ORT and PyTorch sum in different orders (MLAS blocked
+  GEMM, fused softmax/LayerNorm), so float32 results differ by a few ulps per op, ~1e-6..1e-5 after a dozen layers
+  on values of magnitude ~1. A wiring mistake (a wrong weight, mask or transpose) moves outputs by >= 1e-2, so 1e-3
+  keeps ~100x headroom over rounding while catching every real error. Plus greedy decoding of GREEDY_TOKENS tokens
+  after an image + prompt must be token-identical to MultimodalModel.generate_greedy.
+- fp16 (portable): cosine >= FP16_MIN_COSINE; fp16 has an 11-bit mantissa, so only a relative check is meaningful.
+- int8: vision feature cosine >= INT8_MIN_COSINE and next-token top-1 agreement >= INT8_MIN_TOP1 over a fixed
+  seeded set of teacher-forced contexts (the issue's gate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from graphs.ort_runner import CachedDecoder, cpu_session
+
+FP32_MAX_ABS = 1e-3
+FP16_MIN_COSINE = 0.999
+INT8_MIN_COSINE = 0.999
+INT8_MIN_TOP1 = 0.98
+GREEDY_TOKENS = 32
+PARITY_SEED = 1234
+CONTEXTS = 8  # teacher-forced rows for the int8 top-1 check, decoded together in one batch
+FORCED_STEPS = 32
+
+
+class ParityError(RuntimeError):
+    """A variant that does not match the reference within its tolerance."""
+
+
+def _pixels(cfg, batch: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (batch, 3, cfg.vision.image_size, cfg.vision.image_size), dtype=np.uint8)
+
+
+def _prompt(cfg, seed: int, length: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, cfg.decoder.vocab_size, length).tolist()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def vision_figures(model, onnx_bytes: bytes) -> dict:
+    """Features of a seeded batch of 2 (checks dynamic batch too): max abs error and cosine vs the reference."""
+    pixels = _pixels(model.cfg, 2, PARITY_SEED)
+    with torch.no_grad():
+        ref = model.vision(torch.from_numpy(pixels)).numpy()
+    got = cpu_session(onnx_bytes).run(None, {"pixels": pixels})[0]
+    return {"feature_max_abs_err": float(np.abs(got - ref).max()), "feature_cosine": cosine(got, ref)}
+
+
+def _cached_decoder(model, onnx_bytes: bytes, slots: int) -> CachedDecoder:
+    d = model.cfg.decoder
+    return CachedDecoder(cpu_session(onnx_bytes), d.layers, d.heads, d.head_dim, slots, d.max_positions)
+
+
+def greedy_ort(model, vision_bytes: bytes, decoder_bytes: bytes, pixels: np.ndarray, prompt: list[int],
+               steps: int) -> tuple[list[int], float]:
+    """Greedy decoding through the ONNX graphs; returns tokens and the max abs logit error vs the reference."""
+    feats = cpu_session(vision_bytes).run(None, {"pixels": pixels})[0]
+    wte = model.decoder.wte.weight.detach().numpy()
+    dec = _cached_decoder(model, decoder_bytes, 1)
+    logits = dec.prefill(0, np.concatenate([feats, wte[prompt][None]], axis=1))
+    ids = list(prompt)
+    tokens, err = [], 0.0
+    with torch.no_grad():
+        ref_feats = model.vision(torch.from_numpy(pixels))
+        for _ in range(steps):
+            x = model.embed_prompt(ref_feats, torch.tensor([ids]))
+            ref = model.decoder(x, torch.arange(x.shape[1])[None])[0][0, -1].numpy()
+            err = max(err, float(np.abs(logits[0] - ref).max()))
+            tokens.append(int(logits[0].argmax()))
+            ids.append(tokens[-1])
+            logits = dec.step(0, wte[[tokens[-1]]][None])
+    return tokens, err
+
+
+def greedy_figures(model, vision_bytes: bytes, decoder_bytes: bytes) -> dict:
+    """Image + prompt, GREEDY_TOKENS greedy tokens: identical to MultimodalModel.generate_greedy?"""
+    pixels, prompt = _pixels(model.cfg, 1, PARITY_SEED + 1), _prompt(model.cfg, PARITY_SEED, 12)
+    expected = model.generate_greedy(torch.from_numpy(pixels), prompt, GREEDY_TOKENS)
+    got, err = greedy_ort(model, vision_bytes, decoder_bytes, pixels, prompt, GREEDY_TOKENS)
+    same = sum(a == b for a, b in zip(got, expected))
+    return {"greedy_tokens": GREEDY_TOKENS, "greedy_identical": got == expected, "greedy_matching_prefix": same,
+            "logits_max_abs_err": err}
+
+
+def _forced_contexts(model) -> tuple[list[list[int]], np.ndarray]:
+    """CONTEXTS seeded token sequences of different prompt lengths; row 0 starts with image features."""
+    rng = np.random.default_rng(PARITY_SEED + 2)
+    v = model.cfg.decoder.vocab_size
+    seqs = [rng.integers(0, v, int(rng.integers(4, 20)) + FORCED_STEPS).tolist() for _ in range(CONTEXTS)]
+    feats = model.vision(torch.from_numpy(_pixels(model.cfg, 1, PARITY_SEED + 3))).detach()
+    return seqs, feats
+
+
+def top1_figures(model, decoder_bytes: bytes) -> dict:
+    """Teacher-forced next-token agreement: each row prefilled alone, then FORCED_STEPS batched decode steps with
+    rows at different lengths (the continuous-batching path), compared at every step with the reference argmax."""
+    seqs, feats = _forced_contexts(model)
+    wte = model.decoder.wte.weight.detach().numpy()
+    dec = _cached_decoder(model, decoder_bytes, CONTEXTS)
+    refs, got = [], [[] for _ in seqs]
+    with torch.no_grad():
+        for r, seq in enumerate(seqs):
+            x = model.embed_prompt(feats if r == 0 else None, torch.tensor([seq]))
+            refs.append(model.decoder(x, torch.arange(x.shape[1])[None])[0][0].numpy())  # (S,V)
+            got[r].append(dec.prefill(r, x[:, :x.shape[1] - FORCED_STEPS].numpy())[0])
+    for t in range(FORCED_STEPS - 1):
+        tok = [seq[len(seq) - FORCED_STEPS + t] for seq in seqs]
+        for r, row in enumerate(dec.step(0, wte[tok][:, None])):
+            got[r].append(row)
+    agree, total, err = 0, 0, 0.0
+    for r, seq in enumerate(seqs):
+        ref = refs[r][-FORCED_STEPS - 1:-1]  # logits predicting each forced token
+        mine = np.stack(got[r])
+        agree += int((ref.argmax(-1) == mine.argmax(-1)).sum())
+        total += len(mine)
+        err = max(err, float(np.abs(ref - mine).max()))
+    return {"top1_agreement": agree / total, "top1_contexts": total, "forced_logits_max_abs_err": err}
+
+
+def check(graph: str, variant: str, precision: str, figures: dict) -> None:
+    """Raise ParityError naming the variant and figure that is past tolerance."""
+    failures = []
+    if precision == "fp32":
+        for key in ("feature_max_abs_err", "logits_max_abs_err", "forced_logits_max_abs_err"):
+            if key in figures and figures[key] > FP32_MAX_ABS:
+                failures.append(f"{key} {figures[key]:.3g} > {FP32_MAX_ABS}")
+        if figures.get("greedy_identical") is False:
+            failures.append(f"greedy tokens differ after {figures['greedy_matching_prefix']} of {GREEDY_TOKENS}")
+    if precision == "fp16" and figures["feature_cosine"] < FP16_MIN_COSINE:
+        failures.append(f"feature_cosine {figures['feature_cosine']:.6f} < {FP16_MIN_COSINE}")
+    if precision == "int8":
+        if "feature_cosine" in figures and figures["feature_cosine"] < INT8_MIN_COSINE:
+            failures.append(f"feature_cosine {figures['feature_cosine']:.6f} < {INT8_MIN_COSINE}")
+        if "top1_agreement" in figures and figures["top1_agreement"] < INT8_MIN_TOP1:
+            failures.append(f"top1_agreement {figures['top1_agreement']:.4f} < {INT8_MIN_TOP1}")
+    if failures:
+        raise ParityError(f"parity gate failed for {graph} {variant}: {'; '.join(failures)}")

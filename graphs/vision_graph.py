@@ -1,0 +1,172 @@
+"""The vision encoder as ONNX, emitted from the reference weights in two styles.
+
+`portable`: standard-domain ops only, for TensorRT/CUDA (TensorRT parses nothing from com.microsoft; one contrib node
+would fall back to CUDA and split the engine). `cpu`: ORT contrib fusions (Attention, SkipLayerNormalization,
+BiasGelu) in every layer, for the CPU EP. Both take uint8 pixels and return float32 features whatever the weight
+precision, so the serving stage never needs to know which variant it runs.
+
+    pixels (B,3,H,W) uint8
+      -> Reshape (B,3,h,p,w,p) -> Transpose (B,h,w,3,p,p) -> Reshape (B,P,3pp) -> Cast
+      -> MatMul [normalization folded into W] -> Add [bias + positions]           (B,P,Dv)
+      -> [pre-LN block] x L -> LN -> MatMul + Add (projection)                    (B,P,Dd)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphs.onnx_ops import MS_DOMAIN, GraphBuilder, torch_linear, torch_ln
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def folded_patch_embedding(vision) -> tuple[np.ndarray, np.ndarray]:
+    """Patch Linear with (p/255 - mean)/std folded in: returns W' (3pp, Dv) and bias + positions (P, Dv).
+
+    x_norm[k] = p[k] * s[k] - m[k] with s = 1/(255 std_c), m = mean_c/std_c for k's channel c, so
+    x_norm @ W + b = p @ (s[:,None] * W) + (b - m @ W).
+    """
+    cfg = vision.cfg
+    w, b = torch_linear(vision.patch)  # (3pp, Dv), (Dv,)
+    per_channel = cfg.patch_size * cfg.patch_size  # patches flatten as (C,p,p): channel is the slowest index
+    std = np.repeat(np.asarray(cfg.std, dtype=np.float64), per_channel)
+    mean = np.repeat(np.asarray(cfg.mean, dtype=np.float64), per_channel)
+    w64 = w.astype(np.float64)
+    w_folded = w64 / (255.0 * std)[:, None]
+    b_folded = b.astype(np.float64) - (mean / std) @ w64
+    pos = vision.pos.detach().double().numpy()  # (P, Dv)
+    return w_folded.astype(np.float32), (b_folded[None, :] + pos).astype(np.float32)
+
+
+def _patch_embed(g: GraphBuilder, pixels: str, vision) -> str:
+    cfg = vision.cfg
+    p, n = cfg.patch_size, cfg.image_size // cfg.patch_size
+    x = g.op("Reshape", [pixels, g.ints("patch.grid_shape", [-1, 3, n, p, n, p])], "/vision/patch/Reshape")
+    x = g.op("Transpose", [x], "/vision/patch/Transpose", perm=[0, 2, 4, 1, 3, 5])  # (B,h,w,3,p,p), still uint8
+    x = g.op("Reshape", [x, g.ints("patch.flat_shape", [-1, cfg.num_patches, cfg.patch_dim])], "/vision/patch/Flat")
+    x = g.op("Cast", [x], "/vision/patch/Cast", to=_onnx_float(g))  # (B,P,3pp)
+    w, b = folded_patch_embedding(vision)
+    return g.matmul(x, w, "/vision/patch", bias=b)  # (B,P,Dv)
+
+
+def _onnx_float(g: GraphBuilder) -> int:
+    from graphs.onnx_ops import NP_TO_ONNX
+    return NP_TO_ONNX[g.float_dtype]
+
+
+def _portable_attention(g: GraphBuilder, x: str, attn, heads: int, name: str) -> str:
+    """Standard-op attention; 1/sqrt(hs) is folded into the query weights.
+
+        x -> q,k,v MatMul+Add -> Reshape (B,P,nh,hs) -> Transpose: q (B,nh,P,hs), kT (B,nh,hs,P), v (B,nh,P,hs)
+          -> MatMul(q,kT) -> Softmax -> MatMul(.,v) -> Transpose -> Reshape (B,P,D) -> MatMul+Add (out)
+    """
+    w, b = torch_linear(attn.qkv)  # (D,3D), (3D,)
+    d = w.shape[0]
+    hs = d // heads
+    scale = 1.0 / np.sqrt(hs)
+    split = g.ints(f"{name}.head_shape", [0, 0, heads, hs])
+    perms = {"q": [0, 2, 1, 3], "k": [0, 2, 3, 1], "v": [0, 2, 1, 3]}
+    heads_out = {}
+    for i, part in enumerate("qkv"):
+        s = scale if part == "q" else 1.0
+        y = g.matmul(x, w[:, i * d:(i + 1) * d] * s, f"{name}/{part}_proj", bias=b[i * d:(i + 1) * d] * s)
+        y = g.op("Reshape", [y, split], f"{name}/{part}_proj/Reshape")
+        heads_out[part] = g.op("Transpose", [y], f"{name}/{part}_proj/Transpose", perm=perms[part])
+    scores = g.op("MatMul", [heads_out["q"], heads_out["k"]], f"{name}/scores/MatMul")  # (B,nh,P,P)
+    probs = g.op("Softmax", [scores], f"{name}/Softmax", axis=-1)
+    y = g.op("MatMul", [probs, heads_out["v"]], f"{name}/context/MatMul")  # (B,nh,P,hs)
+    y = g.op("Transpose", [y], f"{name}/context/Transpose", perm=[0, 2, 1, 3])
+    y = g.op("Reshape", [y, g.ints(f"{name}.merge_shape", [0, 0, d])], f"{name}/context/Reshape")  # (B,P,D)
+    wo, bo = torch_linear(attn.out)
+    return g.matmul(y, wo, f"{name}/out", bias=bo)
+
+
+def _portable_gelu(g: GraphBuilder, x: str, name: str) -> str:
+    """Exact GELU from standard ops: x * 0.5 * (1 + erf(x / sqrt 2)); TensorRT fuses this pattern."""
+    half, one = g.weight(f"{name}.half", np.array(0.5)), g.weight(f"{name}.one", np.array(1.0))
+    rsqrt2 = g.weight(f"{name}.rsqrt2", np.array(1.0 / np.sqrt(2.0)))
+    e = g.op("Erf", [g.op("Mul", [x, rsqrt2], f"{name}/Mul_scale")], f"{name}/Erf")
+    e = g.op("Mul", [g.op("Add", [e, one], f"{name}/Add_one"), half], f"{name}/Mul_half")
+    return g.op("Mul", [x, e], f"{name}/Mul")
+
+
+def _portable_block(g: GraphBuilder, x: str, blk, heads: int, eps: float, name: str) -> str:
+    h = g.layer_norm(x, *torch_ln(blk.ln1), eps, f"{name}/ln1")
+    x = g.op("Add", [x, _portable_attention(g, h, blk.attn, heads, f"{name}/attn")], f"{name}/attn/residual/Add")
+    h = g.layer_norm(x, *torch_ln(blk.ln2), eps, f"{name}/ln2")
+    wf, bf = torch_linear(blk.fc)
+    wp, bp = torch_linear(blk.proj)
+    h = g.matmul(_portable_gelu(g, g.matmul(h, wf, f"{name}/mlp/fc", bias=bf), f"{name}/mlp/gelu"),
+                 wp, f"{name}/mlp/proj", bias=bp)
+    return g.op("Add", [x, h], f"{name}/mlp/residual/Add")
+
+
+def skip_layer_norm(g: GraphBuilder, x: str, skip: str, ln, bias: np.ndarray | None, eps: float,
+                    name: str) -> tuple[str, str]:
+    """SkipLayerNormalization: LN(x + skip + bias); returns (normalized, the sum = the new residual stream)."""
+    gamma, beta = torch_ln(ln)
+    ins = [x, skip, g.weight(f"{name}.weight", gamma), g.weight(f"{name}.bias", beta)]
+    if bias is not None:
+        ins.append(g.weight(f"{name}.skip_bias", bias))
+    outs = [f"{name}/output_0", "", "", f"{name}/output_3"]
+    g.node("SkipLayerNormalization", ins, f"{name}/SkipLayerNorm", outputs=outs, domain=MS_DOMAIN, epsilon=eps)
+    return outs[0], outs[3]
+
+
+def _cpu_attention(g: GraphBuilder, x: str, attn, heads: int, name: str) -> str:
+    """com.microsoft Attention: the QKV GEMM, scaling, softmax and context in one node; output (B,P,D) pre-out-proj."""
+    w, b = torch_linear(attn.qkv)
+    if g.quantize is not None:
+        return g.quantize.attention(g, x, w, b, heads, name)
+    return g.op("Attention", [x, g.weight(f"{name}/qkv.weight", w), g.weight(f"{name}/qkv.bias", b)],
+                f"{name}/Attention", domain=MS_DOMAIN, num_heads=heads)
+
+
+def _cpu_blocks(g: GraphBuilder, x: str, vision, eps: float) -> tuple[str, str, np.ndarray]:
+    """Pre-LN blocks with the residual adds folded into SkipLayerNormalization.
+
+        res -> LN -> Attention -> MatMul(out) -> SkipLN(+res,+bias) -> MatMul(fc) -> BiasGelu -> MatMul(proj)
+            -> (next block's ln1 is the SkipLN that adds this block's MLP output, bias and residual)
+    Returns the last block's MLP output (bias not yet added) and the residual stream it belongs to.
+    """
+    heads = vision.cfg.heads
+    res, m, m_bias = x, None, None
+    for i, blk in enumerate(vision.blocks):
+        name = f"/vision/layers.{i}"
+        if m is None:
+            h = g.layer_norm(res, *torch_ln(blk.ln1), eps, f"{name}/ln1")
+        else:
+            h, res = skip_layer_norm(g, m, res, blk.ln1, m_bias, eps, f"{name}/ln1")
+        wo, bo = torch_linear(blk.attn.out)
+        a = g.matmul(_cpu_attention(g, h, blk.attn, heads, f"{name}/attn"), wo, f"{name}/attn/out")
+        h, res = skip_layer_norm(g, a, res, blk.ln2, bo, eps, f"{name}/ln2")
+        wf, bf = torch_linear(blk.fc)
+        h = g.op("BiasGelu", [g.matmul(h, wf, f"{name}/mlp/fc"), g.weight(f"{name}/mlp/fc.bias", bf)],
+                 f"{name}/mlp/BiasGelu", domain=MS_DOMAIN)
+        wp, m_bias = torch_linear(blk.proj)
+        m = g.matmul(h, wp, f"{name}/mlp/proj")
+    return m, res, m_bias
+
+
+def build_vision(model, style: str, float_dtype=np.float32, quantize=None):
+    """The vision ModelProto for `style` in {"portable", "cpu"}; `quantize` (graphs.quantize) makes it int8."""
+    vision, eps = model.vision, model.cfg.layer_norm_eps
+    cfg = vision.cfg
+    g = GraphBuilder(f"vision_{style}", float_dtype)
+    g.quantize = quantize
+    pixels = g.input("pixels", np.uint8, ["batch", 3, cfg.image_size, cfg.image_size])
+    x = _patch_embed(g, pixels, vision)
+    if style == "portable":
+        for i, blk in enumerate(vision.blocks):
+            x = _portable_block(g, x, blk, cfg.heads, eps, f"/vision/layers.{i}")
+        x = g.layer_norm(x, *torch_ln(vision.ln), eps, "/vision/ln")
+    else:
+        m, res, m_bias = _cpu_blocks(g, x, vision, eps)
+        x, _ = skip_layer_norm(g, m, res, vision.ln, m_bias, eps, "/vision/ln")
+    wp, bp = torch_linear(vision.proj)
+    y = g.matmul(x, wp, "/vision/proj", bias=bp)  # (B,P,Dd)
+    if g.float_dtype != np.float32:
+        y = g.op("Cast", [y], "/vision/output/Cast", to=1)  # float32 out whatever the weight precision
+    g.node("Identity", [y], "/vision/output/Identity", outputs=["image_features"])
+    g.output("image_features", np.float32, ["batch", cfg.num_patches, model.cfg.decoder.width])
+    return g.model(contrib=style != "portable")

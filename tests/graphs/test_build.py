@@ -1,0 +1,145 @@
+"""The build command end to end on the tiny preset: artifact layout, manifest, atomicity, reproducibility, errors."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from graphs.build import BuildError, build_artifacts, ensure_artifacts
+from graphs.cli import main
+from graphs.config import PRESETS
+from graphs.manifest import CPU_EP, TENSORRT_EP, Manifest
+from graphs.model import MultimodalModel
+from graphs.weights import WeightsError, save_weights
+
+TINY = PRESETS["tiny"]
+
+
+def _hashes(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_artifact_dir_holds_exactly_what_the_manifest_names(tiny_artifacts):
+    out, manifest = tiny_artifacts
+    assert Manifest.read(out) == manifest
+    named = {"manifest.json", manifest.tokenizer.file, manifest.token_embeddings.name}
+    for entry in manifest.graphs.values():
+        for v in entry.variants.values():
+            named.add(v.file)
+            assert hashlib.sha256((out / v.file).read_bytes()).hexdigest() == v.sha256
+    assert {p.name for p in out.iterdir()} == named
+    assert {p.name for p in out.parent.iterdir()} == {"tiny"}  # no temp dir left beside it
+
+
+def test_manifest_describes_dims_io_and_variants(tiny_artifacts):
+    out, manifest = tiny_artifacts
+    d = TINY.decoder
+    assert manifest.num_image_tokens == TINY.num_image_tokens and manifest.image_size == TINY.vision.image_size
+    emb = np.load(out / manifest.token_embeddings.name)
+    assert emb.shape == (d.vocab_size, d.width) and emb.dtype == np.float32
+    vision, decoder = manifest.graphs["vision"], manifest.graphs["decoder"]
+    assert [(t.name, t.dtype, t.shape) for t in vision.inputs] == [("pixels", "uint8", ["batch", 3, 32, 32])]
+    assert [(t.name, t.shape) for t in vision.outputs] == [("image_features", ["batch", 16, d.width])]
+    assert decoder.outputs[0].name == "logits" and decoder.outputs[0].shape == ["batch", d.vocab_size]
+    assert [t.name for t in decoder.inputs[:4]] == ["inputs_embeds", "position_ids", "seqlens_k",
+                                                    "total_sequence_length"]
+    assert {"cpu-fp32", "portable-fp32", "portable-fp16"} <= set(vision.variants)
+    assert "cpu-fp32" in decoder.variants
+    assert vision.variant_for(CPU_EP)[0].startswith("cpu-")
+    assert vision.variant_for(TENSORRT_EP)[0].startswith("portable-")
+    assert set(manifest.versions) == {"torch", "onnx", "onnxruntime"}
+
+
+def test_fp32_variants_pass_greedy_parity(tiny_artifacts):
+    _, manifest = tiny_artifacts
+    for graph in ("vision", "decoder"):
+        for name, v in manifest.graphs[graph].variants.items():
+            if v.precision == "fp32":
+                assert v.parity["greedy_identical"] is True, (graph, name)
+                assert v.parity["logits_max_abs_err"] < 1e-3
+
+
+def test_build_is_reproducible(tiny_artifacts, tmp_path):
+    out, _ = tiny_artifacts
+    build_artifacts("tiny", tmp_path / "again")
+    assert _hashes(tmp_path / "again") == _hashes(out)
+
+
+def test_cli_builds_and_reports(tmp_path, capsys):
+    assert main(["build", "--preset", "tiny", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert "parity gate passed" in capsys.readouterr().out
+    assert (tmp_path / "a" / "manifest.json").is_file()
+
+
+def _cli_error(tmp_path, capsys, *args):
+    code = main(["build", "--out", str(tmp_path / "out"), "--quiet", *args])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and err.startswith("mmserve build: error:")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp dir left behind
+    return err
+
+
+def test_unknown_preset_is_one_line_error(tmp_path, capsys):
+    assert "unknown preset 'huge'" in _cli_error(tmp_path, capsys, "--preset", "huge")
+
+
+def test_missing_weights_file_is_named(tmp_path, capsys):
+    assert "nope.safetensors: weights file not found" in _cli_error(
+        tmp_path, capsys, "--preset", "tiny", "--weights", str(tmp_path / "nope.safetensors"))
+
+
+def test_corrupt_weights_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    assert "bad.safetensors: not a readable safetensors file" in _cli_error(
+        tmp_path, capsys, "--preset", "tiny", "--weights", str(bad))
+
+
+def test_wrong_tensor_shape_names_the_tensor(tmp_path, capsys):
+    tensors = {k: v.contiguous() for k, v in MultimodalModel.seeded(TINY).state_dict().items()}
+    tensors["decoder.lm_head.weight"] = torch.zeros(7, 64)
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    err = _cli_error(tmp_path, capsys, "--preset", "tiny", "--weights", str(tmp_path / "w.safetensors"))
+    assert "'decoder.lm_head.weight' has shape (7, 64)" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_dir_is_named(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code = main(["build", "--preset", "tiny", "--out", str(locked / "out"), "--quiet"])
+    assert code != 0 and "cannot write output directory" in capsys.readouterr().err
+
+
+def test_output_under_a_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    code = main(["build", "--preset", "tiny", "--out", str(tmp_path / "afile" / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "afile/out: cannot write output directory" in err and len(err.splitlines()) == 1
+
+
+def test_given_weights_are_used_and_hashed(tmp_path):
+    model = MultimodalModel.seeded(type(TINY)(**{**TINY.__dict__, "seed": 7}))
+    save_weights(model, tmp_path / "w.safetensors")
+    manifest = build_artifacts("tiny", tmp_path / "out", weights=tmp_path / "w.safetensors")
+    emb = np.load(tmp_path / "out" / "token_embeddings.npy")
+    assert np.array_equal(emb, model.decoder.wte.weight.detach().numpy())
+    assert manifest.weights_sha256 == hashlib.sha256((tmp_path / "w.safetensors").read_bytes()).hexdigest()
+
+
+def test_ensure_artifacts_reuses_a_complete_build(tmp_path):
+    first = ensure_artifacts("tiny", tmp_path)
+    stamp = (first / "manifest.json").stat().st_mtime_ns
+    assert ensure_artifacts("tiny", tmp_path) == first
+    assert (first / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_ensure_artifacts_rejects_bad_inputs(tmp_path):
+    with pytest.raises(BuildError, match="unknown preset"):
+        ensure_artifacts("huge", tmp_path)
+    with pytest.raises(WeightsError, match="weights file not found"):
+        ensure_artifacts("tiny", tmp_path, weights=tmp_path / "missing.safetensors")
