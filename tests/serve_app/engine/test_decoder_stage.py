@@ -1,0 +1,99 @@
+"""The Decoder deployment on a real Ray Serve instance with the tiny graph: streaming through a handle matches the
+reference, cancelling a stream frees its slot, a full queue is refused with Overloaded, live knobs apply."""
+
+import time
+
+import numpy as np
+import pytest
+import ray
+from ray import serve
+
+from serve_app.stages.decoder import Decoder, DecoderOptions
+from serve_app.stages.messages import DecodeRequest, Overloaded
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def ray_serve():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def deploy(artifacts, name="decoder", user_config=None, **options):
+    opts = DecoderOptions(prefer_variants=["cpu-fp32"], **options)
+    app = Decoder.options(name="Decoder", user_config=user_config).bind(str(artifacts), opts)
+    return serve.run(app, name=name, route_prefix=None)
+
+
+def prompt(seed: int, n: int = 6) -> list[int]:
+    return np.random.default_rng(seed).integers(10, 400, n).tolist()
+
+
+def wait_until(predicate, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_streamed_greedy_tokens_match_the_reference(ray_serve, tiny_artifacts, tiny_reference):
+    handle = deploy(tiny_artifacts, slots=4)
+    from graphs.manifest import Manifest
+
+    eos = Manifest.read(tiny_artifacts).tokenizer.eos_token_id
+    for seed in range(3):
+        req = DecodeRequest(f"g{seed}", prompt(seed), None, max_tokens=20, temperature=0.0)
+        chunks = list(handle.options(stream=True).generate.remote(req))
+        tokens = [t for c in chunks for t in c.token_ids]
+        assert tokens == tiny_reference.generate_greedy(None, req.prompt_ids, 20, eos)
+        assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].completion_tokens == len(tokens)
+
+
+def test_cancelled_stream_frees_its_slot(ray_serve, tiny_artifacts):
+    handle = deploy(tiny_artifacts, slots=1, max_queue=0, max_context=128)
+    long = DecodeRequest("long", prompt(1), None, max_tokens=120, temperature=0.0, ignore_eos=True)
+    gen = handle.options(stream=True).generate.remote(long)
+    next(gen)
+    assert handle.info.remote().result()["active"] == 1
+    gen.cancel()
+    assert wait_until(lambda: handle.info.remote().result()["active"] == 0, timeout_s=10)
+    steps = handle.info.remote().result()["steps"]
+    assert steps < 119  # freed before it ran to max_tokens
+    short = DecodeRequest("short", prompt(2), None, max_tokens=3, temperature=0.0, ignore_eos=True)
+    assert sum(len(c.token_ids) for c in handle.options(stream=True).generate.remote(short)) == 3
+
+
+def test_full_queue_is_refused_with_overloaded_not_a_hang(ray_serve, tiny_artifacts):
+    handle = deploy(tiny_artifacts, slots=1, max_queue=0, retry_after_s=2.5, max_context=128)
+    long = DecodeRequest("long", prompt(1), None, max_tokens=120, temperature=0.0, ignore_eos=True)
+    gen = handle.options(stream=True).generate.remote(long)
+    next(gen)
+    extra = DecodeRequest("extra", prompt(2), None, max_tokens=3, temperature=0.0)
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as err:
+        list(handle.options(stream=True).generate.remote(extra))
+    assert time.monotonic() - started < 10
+    assert err.value.retry_after_s == 2.5
+    gen.cancel()
+
+
+def test_live_knobs_change_through_user_config_and_fixed_ones_are_refused(ray_serve, tiny_artifacts):
+    handle = deploy(tiny_artifacts, name="live", user_config={"max_queue": 3}, slots=2)
+    assert handle.info.remote().result()["options"]["max_queue"] == 3
+    handle = deploy(tiny_artifacts, name="live", user_config={"max_queue": 7, "prefill_token_budget": 64}, slots=2)
+    opts = handle.info.remote().result()["options"]
+    assert (opts["max_queue"], opts["prefill_token_budget"]) == (7, 64)
+
+
+def test_reconfigure_names_a_field_that_cannot_change_live(tiny_artifacts):
+    decoder = Decoder.func_or_class.__new__(Decoder.func_or_class)
+    decoder.options = DecoderOptions(slots=2)
+    with pytest.raises(ValueError, match="slots cannot change"):
+        decoder.reconfigure({"slots": 4})
