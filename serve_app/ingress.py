@@ -6,12 +6,13 @@ Routes:
     GET  /v1/models             the served model
     POST /v1/chat/completions   text + image_url parts; stream true (SSE) or false
 
+Everything a route uses is defined above the class: `serve.ingress` serializes the app as the class is decorated.
+
 Three outcomes per request, as in vLLM's router: an error -> JSON error with its status; a full response -> JSON;
 otherwise SSE. Every error goes through `errors.to_error`.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the route signatures (request: Request) at runtime.
 import asyncio
 import hmac
 
@@ -44,6 +45,16 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     return error_response(InvalidRequest(str(exc), code="invalid_value"))
+
+
+def stages_without_replica() -> list[str]:
+    """Deployments of this application with no RUNNING replica (empty = ready)."""
+    app_name = serve.get_replica_context().app_name
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        return ["<application>"]
+    return sorted(name for name, d in status.deployments.items()
+                  if int(d.replica_states.get("RUNNING", 0)) < 1)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
@@ -112,13 +123,3 @@ class Ingress:
             return JSONResponse((await collect(meta, tokens)).model_dump())
         except Exception as e:  # noqa: BLE001
             return error_response(e)
-
-
-def stages_without_replica() -> list[str]:
-    """Deployments of this application with no RUNNING replica (empty = ready)."""
-    app_name = serve.get_replica_context().app_name
-    status = serve.status().applications.get(app_name)
-    if status is None:
-        return ["<application>"]
-    return sorted(name for name, d in status.deployments.items()
-                  if int(d.replica_states.get("RUNNING", 0)) < 1)

@@ -1,0 +1,110 @@
+"""One real Ray Serve instance for the whole e2e session, serving the tiny preset over HTTP on loopback.
+
+Reuse: depend on the `served` fixture (base URL, API key, artifact dir, app name); `auth_headers(served)` gives the
+headers a call needs. `start_app` deploys other args on the same instance under another route prefix when a test
+needs a differently configured application.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+APP_NAME = "mmserve"
+CONFIG_KEY = "e2e-config-key"
+ENV_KEY = "e2e-env-key"  # given through MMSERVE_API_KEYS in the environment the replicas inherit
+MAX_IMAGES = 2
+MAX_IMAGE_BYTES = 300_000
+MAX_IMAGE_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str  # e.g. http://127.0.0.1:PORT, routes at /v1/...
+    key: str
+    artifacts: Path
+    app_name: str
+    args: dict
+
+
+def auth_headers(served: Served) -> dict[str, str]:
+    return {"Authorization": f"Bearer {served.key}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def e2e_args(artifacts: Path) -> dict:
+    """fp32 variants on both graphs: greedy output must match the PyTorch reference token for token."""
+    return {
+        "model": {"artifacts_dir": str(artifacts), "served_name": "mmserve-tiny"},
+        "ingress": {"api_keys": [CONFIG_KEY], "max_images_per_request": MAX_IMAGES, "stage_timeout_s": 60},
+        "preprocess": {"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS},
+        "vision": {"prefer_variants": ["cpu-fp32"], "max_batch_size": 4, "batch_wait_timeout_s": 0.002},
+        "decoder": {"prefer_variants": ["cpu-fp32"], "slots": 4, "max_queue": 8},
+    }
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(f"{url}/ready", timeout=5)
+            if last.status_code == 200:
+                return
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/ready did not turn ready in {timeout_s}s (last: {last})")
+
+
+def start_app(args: dict, name: str, route_prefix: str) -> None:
+    from ray import serve
+
+    from serve_app import build_app
+
+    serve.run(build_app(args), name=name, route_prefix=route_prefix)
+
+
+@pytest.fixture(scope="session")
+def e2e_artifacts(tmp_path_factory) -> Path:
+    prebuilt = os.environ.get("MMSERVE_TINY_ARTIFACTS")  # reuse a build across runs while iterating
+    if prebuilt:
+        return Path(prebuilt)
+    from graphs.build import ensure_artifacts
+
+    return Path(ensure_artifacts("tiny", tmp_path_factory.mktemp("e2e_artifacts")))
+
+
+@pytest.fixture(scope="session")
+def served(e2e_artifacts) -> Served:
+    import ray
+    from ray import serve
+
+    os.environ["MMSERVE_API_KEYS"] = ENV_KEY  # before ray.init: the raylet and every replica inherit it
+    port = free_port()
+    # address="local": always a fresh cluster, never one a crashed run left in /tmp/ray; 4 logical CPUs on 2
+    # cores is fine because every replica asks for a fraction and ORT runs one thread without spinning.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = e2e_args(e2e_artifacts)
+        start_app(args, APP_NAME, "/")
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        yield Served(url, CONFIG_KEY, e2e_artifacts, APP_NAME, args)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop("MMSERVE_API_KEYS", None)
