@@ -37,6 +37,8 @@ def _quantized(builder: Callable) -> Callable:
 
 VARIANTS: dict[str, dict[str, VariantSpec]] = {
     "vision": {
+        "cpu-int8": VariantSpec("vision", "int8", (CPU_EP,), _quantized(lambda m, quantize: build_vision(
+            m, "cpu", quantize=quantize)), contrib=True),
         "cpu-fp32": VariantSpec("vision", "fp32", (CPU_EP,), lambda m: build_vision(m, "cpu"), contrib=True),
         "portable-fp16": VariantSpec("vision", "fp16", (TENSORRT_EP, CUDA_EP),
                                      lambda m: build_vision(m, "portable", np.float16), contrib=False),
@@ -44,6 +46,7 @@ VARIANTS: dict[str, dict[str, VariantSpec]] = {
                                      lambda m: build_vision(m, "portable"), contrib=False),
     },
     "decoder": {
+        "cpu-int8": VariantSpec("decoder", "int8", (CPU_EP,), _quantized(build_decoder), contrib=True),
         "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), build_decoder, contrib=True),
     },
 }
