@@ -1,8 +1,9 @@
 """Vision encoder stage: uint8 pixels -> image features, dynamically batched, cached by content hash.
 
-Lifecycle: load (read the manifest, open an ORT session on the first available EP of `providers`, then pick the
-graph variant for the EP that actually loaded -- ORT falls back silently) -> warm up (one batch of zeros, so the
-first request does not pay for allocator and kernel setup) -> batch (`@serve.batch` gathers concurrent requests up
+Lifecycle: load (read the manifest, try the EPs of `providers` in order, each with the graph variant built for it,
+and keep the first that actually loads -- ORT falls back silently; `strict` refuses any fallback) -> warm up (zeros
+at batch sizes 1, max_batch_size and batch_profile_max, so TensorRT engines are built and arenas allocated before
+the replica reports ready; the first request is not the slow one) -> batch (`@serve.batch` gathers concurrent requests up
 to `max_batch_size` or `batch_wait_timeout_s`, both live-tunable through `user_config`) -> run (one session call per
 batch, in a worker thread so the replica keeps accepting requests that form the next batch) -> hand on (features
 back to the ingress, which passes them to the decoder; this stage never calls another).
@@ -17,29 +18,61 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from pathlib import Path
+
+import logging
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray import serve
 
-from graphs.manifest import CPU_EP, Manifest
-from serve_app.ort_session import open_session
+from graphs.manifest import TENSORRT_EP, Manifest
+from serve_app.ep_metrics import report_active_ep
+from serve_app.ort_session import OpenedSession, open_stage_session
+from serve_app.providers import BatchProfile, ProviderSpec, batch_profile, default_vision_providers, parse_providers
 from serve_app.stages.messages import PreprocessedImage
+from serve_app.warmup import warm_up
+
+log = logging.getLogger("ray.serve")
 
 
 class VisionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    providers: list[str] = Field(default_factory=lambda: [CPU_EP],
-                                 description="ONNX Runtime execution providers to try, best first")
+    providers: list[ProviderSpec] = Field(default_factory=default_vision_providers,
+                                          description="ONNX Runtime execution providers to try, best first, each "
+                                                      "a name or {name, options...} (TensorRT: fp16, cache_dir, "
+                                                      "workspace_bytes; CUDA: device_id, gpu_mem_limit)")
+    strict: bool = Field(default=False, description="fail the replica's start unless the first provider loads "
+                                                    "(otherwise: warn, fall back, report the active EP)")
     prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32", "portable"],
                                        description="graph variant names in order of preference for the loaded EP")
     threads: int = Field(default=1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
-    max_batch_size: int = Field(default=8, ge=1, description="largest batch one session call runs")
+    max_batch_size: int = Field(default=8, ge=1, description="largest batch one session call runs; the "
+                                                             "TensorRT profile's opt shape")
+    batch_profile_max: int | None = Field(default=None, ge=1,
+                                          description="largest max_batch_size a live reconfigure may set on "
+                                                      "TensorRT: the profile's max shape, so no engine rebuild; "
+                                                      "None = max_batch_size")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="longest wait for a batch to fill")
     cache_size: int = Field(default=256, ge=0, description="image features kept by content hash (LRU); 0 = off")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _provider_names(cls, v):
+        return parse_providers(v) if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _profile_covers_batch(self) -> "VisionOptions":
+        if self.batch_profile_max is not None and self.batch_profile_max < self.max_batch_size:
+            raise ValueError(f"batch_profile_max ({self.batch_profile_max}) < max_batch_size "
+                             f"({self.max_batch_size})")
+        return self
+
+    def profile(self, manifest: Manifest) -> BatchProfile:
+        """TensorRT profile over the `pixels` batch dim: min 1, opt max_batch_size, max batch_profile_max."""
+        pixels = manifest.graphs["vision"].inputs[0]  # ("batch", 3, H, W) uint8
+        return batch_profile(pixels, self.max_batch_size, self.batch_profile_max or self.max_batch_size)
 
 
 class FeatureCache:
@@ -72,36 +105,47 @@ class FeatureCache:
         return len(self._items)
 
 
+def open_vision_session(artifacts_dir: str, options: VisionOptions) -> OpenedSession:
+    """The session on the first provider that really loads, with that provider's variant (see ort_session)."""
+    manifest = Manifest.read(artifacts_dir)
+    return open_stage_session(artifacts_dir, manifest.graphs["vision"], options.providers, strict=options.strict,
+                              threads=options.threads, profile=options.profile(manifest),
+                              prefer=options.prefer_variants, stage="vision")
+
+
 def open_vision(artifacts_dir: str, options: VisionOptions) -> tuple[ort.InferenceSession, str, str]:
     """-> (session, variant name, provider that loaded)."""
-    graph = Manifest.read(artifacts_dir).graphs["vision"]
-    available = set(ort.get_available_providers())
-    wanted = next((p for p in options.providers if p in available), CPU_EP)
-    name, variant = graph.variant_for(wanted, options.prefer_variants)
-    opened = open_session(str(Path(artifacts_dir) / variant.file), options.providers, options.threads)
-    if opened.provider not in variant.providers:  # the EP we asked for did not load: take that EP's variant
-        name, variant = graph.variant_for(opened.provider, options.prefer_variants)
-        opened = open_session(str(Path(artifacts_dir) / variant.file), [opened.provider], options.threads)
-    return opened.session, name, opened.provider
+    opened = open_vision_session(artifacts_dir, options)
+    return opened.session, opened.variant, opened.provider
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class VisionEncoder:
     def __init__(self, artifacts_dir: str, options: VisionOptions | dict | None = None):
         self.options = VisionOptions.model_validate(options or {})
-        self.session, self.variant, self.provider = open_vision(artifacts_dir, self.options)
+        opened = open_vision_session(artifacts_dir, self.options)
+        self.session, self.variant, self.provider = opened.session, opened.variant, opened.provider
+        self.fallbacks = list(opened.fallbacks)
+        report_active_ep("vision", self.provider, self.variant)
         manifest = Manifest.read(artifacts_dir)
+        self.profile = self.options.profile(manifest)
         self.image_size = manifest.image_size
         self.cache = FeatureCache(self.options.cache_size)
         # A batcher per instance, not a decorated method: serve.batch keeps its queue on the function object, which
         # a method decorator shares across every instance in the process (and across event loops in tests).
         self._encode_batch = serve.batch(max_batch_size=self.options.max_batch_size,
                                          batch_wait_timeout_s=self.options.batch_wait_timeout_s)(self._run_batch)
-        self._run(np.zeros((1, 3, self.image_size, self.image_size), np.uint8))  # warm up
+        self.warmup_s = warm_up(self.session, self.profile)  # in __init__: the replica is not ready before it ends
+        log.info("vision replica on %s (variant %s), warm-up %s", self.provider, self.variant, self.warmup_s)
 
     def reconfigure(self, user_config: dict) -> None:
         """Live knobs: max_batch_size, batch_wait_timeout_s, cache_size."""
-        self.options = VisionOptions.model_validate({**self.options.model_dump(), **(user_config or {})})
+        options = VisionOptions.model_validate({**self.options.model_dump(), **(user_config or {})})
+        if self.provider == TENSORRT_EP and options.max_batch_size > self.profile.max_batch:
+            # outside the engine's profile TensorRT would rebuild the engine mid-traffic
+            raise ValueError(f"max_batch_size {options.max_batch_size} exceeds the TensorRT profile's max "
+                             f"{self.profile.max_batch}; raise batch_profile_max and redeploy")
+        self.options = options
         self._apply_batching(self.options)
         self.cache.resize(self.options.cache_size)
 
@@ -127,7 +171,8 @@ class VisionEncoder:
         return features
 
     async def info(self) -> dict:
-        return {"variant": self.variant, "provider": self.provider, "cached": len(self.cache),
+        return {"variant": self.variant, "provider": self.provider, "fallbacks": self.fallbacks,
+                "warmup_s": self.warmup_s, "cached": len(self.cache),
                 "max_batch_size": self.options.max_batch_size,
                 "batch_wait_timeout_s": self.options.batch_wait_timeout_s}
 
