@@ -1,12 +1,12 @@
 """Vision encoder stage: uint8 pixels -> image features, dynamically batched, cached by content hash.
 
 Lifecycle: load (read the manifest, try the EPs of `providers` in order, each with the graph variant built for it,
-and keep the first that actually loads -- ORT falls back silently; `strict` refuses any fallback) -> warm up (zeros
-at batch sizes 1, max_batch_size and batch_profile_max, so TensorRT engines are built and arenas allocated before
-the replica reports ready; the first request is not the slow one) -> batch (`@serve.batch` gathers concurrent requests up
-to `max_batch_size` or `batch_wait_timeout_s`, both live-tunable through `user_config`) -> run (one session call per
-batch, in a worker thread so the replica keeps accepting requests that form the next batch) -> hand on (features
-back to the ingress, which passes them to the decoder; this stage never calls another).
+and keep the first that actually loads -- ORT falls back silently; `strict` refuses any fallback) -> warm up
+(zeros at batch sizes 1, max_batch_size and batch_profile_max, so TensorRT engines are built and arenas allocated
+before the replica reports ready; the first request is not the slow one) -> batch (`@serve.batch` gathers
+concurrent requests up to `max_batch_size` or `batch_wait_timeout_s`, both live-tunable through `user_config`)
+-> run (one session call per batch, in a worker thread so the replica keeps accepting requests that form the next
+batch) -> hand on (features back to the ingress, which passes them to the decoder; this stage never calls another).
 
 Resources: on CPU a fraction of a core and `threads` ORT intra-op threads; on a GPU node, `num_gpus` in the config
 file and a GPU EP first in `providers`. `max_ongoing_requests` must be >= max_batch_size or batches never fill.
@@ -17,9 +17,8 @@ Shapes: in `pixels` (3,H,W) uint8 per request, stacked to (B,3,H,W); out `image_
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
-
 import logging
+from collections import OrderedDict
 
 import numpy as np
 import onnxruntime as ort
