@@ -1,0 +1,66 @@
+"""A failure after streaming started: the decoder replica dies mid-answer. The client gets the chunks already
+sent, then one error event, then [DONE]; Serve replaces the replica and the service answers again."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import APP_NAME, auth_headers, wait_ready
+
+pytestmark = pytest.mark.e2e
+
+
+def decoder_replica_names() -> list[str]:
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#Decoder#")]
+
+
+def wait_for_new_decoder(old_name: str, url: str, timeout_s: float = 120.0) -> None:
+    """Until Serve has replaced the killed replica (its name changes) and /ready says every stage runs again."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        names = decoder_replica_names()
+        if names and old_name not in names:
+            wait_ready(url, deadline - time.monotonic())
+            return
+        time.sleep(0.5)
+    raise TimeoutError("the killed decoder replica was not replaced")
+
+
+def test_decoder_dies_mid_stream_error_chunk_then_done(served):
+    import ray
+
+    body = {"model": "mmserve-tiny", "messages": [{"role": "user", "content": "tell me everything"}],
+            "max_tokens": 110, "ignore_eos": True, "stream": True}
+    (victim_name,) = decoder_replica_names()
+    victim = ray.get_actor(victim_name, namespace="serve")
+    events = []
+    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, headers=auth_headers(served),
+                      timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line:
+                continue
+            payload = line.removeprefix("data: ")
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+            if len(events) == 1:
+                ray.kill(victim)  # the first chunk arrived: the stream has started
+    assert events[-1] == "[DONE]"
+    assert "choices" in events[0]
+    errors = [e for e in events[:-1] if "error" in e]
+    assert len(errors) == 1 and events[-2] is errors[0], events[-3:]
+    assert set(errors[0]["error"]) == {"message", "type", "param", "code"}
+    streamed = sum(1 for e in events if isinstance(e, dict) and e.get("choices"))
+    assert 1 <= streamed < 110  # cut short: the answer did not complete
+
+    wait_for_new_decoder(victim_name, served.url)
+    r = httpx.post(f"{served.url}/v1/chat/completions", headers=auth_headers(served), timeout=60,
+                   json={**body, "stream": False, "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
