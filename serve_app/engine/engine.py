@@ -173,6 +173,7 @@ class Engine:
         seq = seqs[0]
         if seq.done:
             return
+        self.metrics.observe_queue_wait(time.perf_counter() - seq.submitted_at)  # waited for a slot until now
         slot = len(self.scheduler.active)
         self.scheduler.active.append(seq)  # before the await: a failed prefill is retired like any other
         token = await asyncio.get_running_loop().run_in_executor(self._executor, self._prefill, seq, slot)

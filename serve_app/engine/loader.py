@@ -14,6 +14,7 @@ from serve_app.engine.engine import Engine
 from serve_app.engine.metrics import EngineMetrics
 from serve_app.engine.runner import OrtDecoderRunner
 from serve_app.ort_session import open_session
+from serve_app.profiling import ProfilableSession
 
 DEFAULT_VARIANTS = ["cpu-int8", "cpu-fp32"]
 
@@ -30,8 +31,9 @@ def open_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 
         raise ValueError(f"max_context {max_context} exceeds the model's {max_pos} positions")
     name, variant = manifest.graphs["decoder"].variant_for(CPU_EP, prefer or DEFAULT_VARIANTS)
     opened = open_session(str(root / variant.file), [CPU_EP], threads=threads)
+    session = ProfilableSession(opened.session, root / variant.file, threads, stage="decoder")  # profiling switch
     width, heads = int(dec["width"]), int(dec["heads"])
-    runner = OrtDecoderRunner(opened.session, layers=int(dec["layers"]), heads=heads, head_dim=width // heads,
+    runner = OrtDecoderRunner(session, layers=int(dec["layers"]), heads=heads, head_dim=width // heads,
                               width=width, vocab_size=int(dec["vocab_size"]), slots=config.slots,
                               max_context=max_context)
     return runner, name, manifest

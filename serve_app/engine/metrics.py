@@ -19,6 +19,8 @@ class EngineMetrics(Protocol):
 
     def observe_itl(self, seconds: float) -> None: ...
 
+    def observe_queue_wait(self, seconds: float) -> None: ...
+
 
 class NullMetrics:
     def set_active(self, n: int) -> None:
@@ -37,4 +39,7 @@ class NullMetrics:
         pass
 
     def observe_itl(self, seconds: float) -> None:
+        pass
+
+    def observe_queue_wait(self, seconds: float) -> None:
         pass

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from serve_app.engine import EngineConfig, load_engine
+from serve_app.metrics import StageMetrics
+from serve_app.profiling import ProfileSettings
 from serve_app.stages.decoder_metrics import RayEngineMetrics
 from serve_app.stages.messages import DecodeChunk, DecodeRequest
 
@@ -40,13 +42,15 @@ class DecoderOptions(BaseModel):
     threads: int = Field(1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
     prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32"],
                                        description="decoder graph variants in order of preference")
+    profile: ProfileSettings = Field(default_factory=ProfileSettings,
+                                     description="ORT profiling of the next N decoder calls (prefills and steps; live)")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(slots=self.slots, max_context=self.max_context, max_queue=self.max_queue,
                             prefill_token_budget=self.prefill_token_budget, retry_after_s=self.retry_after_s)
 
 
-LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s"})
+LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s", "profile"})
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
@@ -54,8 +58,9 @@ class Decoder:
     def __init__(self, artifacts_dir: str, options: DecoderOptions | dict | None = None):
         self.options = DecoderOptions.model_validate(options or {}) if not isinstance(options, DecoderOptions) \
             else options
+        self.metrics = StageMetrics("decoder")
         self.engine = load_engine(artifacts_dir, self.options.engine_config(), threads=self.options.threads,
-                                  prefer=self.options.prefer_variants, metrics=RayEngineMetrics())
+                                  prefer=self.options.prefer_variants, metrics=RayEngineMetrics(self.metrics))
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -64,7 +69,7 @@ class Decoder:
         runner.decode(1, np.zeros((1, width), np.float32), np.array([4], np.int32))
 
     def reconfigure(self, user_config: dict) -> None:
-        """Live knobs: max_queue, prefill_token_budget, retry_after_s. Others need a new replica."""
+        """Live knobs: max_queue, prefill_token_budget, retry_after_s, profile. Others need a new replica."""
         user_config = dict(user_config or {})
         fixed = sorted(k for k in user_config if k not in LIVE_FIELDS and
                        user_config[k] != getattr(self.options, k, object()))
@@ -73,10 +78,12 @@ class Decoder:
                              f"live fields are {', '.join(sorted(LIVE_FIELDS))}")
         self.options = DecoderOptions.model_validate({**self.options.model_dump(), **user_config})
         self.engine.update_config(self.options.engine_config())
+        self.engine.runner.session.arm(self.options.profile)
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
-        async for chunk in self.engine.generate(request):
-            yield chunk
+        with self.metrics.track():  # outcome: ok, overloaded (503), cancelled (client gone), error
+            async for chunk in self.engine.generate(request):
+                yield chunk
 
     async def info(self) -> dict:
         sched = self.engine.scheduler
