@@ -11,6 +11,7 @@ template fits them all:
     mmserve_stage_compute_seconds{stage}                 one unit of work: an image decode, a vision batch,
                                                          a decoder step
     mmserve_batch_size{stage}                            requests (sequences) per batch of a batched stage
+    mmserve_stage_cache_lookups_total{stage,result}      a stage's result cache: hit or miss
     mmserve_image_bytes_total / mmserve_image_pixels_total   what clients sent, before resizing
 
 The decoder's token metrics (time to first token, inter-token latency, tokens, active sequences) live with the
@@ -85,6 +86,8 @@ class StageMetrics:
                                 ("stage",), boundaries=LATENCY_BOUNDS_S)
         self._batch = _metric("Histogram", "mmserve_batch_size", "requests or sequences run in one batch",
                               ("stage",), boundaries=BATCH_BOUNDS)
+        self._cache = _metric("Counter", "mmserve_stage_cache_lookups_total", "result cache lookups by result",
+                              ("stage", "result"))
 
     def count(self, outcome: str, status: int) -> None:
         self._requests.inc(tags={**self._tags, "outcome": outcome, "status": str(status)})
@@ -107,6 +110,9 @@ class StageMetrics:
 
     def observe_batch(self, size: int) -> None:
         self._batch.observe(size, tags=self._tags)
+
+    def count_cache(self, hit: bool) -> None:
+        self._cache.inc(tags={**self._tags, "result": "hit" if hit else "miss"})
 
     @contextmanager
     def timed_compute(self) -> Iterator[None]:

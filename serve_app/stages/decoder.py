@@ -42,15 +42,16 @@ class DecoderOptions(BaseModel):
     threads: int = Field(1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
     prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32"],
                                        description="decoder graph variants in order of preference")
-    profile: ProfileSettings = Field(default_factory=ProfileSettings,
-                                     description="ORT profiling of the next N decoder calls (prefills and steps; live)")
+    ort_profile: ProfileSettings = Field(default_factory=ProfileSettings,
+                                         description="ORT profiling of the next N decoder calls (prefills and "
+                                                     "steps; live)")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(slots=self.slots, max_context=self.max_context, max_queue=self.max_queue,
                             prefill_token_budget=self.prefill_token_budget, retry_after_s=self.retry_after_s)
 
 
-LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s", "profile"})
+LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s", "ort_profile"})
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
@@ -69,7 +70,7 @@ class Decoder:
         runner.decode(1, np.zeros((1, width), np.float32), np.array([4], np.int32))
 
     def reconfigure(self, user_config: dict) -> None:
-        """Live knobs: max_queue, prefill_token_budget, retry_after_s, profile. Others need a new replica."""
+        """Live knobs: max_queue, prefill_token_budget, retry_after_s, ort_profile. Others need a new replica."""
         user_config = dict(user_config or {})
         fixed = sorted(k for k in user_config if k not in LIVE_FIELDS and
                        user_config[k] != getattr(self.options, k, object()))
@@ -78,7 +79,7 @@ class Decoder:
                              f"live fields are {', '.join(sorted(LIVE_FIELDS))}")
         self.options = DecoderOptions.model_validate({**self.options.model_dump(), **user_config})
         self.engine.update_config(self.options.engine_config())
-        self.engine.runner.session.arm(self.options.profile)
+        self.engine.runner.session.arm(self.options.ort_profile)
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         with self.metrics.track():  # outcome: ok, overloaded (503), cancelled (client gone), error

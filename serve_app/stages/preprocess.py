@@ -8,11 +8,13 @@ Resources: CPU only, a fraction of a core; stateless, so it scales out freely.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import io
 import re
+import time
 import urllib.request
 import warnings
 
@@ -22,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from serve_app.errors import InvalidImage
+from serve_app.metrics import ImageMetrics, StageMetrics
 from serve_app.stages.messages import PreprocessedImage
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -185,10 +188,20 @@ class Preprocess:
     def __init__(self, image_size: int, options: PreprocessOptions | dict | None = None):
         self.image_size = image_size
         self.options = PreprocessOptions.model_validate(options or {})
+        self.metrics, self.image_metrics = StageMetrics("preprocess"), ImageMetrics()
+        # Decoding is CPU-bound: one image per replica at a time. The wait for this slot is the stage's queue wait;
+        # the decode runs in a thread so the replica keeps answering health checks meanwhile.
+        self._slot = asyncio.Semaphore(1)
 
     async def process(self, url: str, param: str = "image_url") -> PreprocessedImage:
-        # Decoding is CPU-bound and short; running it inline keeps one image per replica core at a time.
-        return preprocess_image(url, self.image_size, self.options, param)
+        arrived = time.perf_counter()
+        with self.metrics.track():
+            async with self._slot:
+                self.metrics.observe_queue_wait(time.perf_counter() - arrived)
+                with self.metrics.timed_compute():
+                    image = await asyncio.to_thread(preprocess_image, url, self.image_size, self.options, param)
+            self.image_metrics.add(image.source_bytes, image.source_pixels)
+            return image
 
     async def ready(self) -> bool:
         return True

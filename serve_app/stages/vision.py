@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -27,7 +29,9 @@ from ray import serve
 
 from graphs.manifest import TENSORRT_EP, Manifest
 from serve_app.ep_metrics import report_active_ep
+from serve_app.metrics import StageMetrics
 from serve_app.ort_session import OpenedSession, open_stage_session
+from serve_app.profiling import ProfilableSession, ProfileSettings
 from serve_app.providers import BatchProfile, ProviderSpec, batch_profile, default_vision_providers, parse_providers
 from serve_app.stages.messages import PreprocessedImage
 from serve_app.warmup import warm_up
@@ -55,6 +59,8 @@ class VisionOptions(BaseModel):
                                                       "None = max_batch_size")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="longest wait for a batch to fill")
     cache_size: int = Field(default=256, ge=0, description="image features kept by content hash (LRU); 0 = off")
+    ort_profile: ProfileSettings = Field(default_factory=ProfileSettings,
+                                         description="ORT profiling of the next N batches (live via user_config)")
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -123,10 +129,14 @@ class VisionEncoder:
     def __init__(self, artifacts_dir: str, options: VisionOptions | dict | None = None):
         self.options = VisionOptions.model_validate(options or {})
         opened = open_vision_session(artifacts_dir, self.options)
-        self.session, self.variant, self.provider = opened.session, opened.variant, opened.provider
+        self.variant, self.provider = opened.variant, opened.provider
+        manifest = Manifest.read(artifacts_dir)
+        model_path = Path(artifacts_dir) / manifest.graphs["vision"].variants[self.variant].file
+        self.session = ProfilableSession(opened.session, model_path, self.options.threads, stage="vision")
+        self.metrics = StageMetrics("vision")
+        self.batches_run = 0
         self.fallbacks = list(opened.fallbacks)
         report_active_ep("vision", self.provider, self.variant)
-        manifest = Manifest.read(artifacts_dir)
         self.profile = self.options.profile(manifest)
         self.image_size = manifest.image_size
         self.cache = FeatureCache(self.options.cache_size)
@@ -138,7 +148,7 @@ class VisionEncoder:
         log.info("vision replica on %s (variant %s), warm-up %s", self.provider, self.variant, self.warmup_s)
 
     def reconfigure(self, user_config: dict) -> None:
-        """Live knobs: max_batch_size, batch_wait_timeout_s, cache_size."""
+        """Live knobs: max_batch_size, batch_wait_timeout_s, cache_size, ort_profile."""
         options = VisionOptions.model_validate({**self.options.model_dump(), **(user_config or {})})
         if self.provider == TENSORRT_EP and options.max_batch_size > self.profile.max_batch:
             # outside the engine's profile TensorRT would rebuild the engine mid-traffic
@@ -147,6 +157,7 @@ class VisionEncoder:
         self.options = options
         self._apply_batching(self.options)
         self.cache.resize(self.options.cache_size)
+        self.session.arm(self.options.ort_profile)
 
     def _apply_batching(self, options: VisionOptions) -> None:
         self._encode_batch.set_max_batch_size(options.max_batch_size)
@@ -155,23 +166,32 @@ class VisionEncoder:
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(["image_features"], {"pixels": pixels})[0]  # (B,3,H,W) -> (B,P,D)
 
-    async def _run_batch(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+    async def _run_batch(self, batch: list[np.ndarray], enqueued_at: list[float]) -> list[np.ndarray]:
+        start = time.perf_counter()
+        for t in enqueued_at:
+            self.metrics.observe_queue_wait(start - t)  # waiting for the batch to form and the previous to end
+        self.metrics.observe_batch(len(batch))
+        self.batches_run += 1
         pixels = np.stack(batch)  # (B,3,H,W) uint8
-        features = await asyncio.to_thread(self._run, pixels)  # (B,P,D) float32
+        with self.metrics.timed_compute():
+            features = await asyncio.to_thread(self._run, pixels)  # (B,P,D) float32
         return [np.ascontiguousarray(f) for f in features]
 
     async def encode(self, image: PreprocessedImage) -> np.ndarray:
         """-> (P,D) float32 features for one preprocessed image."""
-        cached = self.cache.get(image.content_hash)
-        if cached is not None:
-            return cached
-        features = await self._encode_batch(image.pixels)
-        self.cache.put(image.content_hash, features)
-        return features
+        with self.metrics.track():
+            cached = self.cache.get(image.content_hash)
+            self.metrics.count_cache(cached is not None)
+            if cached is not None:
+                return cached
+            features = await self._encode_batch(image.pixels, time.perf_counter())
+            self.cache.put(image.content_hash, features)
+            return features
 
     async def info(self) -> dict:
         return {"variant": self.variant, "provider": self.provider, "fallbacks": self.fallbacks,
-                "warmup_s": self.warmup_s, "cached": len(self.cache),
+                "warmup_s": self.warmup_s, "cached": len(self.cache), "batches_run": self.batches_run,
+                "ort_traces": list(self.session.traces),
                 "max_batch_size": self.options.max_batch_size,
                 "batch_wait_timeout_s": self.options.batch_wait_timeout_s}
 
