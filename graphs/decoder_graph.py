@@ -16,8 +16,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphs.onnx_ops import MS_DOMAIN, GraphBuilder, torch_linear
-from graphs.vision_graph import INT64_MAX, skip_layer_norm
+from graphs.onnx_ops import MS_DOMAIN, GraphBuilder, torch_linear, torch_ln
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def skip_layer_norm(g: GraphBuilder, x: str, skip: str, ln, bias: np.ndarray | None, eps: float,
+                    name: str) -> tuple[str, str]:
+    """SkipLayerNormalization: LN(x + skip + bias); returns (normalized, the sum = the new residual stream)."""
+    gamma, beta = torch_ln(ln)
+    ins = [x, skip, g.weight(f"{name}.weight", gamma), g.weight(f"{name}.bias", beta)]
+    if bias is not None:
+        ins.append(g.weight(f"{name}.skip_bias", bias))
+    outs = [f"{name}/output_0", "", "", f"{name}/output_3"]
+    g.node("SkipLayerNormalization", ins, f"{name}/SkipLayerNorm", outputs=outs, domain=MS_DOMAIN, epsilon=eps)
+    return outs[0], outs[3]
 
 
 def _io(g: GraphBuilder, cfg) -> list[tuple[str, str]]:

@@ -51,7 +51,8 @@ class CachedDecoder:
                 io.bind_input(past, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
                 io.bind_output(present, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
         self.session.run_with_iobinding(io)
-        return io.copy_outputs_to_cpu()[0]
+        # Only the logits: copy_outputs_to_cpu() would also copy every bound cache buffer (tens of MB per step).
+        return io.get_outputs()[0].numpy()
 
     def prefill(self, slot: int, embeds: np.ndarray) -> np.ndarray:
         """embeds (1,S,D) into an empty slot -> logits (1,V) at the last position."""

@@ -37,13 +37,20 @@ class Int8Weights:
         return g.op("DynamicQuantizeMatMul", ins, f"{name}/DynamicQuantizeMatMul", domain=MS_DOMAIN)
 
     def attention(self, g: GraphBuilder, x: str, w: np.ndarray, b: np.ndarray, heads: int, name: str) -> str:
-        """QAttention: the QKV GEMM in int8 inside the fused attention node; x quantized once just before it.
+        """x quantized once, three int8 GEMMs (q, k, v), then fp32 MultiHeadAttention.
 
-            x -> DynamicQuantizeLinear -> (x_u8, x_scale, x_zp) -> QAttention(W int8, bias, scales) -> (B,P,D)
+            x -> DynamicQuantizeLinear -> MatMulIntegerToFloat x3 (q, k, v; bias folded) -> MultiHeadAttention
+        Why not QAttention: on (8,196,384) it took 18 ms against 8.8 ms for this form (measured, 2 threads); and
+        separate q/k/v GEMMs avoid splitting a packed (B,P,3D) tensor, which the CPU MultiHeadAttention cannot take.
         """
-        q, scale = quantize_per_column(w)
-        xq = g.node("DynamicQuantizeLinear", [x], f"{name}/DynamicQuantizeLinear", n_out=3)
-        ins = [xq[0], g.const(f"{name}/qkv.weight_int8", q), g.weight(f"{name}/qkv.bias", b), xq[1],
-               g.const(f"{name}/qkv.weight_scale", scale), "", xq[2],
-               g.const(f"{name}/qkv.weight_zero_point", np.zeros_like(q[0]))]
-        return g.op("QAttention", ins, f"{name}/QAttention", domain=MS_DOMAIN, num_heads=heads)
+        xq, x_scale, x_zp = g.node("DynamicQuantizeLinear", [x], f"{name}/DynamicQuantizeLinear", n_out=3)
+        d = w.shape[0]
+        qkv = []
+        for i, part in enumerate("qkv"):
+            q, scale = quantize_per_column(w[:, i * d:(i + 1) * d])
+            pname = f"{name}/{part}_proj"
+            ins = [xq, g.const(f"{pname}.weight_int8", q), x_scale, g.const(f"{pname}.weight_scale", scale), x_zp,
+                   g.const(f"{pname}.weight_zero_point", np.zeros_like(q[0])),
+                   g.weight(f"{pname}.bias", b[i * d:(i + 1) * d])]
+            qkv.append(g.op("MatMulIntegerToFloat", ins, f"{pname}/MatMulIntegerToFloat", domain=MS_DOMAIN))
+        return g.op("MultiHeadAttention", qkv, f"{name}/MultiHeadAttention", domain=MS_DOMAIN, num_heads=heads)
