@@ -1,0 +1,86 @@
+"""`python -m serve_app [--config configs/local.yaml]`: Ray's own `serve run CONFIG`, plus a wait for readiness and a
+printout of how to call the service (curl and the openai client). Ctrl-C stops it, as with `serve run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
+
+
+def usage(base: str, model: str, key: str | None) -> str:
+    auth = f" -H 'Authorization: Bearer {key}'" if key else ""
+    api_key = repr(key) if key else '"unused"'
+    return f"""
+mmserve is ready at {base}   (model: {model})
+
+  curl -N {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{{
+    "model": "{model}", "stream": true, "max_tokens": 32,
+    "messages": [{{"role": "user", "content": [
+      {{"type": "image_url", "image_url": {{"url": "data:image/png;base64,'"$(base64 -w0 picture.png)"'"}}}},
+      {{"type": "text", "text": "Describe the image."}}]}}]}}'
+
+  python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{base}/v1", api_key={api_key})
+for chunk in client.chat.completions.create(model="{model}", stream=True, max_tokens=32,
+                                            messages=[{{"role": "user", "content": "Hello!"}}]):
+    print(chunk.choices[0].delta.content or "", end="", flush=True) if chunk.choices else None
+print()
+PY
+
+Liveness {base}/health, readiness {base}/ready. Ctrl-C stops the service.
+"""
+
+
+def served_model(config: dict) -> tuple[str, int]:
+    app = config["applications"][0]
+    model = (app.get("args") or {}).get("model") or {}
+    name = model.get("served_name") or f"mmserve-{model.get('preset', 'demo')}"
+    return name, int((config.get("http_options") or {}).get("port", 8000))
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1.0)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serve_app", description=__doc__)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file (default: configs/local.yaml)")
+    p.add_argument("--ready-timeout-s", type=float, default=1800, help="first start builds the model: be patient")
+    args = p.parse_args(argv)
+    model, port = served_model(yaml.safe_load(Path(args.config).read_text()))
+    proc = subprocess.Popen(["serve", "run", args.config])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        if wait_ready(proc, f"{base}/ready", args.ready_timeout_s):
+            keys = [k for k in os.environ.get("MMSERVE_API_KEYS", "").split(",") if k.strip()]
+            print(usage(base, model, keys[0].strip() if keys else None), flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)  # serve run shuts the cluster down cleanly on SIGINT
+        return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
