@@ -146,6 +146,9 @@ class VisionEncoder:
                                          batch_wait_timeout_s=self.options.batch_wait_timeout_s)(self._run_batch)
         self.warmup_s = warm_up(self.session, self.profile)  # in __init__: the replica is not ready before it ends
         log.info("vision replica on %s (variant %s), warm-up %s", self.provider, self.variant, self.warmup_s)
+        if self.fallbacks:  # in the replica's own log, where an operator looks first
+            log.warning("vision runs on %s, not %s: %s", self.provider, self.options.providers[0].name,
+                        "; ".join(self.fallbacks))
 
     def reconfigure(self, user_config: dict) -> None:
         """Live knobs: max_batch_size, batch_wait_timeout_s, cache_size, ort_profile."""
@@ -197,3 +200,8 @@ class VisionEncoder:
 
     async def ready(self) -> bool:
         return True
+
+    def check_health(self) -> None:
+        """Serve calls this every health_check_period_s: re-publish the active-EP gauge, which Ray's exporter
+        drops when it is set only once at start."""
+        report_active_ep("vision", self.provider, self.variant)
