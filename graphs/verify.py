@@ -2,10 +2,10 @@
 
 Tolerances, and why:
 - fp32: max abs error <= FP32_MAX_ABS on features and logits. ORT and PyTorch sum in different orders (MLAS blocked
-  GEMM, fused softmax/LayerNorm), so float32 results differ by a few ulps per op, ~1e-6..1e-5 after a dozen layers
-  on values of magnitude ~1. A wiring mistake (a wrong weight, mask or transpose) moves outputs by >= 1e-2, so 1e-3
-  keeps ~100x headroom over rounding while catching every real error. Plus greedy decoding of GREEDY_TOKENS tokens
-  after an image + prompt must be token-identical to MultimodalModel.generate_greedy.
+  GEMM, fused softmax/LayerNorm), so float32 results differ by rounding: measured on the reference preset ~5e-7 on
+  features and ~2e-6 on logits. 1e-4 leaves 50x headroom over that, while one transposed out-projection in one
+  layer of the tiny preset already moves features by 4e-3. Plus greedy decoding of GREEDY_TOKENS tokens after an
+  image + prompt must be token-identical to MultimodalModel.generate_greedy.
 - fp16 (portable): cosine >= FP16_MIN_COSINE; fp16 has an 11-bit mantissa, so only a relative check is meaningful.
 - int8: vision feature cosine >= INT8_MIN_COSINE and next-token top-1 agreement >= INT8_MIN_TOP1 over a fixed
   seeded set of teacher-forced contexts, counting the contexts where the reference itself is decisive: its top
@@ -24,7 +24,7 @@ import torch
 
 from graphs.ort_runner import CachedDecoder, cpu_session
 
-FP32_MAX_ABS = 1e-3
+FP32_MAX_ABS = 1e-4
 FP16_MIN_COSINE = 0.999
 INT8_MIN_COSINE = 0.999
 INT8_MIN_TOP1 = 0.98

@@ -1,0 +1,257 @@
+"""Graph benchmark: every CPU variant against this machine's GEMM peaks and the standard recipe, in one run.
+
+    python benchmarks/bench_graphs.py [--preset reference] [--threads 2] [--seconds 2] [--profile DIR]
+
+Prints, per variant: vision latency at batch 1 and 8, decoder step latency at batch 1, 8, 32 (one new token per
+row over a 228-token context, and the target's 200 past tokens at batch 1 and 8), achieved GOP/s, and the fp32 and
+int8 GEMM peaks measured in the same run with single-node MatMul / MatMulInteger graphs. The standard recipe
+(torch.onnx.export + optimize_model + quantize_dynamic, benchmarks/standard_recipe.py) runs in the same process on
+the same inputs. Latencies are medians with the best run beside them: the machine's cores are shared, and the best
+run is the closest to what the graph costs alone. --profile writes ORT per-operator summaries for the int8 targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).parent))
+from standard_recipe import build_standard  # noqa: E402
+
+from graphs.build import ensure_artifacts  # noqa: E402
+from graphs.config import get_preset  # noqa: E402
+from graphs.manifest import Manifest  # noqa: E402
+from graphs.ort_runner import CachedDecoder, cpu_session  # noqa: E402
+from graphs.weights import load_model  # noqa: E402
+
+CONTEXT = 228  # 196 image tokens + a 32-token prompt
+TARGETS = {("vision", "cpu-int8", 8): 40.0, ("decoder", "cpu-int8", 8, 200): 1.5, ("decoder", "cpu-int8", 1, 200): 1.2}
+
+
+def timed(fn, seconds: float, min_runs: int = 5) -> tuple[float, float]:
+    """(median ms, best ms) over repeated calls after two warm-up calls."""
+    fn(), fn()
+    times, start = [], time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3), float(np.min(times) * 1e3)
+
+
+# -- peaks ---------------------------------------------------------------------------------------------------------
+def _single_node(op: str, a_type, b: np.ndarray, m: int) -> bytes:
+    k, n = b.shape
+    out_type = TensorProto.INT32 if op == "MatMulInteger" else TensorProto.FLOAT
+    graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], "peak",
+                              [helper.make_tensor_value_info("a", a_type, [m, k])],
+                              [helper.make_tensor_value_info("y", out_type, [m, n])], [numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def gemm_peaks(threads: int, seconds: float) -> dict[str, float]:
+    """Best GOP/s of a single MatMul (fp32) and MatMulInteger (u8 x s8) node over a few large shapes."""
+    rng = np.random.default_rng(0)
+    peaks = {"fp32": 0.0, "int8": 0.0}
+    for m, k, n in ((1568, 384, 1536), (1568, 1536, 384), (2048, 1024, 1024)):
+        cases = {"fp32": ("MatMul", TensorProto.FLOAT, rng.standard_normal((k, n)).astype(np.float32),
+                          rng.standard_normal((m, k)).astype(np.float32)),
+                 "int8": ("MatMulInteger", TensorProto.UINT8, rng.integers(-127, 128, (k, n)).astype(np.int8),
+                          rng.integers(0, 256, (m, k)).astype(np.uint8))}
+        for name, (op, a_type, b, a) in cases.items():
+            sess = cpu_session(_single_node(op, a_type, b, m), threads)
+            _, best = timed(lambda: sess.run(None, {"a": a}), seconds / 3)
+            peaks[name] = max(peaks[name], 2 * m * k * n / best / 1e6)
+    return peaks
+
+
+# -- work counts (multiply-adds x 2) -----------------------------------------------------------------------------
+def vision_gop(cfg, batch: int) -> float:
+    v, p = cfg.vision, cfg.vision.num_patches
+    per_row = v.patch_dim * v.width + v.layers * (12 * v.width * v.width) + v.width * cfg.decoder.width
+    attention = v.layers * 2 * p * p * v.width  # QK^T and PV per image
+    return 2 * batch * (p * per_row + attention) / 1e9
+
+
+def decoder_step_gop(cfg, batch: int, context: int) -> float:
+    d = cfg.decoder
+    per_row = d.layers * 12 * d.width * d.width + d.width * d.vocab_size + d.layers * 2 * context * d.width
+    return 2 * batch * per_row / 1e9
+
+
+# -- runners -------------------------------------------------------------------------------------------------------
+def bench_vision(path, cfg, threads, seconds, batches=(1, 8)) -> dict[int, tuple[float, float]]:
+    sess = cpu_session(str(path), threads)
+    rng = np.random.default_rng(0)
+    out = {}
+    for b in batches:
+        pixels = rng.integers(0, 256, (b, 3, cfg.vision.image_size, cfg.vision.image_size), dtype=np.uint8)
+        out[b] = timed(lambda: sess.run(None, {"pixels": pixels}), seconds)
+    return out
+
+
+def bench_decoder(path, cfg, threads, seconds, cases) -> dict[tuple[int, int], tuple[float, float]]:
+    """Ours: one token per row over a shared preallocated cache (IOBinding, in place), `past` tokens already in it."""
+    d = cfg.decoder
+    sess = cpu_session(str(path), threads)
+    out = {}
+    for b, past in cases:
+        dec = CachedDecoder(sess, d.layers, d.heads, d.head_dim, b, d.max_positions)
+        embeds = np.random.default_rng(0).standard_normal((b, 1, d.width)).astype(np.float32)
+        lengths = np.full(b, past, np.int64)
+        out[(b, past)] = timed(lambda: dec._run(embeds, lengths[:, None], slice(0, b), lengths + 1), seconds)
+    return out
+
+
+def bench_standard_decoder(path, cfg, threads, seconds, cases) -> dict[tuple[int, int], tuple[float, float]]:
+    """The recipe's decoder: past (B,nh,T,hs) in, present (B,nh,T+1,hs) out: the cache is concatenated each step."""
+    d = cfg.decoder
+    sess = cpu_session(str(path), threads)
+    rng = np.random.default_rng(0)
+    out = {}
+    for b, past in cases:
+        feeds = {"inputs_embeds": rng.standard_normal((b, 1, d.width)).astype(np.float32),
+                 "position_ids": np.full((b, 1), past, np.int64)}
+        for i in range(d.layers):
+            for kv in ("key", "value"):
+                feeds[f"past_{kv}.{i}"] = rng.standard_normal((b, d.heads, past, d.head_dim)).astype(np.float32)
+        out[(b, past)] = timed(lambda: sess.run(["logits"] + [o.name for o in sess.get_outputs()[1:]], feeds),
+                               seconds)
+    return out
+
+
+def attention_fused(path) -> str:
+    ops = collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    fused = sum(ops[o] for o in ("Attention", "QAttention", "MultiHeadAttention", "GroupQueryAttention"))
+    return str(fused)
+
+
+# -- profiles ------------------------------------------------------------------------------------------------------
+def profile_summary(profile_json: str, top: int = 8) -> list[str]:
+    """Per-op-type kernel time share from an ORT profile."""
+    events = json.loads(Path(profile_json).read_text())
+    per_op, calls = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+            calls[e["args"]["op_name"]] += 1
+    total = sum(per_op.values()) or 1
+    return [f"    {op:26s} {us / 1e3:8.2f} ms {100 * us / total:5.1f}%  ({calls[op]} calls)"
+            for op, us in per_op.most_common(top)]
+
+
+def profile_targets(artifacts: Path, manifest: Manifest, cfg, threads: int, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vision = artifacts / manifest.graphs["vision"].variants["cpu-int8"].file
+    sess = cpu_session(str(vision), threads, profile_prefix=str(out_dir / "vision_int8_b8"))
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 3, cfg.vision.image_size, cfg.vision.image_size),
+                                               dtype=np.uint8)
+    for _ in range(5):
+        sess.run(None, {"pixels": pixels})
+    print("\nORT profile, vision cpu-int8 batch 8 (5 runs):")
+    print("\n".join(profile_summary(sess.end_profiling())))
+    decoder = artifacts / manifest.graphs["decoder"].variants["cpu-int8"].file
+    d = cfg.decoder
+    for b in (1, 8):
+        sess = cpu_session(str(decoder), threads, profile_prefix=str(out_dir / f"decoder_int8_b{b}"))
+        dec = CachedDecoder(sess, d.layers, d.heads, d.head_dim, b, d.max_positions)
+        embeds = np.zeros((b, 1, d.width), np.float32)
+        lengths = np.full(b, min(200, d.max_positions - 1), np.int64)
+        for _ in range(50):
+            dec._run(embeds, lengths[:, None], slice(0, b), lengths + 1)
+        print(f"\nORT profile, decoder cpu-int8 step batch {b} @200 past (50 steps):")
+        print("\n".join(profile_summary(sess.end_profiling())))
+
+
+# -- main ----------------------------------------------------------------------------------------------------------
+def _row(graph, variant, attn, case, med_best, gop, peak):
+    med, best = med_best
+    rate = gop / best * 1e3
+    return (f"{graph:8s} {variant:14s} {attn:>5s}  {case:20s} {med:9.2f} {best:9.2f} {rate:9.1f} "
+            f"{100 * rate / peak:6.1f}%")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="reference")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=2.0, help="time budget per measurement")
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "mmserve-artifacts"))
+    ap.add_argument("--profile", default=None, help="directory for ORT profiles of the int8 targets")
+    ap.add_argument("--no-standard", action="store_true", help="skip the standard-recipe comparison")
+    args = ap.parse_args(argv)
+
+    cfg = get_preset(args.preset)
+    print(f"building/locating artifacts for {args.preset} ...", flush=True)
+    artifacts = ensure_artifacts(args.preset, args.cache)
+    manifest = Manifest.read(artifacts)
+    peaks = gemm_peaks(args.threads, args.seconds)
+    print(f"\n{args.preset}: {args.threads} ORT threads; GEMM peaks this run: fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"int8 {peaks['int8']:.0f} GOP/s (single-node MatMul / MatMulInteger)")
+    ctx = min(CONTEXT, cfg.decoder.max_positions - 1)  # small presets cap the context at their position table
+    dec_cases = [(1, ctx), (8, ctx), (32, ctx), (1, min(200, ctx)), (8, min(200, ctx))]
+    results: dict[tuple, tuple[float, float]] = {}
+    variants = {"vision": {}, "decoder": {}}
+    for g in ("vision", "decoder"):
+        for name, v in manifest.graphs[g].variants.items():
+            if "CPUExecutionProvider" in v.providers:
+                variants[g][name] = (artifacts / v.file, v.precision)
+    if not args.no_standard:
+        print("exporting the standard recipe (torch.onnx.export + optimize_model + quantize_dynamic) ...", flush=True)
+        # Same model as the artifacts: the benchmark builds with seeded weights (ensure_artifacts without weights).
+        std = build_standard(load_model(cfg))
+        for g in ("vision", "decoder"):
+            for name, path in std[g].items():
+                variants[g][name] = (path, "int8" if name.endswith("int8") else "fp32")
+
+    header = (f"{'graph':8s} {'variant':14s} {'attn':>5s}  {'case':20s} {'median ms':>9s} {'best ms':>9s} "
+              f"{'GOP/s':>9s} {'% peak':>7s}")
+    lines = [header, "-" * len(header)]
+    for name, (path, prec) in variants["vision"].items():
+        attn = f"{attention_fused(path)}/{cfg.vision.layers}"
+        for b, mb in bench_vision(path, cfg, args.threads, args.seconds).items():
+            results[("vision", name, b)] = mb
+            lines.append(_row("vision", name, attn, f"batch {b}", mb, vision_gop(cfg, b), peaks[prec]))
+        print(lines[-1], flush=True)
+    for name, (path, prec) in variants["decoder"].items():
+        attn = f"{attention_fused(path)}/{cfg.decoder.layers}"
+        run = bench_standard_decoder if name.startswith("std") else bench_decoder
+        for (b, past), mb in run(path, cfg, args.threads, args.seconds, dec_cases).items():
+            results[("decoder", name, b, past)] = mb
+            case = f"step b{b} @{past} past"
+            lines.append(_row("decoder", name, attn, case, mb, decoder_step_gop(cfg, b, past + 1), peaks[prec]))
+        print(lines[-1], flush=True)
+    print("\n" + "\n".join(lines))
+    _print_targets(results, not args.no_standard)
+    if args.profile:
+        profile_targets(artifacts, manifest, cfg, args.threads, Path(args.profile))
+
+
+def _print_targets(results, with_standard: bool) -> None:
+    print("\ntargets (best run; median in brackets):")
+    for key, limit in TARGETS.items():
+        if key not in results:
+            continue
+        med, best = results[key]
+        verdict = "MET" if best <= limit else "MISSED"
+        line = f"  {' '.join(map(str, key)):28s} <= {limit:5.1f} ms: {best:7.2f} ms [{med:.2f}]  {verdict}"
+        std_key = (key[0], "std-int8", *key[2:])
+        if with_standard and std_key in results:
+            line += f"   standard recipe {results[std_key][1]:.2f} ms [{results[std_key][0]:.2f}]" \
+                    f" -> {results[std_key][1] / best:.1f}x faster"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
