@@ -22,10 +22,10 @@ import numpy as np
 import onnx
 
 from graphs.config import ModelConfig, get_preset
-from graphs.manifest import MANIFEST, GraphEntry, Manifest, TensorSpec, TokenizerEntry, Variant
+from graphs.manifest import CPU_EP, MANIFEST, GraphEntry, Manifest, TensorSpec, TokenizerEntry, Variant
 from graphs.parity import run_parity_gate
 from graphs.tokenizer import EOS, ROLE_TOKENS, build_tokenizer, load_tokenizer, token_id
-from graphs.variants import VARIANTS, file_name, fusion_counts
+from graphs.variants import VARIANTS, file_name, fusion_counts, ort_optimized_counts
 from graphs.weights import WeightsError, load_model
 
 Progress = Callable[[str], None]
@@ -101,9 +101,10 @@ def _graph_entries(built, tmp: Path, parity: dict) -> dict[str, GraphEntry]:
         variants = {}
         for name, proto in protos.items():
             spec, f = VARIANTS[graph][name], file_name(graph, name)
+            ort_counts = ort_optimized_counts(tmp / f) if CPU_EP in spec.providers else {}
             variants[name] = Variant(file=f, sha256=_sha256(tmp / f), providers=list(spec.providers),
                                      precision=spec.precision, fusions=fusion_counts(proto),
-                                     parity=parity[graph][name])
+                                     parity=parity[graph][name], ort_optimized=ort_counts)
         entries[graph] = GraphEntry(inputs=_specs(first.graph.input), outputs=_specs(first.graph.output),
                                     variants=variants)
     return entries

@@ -57,6 +57,9 @@ class Variant(BaseModel):
     fusions: dict[str, int] = Field(default_factory=dict, description="node count by op type of fused/contrib ops")
     parity: dict[str, float | int | bool | str] = Field(default_factory=dict,
                                                          description="figures from the build's parity gate")
+    ort_optimized: dict[str, int] = Field(default_factory=dict,
+                                          description="node count by op type after ORT's load-time optimizer "
+                                                      "(CPU EP, all levels); empty for non-CPU variants")
 
 
 class GraphEntry(BaseModel):

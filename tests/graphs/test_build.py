@@ -143,3 +143,44 @@ def test_ensure_artifacts_rejects_bad_inputs(tmp_path):
         ensure_artifacts("huge", tmp_path)
     with pytest.raises(WeightsError, match="weights file not found"):
         ensure_artifacts("tiny", tmp_path, weights=tmp_path / "missing.safetensors")
+
+
+def test_two_processes_ensuring_at_once_build_once(tmp_path):
+    """Two processes ask for the same artifacts at the same moment: one builds, the other waits and reuses it."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from graphs.build import ensure_artifacts\n"
+              "log = open(sys.argv[2], 'a')\n"
+              "p = ensure_artifacts('tiny', sys.argv[1], progress=lambda s: (log.write(s + '\\n'), log.flush()))\n"
+              "print(p)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache"), str(tmp_path / f"log{i}")],
+                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    paths = {p.communicate(timeout=300)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(paths) == 1
+    builds = sum((tmp_path / f"log{i}").read_text().count("load weights") for i in range(2)
+                 if (tmp_path / f"log{i}").exists())
+    assert builds == 1
+
+
+def test_given_tokenizer_is_copied_and_checked(tmp_path):
+    from graphs.tokenizer import build_tokenizer
+
+    tok_path = tmp_path / "tok.json"
+    build_tokenizer(TINY.decoder.vocab_size, corpus=["a different corpus gives different merges"]).save(str(tok_path))
+    manifest = build_artifacts("tiny", tmp_path / "out", tokenizer=tok_path)
+    assert (tmp_path / "out" / manifest.tokenizer.file).read_bytes() == tok_path.read_bytes()
+    wrong = tmp_path / "wrong.json"
+    build_tokenizer(1024).save(str(wrong))
+    with pytest.raises(BuildError, match="wrong.json: tokenizer has 1024 tokens"):
+        build_artifacts("tiny", tmp_path / "out2", tokenizer=wrong)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_rebuilding_replaces_an_existing_artifact_dir(tmp_path):
+    build_artifacts("tiny", tmp_path / "out")
+    (tmp_path / "out" / "stale.onnx").write_text("old")
+    build_artifacts("tiny", tmp_path / "out")
+    assert not (tmp_path / "out" / "stale.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -124,3 +124,15 @@ def test_manifest_io_matches_every_variant(tiny_artifacts, graph):
         model = onnx.load(str(out / v.file))
         assert [i.name for i in model.graph.input] == [t.name for t in entry.inputs]
         assert [o.name for o in model.graph.output] == [t.name for t in entry.outputs]
+
+
+def test_ort_load_time_optimizer_keeps_every_fusion(tiny_artifacts):
+    """The manifest records what ORT makes of each CPU graph at load; our fused nodes must survive it unchanged."""
+    _, manifest = tiny_artifacts
+    for graph, entry in manifest.graphs.items():
+        for name, v in entry.variants.items():
+            if "CPUExecutionProvider" not in v.providers:
+                assert v.ort_optimized == {}
+                continue
+            for op, n in v.fusions.items():
+                assert v.ort_optimized.get(op) == n, (graph, name, op)
