@@ -28,6 +28,7 @@ from serve_app import chat
 from serve_app.completions import CompletionMeta, collect, stream_chunks
 from serve_app.config import IngressOptions
 from serve_app.errors import APIError, InvalidRequest, NotFound, Unauthorized
+from serve_app.metrics import StageMetrics, outcome_of_status
 from serve_app.protocol import ModelCard, ModelList, completion_id
 from serve_app.sse import error_response, sse_response
 
@@ -74,6 +75,7 @@ class Ingress:
         self.model_name = model_name
         self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s)
         self.keys = self.options.keys()
+        self.metrics = StageMetrics("ingress")
 
     def _authorize(self, request: Request) -> None:
         if not self.keys:
@@ -104,6 +106,13 @@ class Ingress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
+        # Counted when the status is known; a stream that fails later still counts as its 200 here (the decoder
+        # stage counts its own outcome). Ray's proxy has set X-Request-Id already: it is in every stage's logs.
+        response = await self._chat_completions(request)
+        self.metrics.count(outcome_of_status(response.status_code), response.status_code)
+        return response
+
+    async def _chat_completions(self, request: Request) -> Response:
         try:
             self._authorize(request)
             req = chat.parse_request(await request.body())

@@ -69,6 +69,15 @@ def classify(exc: BaseException | None) -> tuple[str, int]:
     return "error", 500
 
 
+def outcome_of_status(status: int) -> str:
+    """The outcome a finished HTTP response counts as, where only its status is known."""
+    if status < 400:
+        return "ok"
+    if status == 503:
+        return "overloaded"
+    return "rejected" if status < 500 else "error"
+
+
 class StageMetrics:
     """The metrics of one stage inside one replica. Create it in the replica's __init__."""
 

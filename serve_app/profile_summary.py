@@ -39,7 +39,10 @@ class TraceSummary:
 def load_events(path: str | Path) -> list[dict]:
     """ORT writes a JSON list of trace events; Chrome's object form ({"traceEvents": [...]}) is accepted too."""
     try:
-        data = json.loads(Path(path).read_text())
+        text = Path(path).read_text()
+        if not text:  # ORT creates the file when profiling starts and writes it when profiling ends
+            raise ValueError(f"{path}: empty; is profiling still on for that stage?")
+        data = json.loads(text)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable JSON trace ({e})") from None
     events = data.get("traceEvents") if isinstance(data, dict) else data

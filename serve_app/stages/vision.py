@@ -194,7 +194,7 @@ class VisionEncoder:
     async def info(self) -> dict:
         return {"variant": self.variant, "provider": self.provider, "fallbacks": self.fallbacks,
                 "warmup_s": self.warmup_s, "cached": len(self.cache), "batches_run": self.batches_run,
-                "ort_traces": list(self.session.traces),
+                "ort_profile": self.options.ort_profile.model_dump(), "ort_traces": list(self.session.traces),
                 "max_batch_size": self.options.max_batch_size,
                 "batch_wait_timeout_s": self.options.batch_wait_timeout_s}
 
