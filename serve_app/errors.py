@@ -8,8 +8,11 @@ a 400 naming the field. Anything unexpected is a 500 whose message does not leak
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from pydantic import ValidationError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 
 from serve_app.protocol import ErrorInfo, ErrorResponse
 from serve_app.stages.messages import Overloaded
@@ -59,11 +62,12 @@ class NotFound(APIError):
 
 
 def unwrap(exc: BaseException) -> BaseException:
-    """The original exception behind Ray's wrappers (RayTaskError and friends keep it as `.cause`)."""
-    seen = 0
-    while getattr(exc, "cause", None) is not None and seen < 8:
-        exc = exc.cause
-        seen += 1
+    """The original exception behind Ray's wrappers (RayTaskError keeps it as `.cause`)."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
     return exc
 
 
@@ -81,6 +85,27 @@ def validation_message(err: ValidationError) -> str:
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    type: str
+    code: str
+    retry_after_s: float | None = None  # sent as Retry-After: the client may try again
+
+
+# Failures that are no fault of the request, by exception class (the first matching base wins).
+_OUTCOMES: dict[type, Outcome] = {
+    Overloaded: Outcome(503, "server_overloaded", "overloaded", 1.0),
+    BackPressureError: Outcome(503, "server_overloaded", "overloaded", 1.0),  # a stage's max_queued_requests
+    RayActorError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),  # a replica died; Serve restarts it
+    TimeoutError: Outcome(504, "timeout", "stage_timeout"),
+}
+
+
+def _outcome(exc: BaseException) -> Outcome | None:
+    return next((o for cls, o in _OUTCOMES.items() if isinstance(exc, cls)), None)
+
+
 def to_error(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
     """(status, body, extra headers) for any exception."""
     exc = unwrap(exc)
@@ -91,9 +116,14 @@ def to_error(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
         info = ErrorInfo(message=validation_message(exc), type="invalid_request_error",
                          param=validation_param(exc), code="invalid_value")
         return 400, ErrorResponse(error=info), {}
-    if isinstance(exc, Overloaded):
-        info = ErrorInfo(message=str(exc), type="server_overloaded", code="overloaded")
-        return 503, ErrorResponse(error=info), {"Retry-After": str(max(1, round(exc.retry_after_s)))}
-    log.exception("internal error", exc_info=exc)
-    info = ErrorInfo(message=f"internal error ({type(exc).__name__})", type="internal_error", code="internal_error")
-    return 500, ErrorResponse(error=info), {}
+    outcome = _outcome(exc)
+    if outcome is None:
+        log.error("internal error", exc_info=exc)
+        outcome = Outcome(500, "internal_error", "internal_error")
+        message = f"internal error ({type(exc).__name__})"
+    else:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    retry = getattr(exc, "retry_after_s", None) or outcome.retry_after_s
+    headers = {"Retry-After": str(max(1, round(retry)))} if retry else {}
+    info = ErrorInfo(message=message, type=outcome.type, code=outcome.code)
+    return outcome.status, ErrorResponse(error=info), headers

@@ -72,6 +72,7 @@ class ChatCompletionRequest(OpenAIBase):
     seed: int | None = None
     stop: str | list[str] | None = None
     ignore_eos: bool = False  # vLLM extension: generate exactly max_tokens, for benchmarks
+    n: int = Field(default=1, ge=1, le=1)  # one choice per request: refuse n > 1 rather than answer with one
 
     @field_validator("stop")
     @classmethod

@@ -47,6 +47,7 @@ def test_unknown_fields_are_ignored_like_openai():
     (req(top_p=0), "top_p"),
     (req(top_p=1.5), "top_p"),
     (req(max_tokens="many"), "max_tokens"),
+    (req(n=2), "n"),
     ({"messages": "hello"}, "messages"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
@@ -79,6 +80,7 @@ def test_unwrap_ray_style_cause():
             self.cause = cause
     inner = ContextLengthExceeded("too long")
     assert unwrap(Wrapper(Wrapper(inner))) is inner
+    assert isinstance(unwrap(Wrapper("not an exception")), Wrapper)  # only exceptions are causes
     status, body, _ = to_error(Wrapper(inner))
     assert status == 400 and body.error.code == "context_length_exceeded"
 
@@ -89,6 +91,18 @@ def test_statuses():
     assert status == 503 and headers == {"Retry-After": "2"} and body.error.type == "server_overloaded"
     status, body, _ = to_error(RuntimeError("secret /path"))
     assert status == 500 and "secret" not in body.error.message
+
+
+def test_infrastructure_failures_are_retryable_statuses():
+    from ray.exceptions import ActorDiedError
+    from ray.serve.exceptions import BackPressureError
+
+    status, body, headers = to_error(ActorDiedError())
+    assert status == 503 and body.error.code == "stage_unavailable" and headers == {"Retry-After": "1"}
+    status, body, headers = to_error(BackPressureError(num_queued_requests=3, max_queued_requests=2))
+    assert status == 503 and body.error.type == "server_overloaded" and "Retry-After" in headers
+    status, body, headers = to_error(TimeoutError())
+    assert status == 504 and body.error.code == "stage_timeout" and headers == {}
 
 
 def test_validation_error_maps_to_first_field():
