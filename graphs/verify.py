@@ -143,21 +143,25 @@ def top1_figures(model, decoder_bytes: bytes) -> dict:
             "top1_decisive_contexts": int(decisive.sum()), "forced_logits_max_abs_err": float(np.abs(ref - mine).max())}
 
 
+# precision -> (figure, bound kind, bound): a figure a variant does not report is not checked.
+GATE = {
+    "fp32": [("feature_max_abs_err", "max", FP32_MAX_ABS), ("logits_max_abs_err", "max", FP32_MAX_ABS),
+             ("forced_logits_max_abs_err", "max", FP32_MAX_ABS), ("greedy_identical", "equal", True)],
+    "fp16": [("feature_cosine", "min", FP16_MIN_COSINE)],
+    "int8": [("feature_cosine", "min", INT8_MIN_COSINE), ("top1_agreement", "min", INT8_MIN_TOP1)],
+}
+_PASSES = {"max": lambda v, b: v <= b, "min": lambda v, b: v >= b, "equal": lambda v, b: v == b}
+
+
+def _failure(key: str, kind: str, bound, figures: dict) -> str:
+    if key == "greedy_identical":
+        return f"greedy tokens differ after {figures['greedy_matching_prefix']} of {figures['greedy_tokens']}"
+    return f"{key} {figures[key]:.6g} {'>' if kind == 'max' else '<'} {bound}"
+
+
 def check(graph: str, variant: str, precision: str, figures: dict) -> None:
-    """Raise ParityError naming the variant and figure that is past tolerance."""
-    failures = []
-    if precision == "fp32":
-        for key in ("feature_max_abs_err", "logits_max_abs_err", "forced_logits_max_abs_err"):
-            if key in figures and figures[key] > FP32_MAX_ABS:
-                failures.append(f"{key} {figures[key]:.3g} > {FP32_MAX_ABS}")
-        if figures.get("greedy_identical") is False:
-            failures.append(f"greedy tokens differ after {figures['greedy_matching_prefix']} of {figures['greedy_tokens']}")
-    if precision == "fp16" and figures["feature_cosine"] < FP16_MIN_COSINE:
-        failures.append(f"feature_cosine {figures['feature_cosine']:.6f} < {FP16_MIN_COSINE}")
-    if precision == "int8":
-        if "feature_cosine" in figures and figures["feature_cosine"] < INT8_MIN_COSINE:
-            failures.append(f"feature_cosine {figures['feature_cosine']:.6f} < {INT8_MIN_COSINE}")
-        if "top1_agreement" in figures and figures["top1_agreement"] < INT8_MIN_TOP1:
-            failures.append(f"top1_agreement {figures['top1_agreement']:.4f} < {INT8_MIN_TOP1}")
+    """Raise ParityError naming the variant and every figure past its bound."""
+    failures = [_failure(key, kind, bound, figures) for key, kind, bound in GATE[precision]
+                if key in figures and not _PASSES[kind](figures[key], bound)]
     if failures:
         raise ParityError(f"parity gate failed for {graph} {variant}: {'; '.join(failures)}")

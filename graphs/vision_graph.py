@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphs.onnx_ops import MS_DOMAIN, GraphBuilder, torch_linear, torch_ln
+from graphs.onnx_ops import MS_DOMAIN, NP_TO_ONNX, GraphBuilder, torch_linear, torch_ln
+
 
 def folded_patch_embedding(vision) -> tuple[np.ndarray, np.ndarray]:
     """Patch Linear with (p/255 - mean)/std folded in: returns W' (3pp, Dv) and bias + positions (P, Dv).
@@ -41,14 +42,9 @@ def _patch_embed(g: GraphBuilder, pixels: str, vision) -> str:
     x = g.op("Reshape", [pixels, g.ints("patch.grid_shape", [-1, 3, n, p, n, p])], "/vision/patch/Reshape")
     x = g.op("Transpose", [x], "/vision/patch/Transpose", perm=[0, 2, 4, 1, 3, 5])  # (B,h,w,3,p,p), still uint8
     x = g.op("Reshape", [x, g.ints("patch.flat_shape", [-1, cfg.num_patches, cfg.patch_dim])], "/vision/patch/Flat")
-    x = g.op("Cast", [x], "/vision/patch/Cast", to=_onnx_float(g))  # (B,P,3pp)
+    x = g.op("Cast", [x], "/vision/patch/Cast", to=NP_TO_ONNX[g.float_dtype])  # (B,P,3pp)
     w, b = folded_patch_embedding(vision)
     return g.matmul(x, w, "/vision/patch", bias=b)  # (B,P,Dv)
-
-
-def _onnx_float(g: GraphBuilder) -> int:
-    from graphs.onnx_ops import NP_TO_ONNX
-    return NP_TO_ONNX[g.float_dtype]
 
 
 def _portable_attention(g: GraphBuilder, x: str, attn, heads: int, name: str) -> str:
@@ -132,6 +128,9 @@ def _cpu_block(g: GraphBuilder, x: str, blk, heads: int, eps: float, name: str) 
     return g.op("Add", [x, g.matmul(h, wp, f"{name}/mlp/proj", bias=bp)], f"{name}/mlp/residual/Add")
 
 
+BLOCK_STYLES = {"portable": _portable_block, "cpu": _cpu_block}
+
+
 def build_vision(model, style: str, float_dtype=np.float32, quantize=None):
     """The vision ModelProto for `style` in {"portable", "cpu"}; `quantize` (graphs.quantize) makes it int8."""
     vision, eps = model.vision, model.cfg.layer_norm_eps
@@ -140,7 +139,7 @@ def build_vision(model, style: str, float_dtype=np.float32, quantize=None):
     g.quantize = quantize
     pixels = g.input("pixels", np.uint8, ["batch", 3, cfg.image_size, cfg.image_size])
     x = _patch_embed(g, pixels, vision)
-    block = _portable_block if style == "portable" else _cpu_block
+    block = BLOCK_STYLES[style]
     for i, blk in enumerate(vision.blocks):
         x = block(g, x, blk, cfg.heads, eps, f"/vision/layers.{i}")
     x = g.layer_norm(x, *torch_ln(vision.ln), eps, "/vision/ln")
