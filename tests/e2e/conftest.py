@@ -1,4 +1,7 @@
-"""One real Ray Serve instance for the whole e2e session, serving the tiny preset over HTTP on loopback.
+"""One real Ray Serve instance for all of tests/e2e, serving the tiny preset over HTTP on loopback.
+
+Package-scoped: Ray starts before the first e2e test and shuts down after the last, so test directories that run
+later can start their own Ray.
 
 Reuse: depend on the `served` fixture (base URL, API key, artifact dir, app name); `auth_headers(served)` gives the
 headers a call needs. `start_app` deploys other args on the same instance under another route prefix when a test
@@ -76,7 +79,7 @@ def start_app(args: dict, name: str, route_prefix: str) -> None:
     serve.run(build_app(args), name=name, route_prefix=route_prefix)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_artifacts(tmp_path_factory) -> Path:
     prebuilt = os.environ.get("MMSERVE_TINY_ARTIFACTS")  # reuse a build across runs while iterating
     if prebuilt:
@@ -86,7 +89,7 @@ def e2e_artifacts(tmp_path_factory) -> Path:
     return Path(ensure_artifacts("tiny", tmp_path_factory.mktemp("e2e_artifacts")))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def served(e2e_artifacts) -> Served:
     import ray
     from ray import serve
