@@ -4,7 +4,9 @@
 
 Prints, per variant: vision latency at batch 1 and 8, decoder step latency at batch 1, 8, 32 (one new token per
 row over a 228-token context, and the target's 200 past tokens at batch 1 and 8), achieved GOP/s, and the fp32 and
-int8 GEMM peaks measured in the same run with single-node MatMul / MatMulInteger graphs. The standard recipe
+int8 GEMM peaks measured in the same run with single-node MatMul / MatMulInteger graphs. A decode step is bound by
+memory, not arithmetic (every weight and each row's cache is read once per token), so decoder rows also print the
+bytes a step must read divided by its time, against the memory read rate measured in the same run. The standard recipe
 (torch.onnx.export + optimize_model + quantize_dynamic, benchmarks/standard_recipe.py) runs in the same process on
 the same inputs. Latencies are medians with the best run beside them: the machine's cores are shared, and the best
 run is the closest to what the graph costs alone; `cpu ms` is the process CPU time per call (all ORT threads), the
@@ -89,6 +91,28 @@ def vision_gop(cfg, batch: int) -> float:
     per_row = v.patch_dim * v.width + v.layers * (12 * v.width * v.width) + v.width * cfg.decoder.width
     attention = v.layers * 2 * p * p * v.width  # QK^T and PV per image
     return 2 * batch * (p * per_row + attention) / 1e9
+
+
+def read_bandwidth(threads: int, seconds: float) -> float:
+    """Best GB/s of a single ReduceSum over 64 MB of float32: the memory read rate a streaming kernel can reach."""
+    x = np.ones((1024, 16384), np.float32)
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)], "bandwidth",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1024])],
+                              [numpy_helper.from_array(np.array([1], np.int64), "axes")])  # rows in parallel
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    sess = cpu_session(model.SerializeToString(), threads)
+    _, best, _ = timed(lambda: sess.run(None, {"x": x}), seconds / 2)
+    return x.nbytes / best / 1e6
+
+
+def decoder_step_bytes(cfg, batch: int, past: int, precision: str) -> float:
+    """Bytes a decode step must read at least: every weight once, plus each row's cached keys and values."""
+    d = cfg.decoder
+    weights = d.layers * 12 * d.width * d.width + d.width * d.vocab_size
+    kv = 2 * d.layers * batch * past * d.width * 4  # float32 cache
+    return weights * (1 if precision == "int8" else 4) + kv
 
 
 def decoder_step_gop(cfg, batch: int, context: int) -> float:
@@ -182,11 +206,14 @@ def profile_targets(artifacts: Path, manifest: Manifest, cfg, threads: int, out_
 
 
 # -- main ----------------------------------------------------------------------------------------------------------
-def _row(graph, variant, attn, case, timing, gop, peak):
+def _row(graph, variant, attn, case, timing, gop, peak, gbytes=None, bandwidth=None):
     med, best, cpu = timing
     rate = gop / best * 1e3
+    mem = f"{'-':>7s} {'-':>6s}"
+    if gbytes:
+        mem = f"{gbytes / best * 1e3:7.1f} {100 * gbytes / best * 1e3 / bandwidth:5.0f}%"
     return (f"{graph:8s} {variant:14s} {attn:>5s}  {case:20s} {med:9.2f} {best:9.2f} {cpu:9.2f} {rate:9.1f} "
-            f"{100 * rate / peak:6.1f}%")
+            f"{100 * rate / peak:6.1f}% {mem}")
 
 
 def _variants(manifest: Manifest, artifacts: Path, cfg, with_standard: bool) -> dict[str, dict[str, tuple]]:
@@ -203,11 +230,11 @@ def _variants(manifest: Manifest, artifacts: Path, cfg, with_standard: bool) -> 
     return variants
 
 
-def _bench_all(variants, cfg, threads: int, seconds: float, peaks) -> tuple[list[str], dict]:
+def _bench_all(variants, cfg, threads: int, seconds: float, peaks, bandwidth: float) -> tuple[list[str], dict]:
     ctx = min(CONTEXT, cfg.decoder.max_positions - 1)  # small presets cap the context at their position table
     dec_cases = [(1, ctx), (8, ctx), (32, ctx), (1, min(200, ctx)), (8, min(200, ctx))]
     header = (f"{'graph':8s} {'variant':14s} {'attn':>5s}  {'case':20s} {'median ms':>9s} {'best ms':>9s} "
-              f"{'cpu ms':>9s} {'GOP/s':>9s} {'% peak':>7s}")
+              f"{'cpu ms':>9s} {'GOP/s':>9s} {'% peak':>7s} {'GB/s':>7s} {'% bw':>6s}")
     lines, results = [header, "-" * len(header)], {}
     for name, (path, prec) in variants["vision"].items():
         attn = f"{attention_fused(path)}/{cfg.vision.layers}"
@@ -220,8 +247,9 @@ def _bench_all(variants, cfg, threads: int, seconds: float, peaks) -> tuple[list
         run = bench_standard_decoder if name.startswith("std") else bench_decoder
         for (b, past), mb in run(path, cfg, threads, seconds, dec_cases).items():
             results[("decoder", name, b, past)] = mb
-            gop = decoder_step_gop(cfg, b, past + 1)
-            lines.append(_row("decoder", name, attn, f"step b{b} @{past} past", mb, gop, peaks[prec]))
+            gop, gbytes = decoder_step_gop(cfg, b, past + 1), decoder_step_bytes(cfg, b, past, prec) / 1e9
+            lines.append(_row("decoder", name, attn, f"step b{b} @{past} past", mb, gop, peaks[prec], gbytes,
+                              bandwidth))
         print(lines[-1], flush=True)
     return lines, results
 
@@ -241,10 +269,12 @@ def main(argv=None) -> None:
     artifacts = ensure_artifacts(args.preset, args.cache)
     manifest = Manifest.read(artifacts)
     peaks = gemm_peaks(args.threads, args.seconds)
+    bandwidth = read_bandwidth(args.threads, args.seconds)
     print(f"\n{args.preset}: {args.threads} ORT threads; GEMM peaks this run: fp32 {peaks['fp32']:.0f} GFLOP/s, "
-          f"int8 {peaks['int8']:.0f} GOP/s (single-node MatMul / MatMulInteger)")
+          f"int8 {peaks['int8']:.0f} GOP/s (single-node MatMul / MatMulInteger); memory read {bandwidth:.1f} GB/s "
+          f"(ReduceSum over 64 MB)")
     variants = _variants(manifest, artifacts, cfg, not args.no_standard)
-    lines, results = _bench_all(variants, cfg, args.threads, args.seconds, peaks)
+    lines, results = _bench_all(variants, cfg, args.threads, args.seconds, peaks, bandwidth)
     print("\n" + "\n".join(lines))
     _print_targets(results, not args.no_standard)
     if args.profile:
