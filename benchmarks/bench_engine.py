@@ -8,10 +8,11 @@ Measures, in one run, on the `reference` preset's decoder (cpu-int8 when built) 
   2. the same load on run-to-completion batching of the same size;
   3. step time vs the bare ORT decode call inside it (the engine's own overhead);
   4. the first token of a short request arriving while 16 long ones run, in decode steps and ms;
-  5. with --http URL: the same loads end to end through the OpenAI streaming API of a running app.
+  5. with --serve (starts the app here) or --http URL (a running app): the same loads end to end through the
+     OpenAI streaming API, as a fraction of the engine-alone figure.
 
     python benchmarks/bench_engine.py --artifacts /tmp/artifacts/reference
-    python benchmarks/bench_engine.py --artifacts DIR --http http://127.0.0.1:8000 --model mmserve-reference
+    python benchmarks/bench_engine.py --artifacts /tmp/artifacts/reference --serve
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ async def run_load(artifacts, variant, concurrency, per_client, gen, scheduling)
     lengths = output_lengths(concurrency * per_client, gen, seed=1)
     reqs = [make_request(i, width, lengths[i], rng) for i in range(len(lengths))]
     await warm(engine, width)
+    if engine.variant != variant:
+        print(f"    (variant {variant} not built: running {engine.variant})")
     result = instrument(engine)
     t0 = time.perf_counter()
     await asyncio.gather(*(client(engine, reqs[c::concurrency], result) for c in range(concurrency)))
@@ -153,17 +156,25 @@ async def short_request_ttft(artifacts, variant, gen) -> str:
 async def main_async(args) -> None:
     print(f"decoder variant {args.variant}, contexts {IMAGE_POSITIONS}+{TEXT_POSITIONS} positions, "
           f"outputs {args.gen // 4}..{args.gen} tokens, {args.per_client} requests per client")
-    for c in args.concurrency:
+    engine_figures: dict[int, float] = {}
+    for c in ([] if args.skip_engine else args.concurrency):
         cont = await run_load(args.artifacts, args.variant, c, args.per_client, args.gen, "continuous")
+        engine_figures[c] = cont.tokens / cont.wall_s
         print(cont.line(f"engine continuous   x{c}"))
         print(overhead_line(cont))
         if not args.skip_baseline:
             rtc = await run_load(args.artifacts, args.variant, c, args.per_client, args.gen, "run_to_completion")
             print(rtc.line(f"engine run-to-completion x{c}"))
-    print(await short_request_ttft(args.artifacts, args.variant, args.gen))
+    if not args.skip_engine:
+        print(await short_request_ttft(args.artifacts, args.variant, args.gen))
+    if args.serve:
+        from bench_http import start_local_app  # noqa: PLC0415 -- only for the e2e part
+
+        args.http = start_local_app(args.artifacts, args.variant, max(args.concurrency))
     if args.http:
-        from bench_http import run_http_loads  # noqa: PLC0415 -- only with --http
-        await run_http_loads(args)
+        from bench_http import run_http_loads  # noqa: PLC0415
+
+        await run_http_loads(args, engine_figures)
 
 
 def main() -> None:
@@ -175,6 +186,8 @@ def main() -> None:
     p.add_argument("--per-client", type=int, default=3, help="requests each closed-loop client sends")
     p.add_argument("--skip-baseline", action="store_true", help="skip the run-to-completion comparison")
     p.add_argument("--http", default=None, help="base URL of a running app: also measure end to end")
+    p.add_argument("--serve", action="store_true", help="start the app in Ray Serve here and measure it (e2e)")
+    p.add_argument("--skip-engine", action="store_true", help="only the e2e part (with --http or --serve)")
     p.add_argument("--model", default=None, help="model id for --http (default: the first of /v1/models)")
     asyncio.run(main_async(p.parse_args()))
 

@@ -1,12 +1,14 @@
 """Slot bookkeeping: which sequences hold cache rows, which wait, who is admitted next.
 
-Active sequences stay compacted in slots 0..n-1 (`active[i]` owns slot i), so a decode step binds cache[0:n]. When
+The waiting queue is shared with the streams' event loop (enqueue, drop) and guarded by a lock; the active list
+belongs to the step thread alone. Active sequences stay compacted in slots 0..n-1 (`active[i]` owns slot i), so a decode step binds cache[0:n]. When
 a sequence retires, the last active one moves into its slot: one copy of that row's cached prefix, once per
 retirement, instead of binding a sparse set of rows at every step.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
@@ -22,22 +24,25 @@ class Scheduler:
         self.config = config
         self.active: list[Sequence] = []  # active[i] owns cache slot i
         self.waiting: deque[Sequence] = deque()
+        self._lock = threading.Lock()  # guards `waiting`
 
     @property
     def free_slots(self) -> int:
         return self.runner.slots - len(self.active)
 
     def enqueue(self, seq: Sequence) -> None:
-        if len(self.waiting) >= self.free_slots + self.config.max_queue:
-            raise Overloaded(f"decoder queue full ({len(self.active)} running, {len(self.waiting)} waiting)",
-                             retry_after_s=self.config.retry_after_s)
-        self.waiting.append(seq)
+        with self._lock:
+            if len(self.waiting) >= self.free_slots + self.config.max_queue:
+                raise Overloaded(f"decoder queue full ({len(self.active)} running, {len(self.waiting)} waiting)",
+                                 retry_after_s=self.config.retry_after_s)
+            self.waiting.append(seq)
 
     def drop_waiting(self, seq: Sequence) -> None:
-        try:
-            self.waiting.remove(seq)
-        except ValueError:
-            pass  # already admitted: the step loop retires it
+        with self._lock:
+            try:
+                self.waiting.remove(seq)
+            except ValueError:
+                pass  # already taken for admission: the step thread skips or retires it
 
     def retire_done(self) -> list[Sequence]:
         """Free the slots of finished and cancelled sequences, keeping the active ones compacted."""
@@ -55,11 +60,12 @@ class Scheduler:
 
     def take_admissions(self) -> tuple[list[Sequence], float | None]:
         """Sequences to prefill now, and when to look again if some wait but none may start yet."""
-        while self.waiting and self.waiting[0].done:
-            self.waiting.popleft()
-        if self.config.scheduling == "run_to_completion":
-            return self._take_full_batch()
-        return self._take_within_budget(), None
+        with self._lock:
+            while self.waiting and self.waiting[0].done:
+                self.waiting.popleft()
+            if self.config.scheduling == "run_to_completion":
+                return self._take_full_batch()
+            return self._take_within_budget(), None
 
     def _take_within_budget(self) -> list[Sequence]:
         taken: list[Sequence] = []

@@ -1,4 +1,8 @@
-"""One request's state inside the engine, shared between the step loop (producer) and its stream (consumer)."""
+"""One request's state inside the engine, shared between the step thread (producer) and its stream (consumer).
+
+Fields are split by owner: the step thread writes the engine side, the event loop writes the stream side, and the
+only field both touch is `cancelled` (set by the stream, read by the step thread), a plain flag.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +21,22 @@ class Sequence:
     request: DecodeRequest
     params: SamplingParams
     rng: np.random.Generator
+    loop: asyncio.AbstractEventLoop  # the stream's loop: where its tokens are delivered
+    # engine side (step thread)
     length: int = 0  # positions in the KV cache
     generated: int = 0
     last_token: int = -1
-    pending: list[int] = field(default_factory=list)  # emitted, not yet taken by the stream
-    finish_reason: str | None = None  # "stop" | "length", set by the engine
-    cancelled: bool = False  # the stream went away or found a stop string: free the slot
+    finished: str | None = None  # "stop" | "length" | "error": no more steps for this sequence
+    # stream side (event loop)
+    pending: list[int] = field(default_factory=list)  # delivered, not yet taken by the stream
+    finish_reason: str | None = None  # set when the last token is delivered
     error: BaseException | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # pending/finish/error changed
     submitted_at: float = field(default_factory=time.perf_counter)
     last_token_at: float | None = None
+    # both
+    cancelled: bool = False  # the stream went away or found a stop string: free the slot
 
     @property
     def done(self) -> bool:
-        return self.finish_reason is not None or self.cancelled or self.error is not None
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.ready.set()
+        return self.finished is not None or self.cancelled

@@ -90,7 +90,7 @@ class Decoder:
         sched = self.engine.scheduler
         return {"variant": self.engine.variant, "slots": self.options.slots,
                 "max_context": self.engine.runner.max_context, "active": len(sched.active),
-                "waiting": len(sched.waiting), "steps": self.engine.steps,
+                "waiting": len(sched.waiting), "steps": self.engine.steps, "cancelled": self.engine.cancelled,
                 "options": self.options.model_dump()}
 
     async def ready(self) -> bool:

@@ -8,6 +8,8 @@ cache) tells.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from graphs.tokenizer import EOS, build_tokenizer, token_id
@@ -52,11 +54,13 @@ class FakeModel:
 
 
 class FakeRunner:
-    def __init__(self, model: FakeModel, slots: int, max_context: int, fail_on_batch: int | None = None):
+    def __init__(self, model: FakeModel, slots: int, max_context: int, fail_on_batch: int | None = None,
+                 step_delay_s: float = 0.0):
         self.model, self.slots, self.max_context, self.vocab_size = model, slots, max_context, VOCAB
         self.cache = np.full((slots, max_context, WIDTH), np.nan, np.float32)  # NaN: reading unwritten rows shows
         self.batch_sizes: list[int] = []
         self.fail_on_batch = fail_on_batch  # raise in a decode call of this batch size: error-path tests
+        self.step_delay_s = step_delay_s  # a decode call this long, GIL released, like ORT's
 
     def prefill(self, slot: int, embeds: np.ndarray) -> np.ndarray:
         s = embeds.shape[0]
@@ -68,6 +72,8 @@ class FakeRunner:
         if n == self.fail_on_batch:
             raise RuntimeError("injected graph failure")
         self.batch_sizes.append(n)
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
         out = np.empty((n, VOCAB), np.float32)
         for i in range(n):
             self.cache[i, lengths[i]] = embeds[i]

@@ -15,7 +15,8 @@ MODEL = FakeModel()
 
 
 def make_engine(slots=8, max_context=64, eos=None, **cfg) -> Engine:
-    runner = FakeRunner(MODEL, slots, max_context, cfg.pop("fail_on_batch", None))
+    # Decode calls take time and release the GIL, like ORT's, so the streams keep up with the step thread.
+    runner = FakeRunner(MODEL, slots, max_context, cfg.pop("fail_on_batch", None), cfg.pop("step_delay_s", 0.001))
     return Engine(runner, TABLE, TOK, eos if eos is not None else eos_id(TOK),
                   EngineConfig(slots=slots, max_context=max_context, **cfg))
 
@@ -85,10 +86,21 @@ def test_stop_string_ends_the_stream_and_frees_the_slot():
     stop = full_text[len(full_text) // 2:len(full_text) // 2 + 3]
     req.stop = [stop]
     engine = make_engine()
-    tokens, chunks = asyncio.run(collect_all(engine, [req]))[0]
+
+    async def scenario():
+        result = await collect(engine, req)
+        for _ in range(1000):
+            if not engine.scheduler.active:
+                break
+            await asyncio.sleep(0.001)
+        await engine.close()
+        return result
+
+    tokens, chunks = asyncio.run(scenario())
     text = "".join(c.text for c in chunks)
     assert text == full_text[:full_text.index(stop)] and chunks[-1].finish_reason == "stop"
     assert len(tokens) < 30 and chunks[-1].completion_tokens == len(tokens)
+    assert not engine.scheduler.active and engine.cancelled == 0  # freed, and not counted as a cancellation
 
 
 def test_seeded_sampling_is_the_same_alone_and_in_a_full_batch():
@@ -108,20 +120,20 @@ def test_cancelled_stream_frees_its_slot_for_a_waiting_request():
         engine = make_engine(slots=2, max_context=512)
         long_a = asyncio.create_task(collect(engine, request(0, 4, max_tokens=400)))
         long_b = asyncio.create_task(collect(engine, request(1, 4, max_tokens=400)))
-        while engine.steps < 3:
-            await asyncio.sleep(0)
+        while engine.steps < 3 or len(engine.scheduler.active) < 2:
+            await asyncio.sleep(0.001)  # blocks the loop briefly: the step thread gets the GIL
         waiting = asyncio.create_task(collect(engine, request(2, 4, max_tokens=3)))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
         assert len(engine.scheduler.waiting) == 1
         steps_at_cancel = engine.steps
         long_a.cancel()
         tokens, _ = await waiting
         assert len(tokens) == 3 and engine.steps - steps_at_cancel <= 5  # admitted right away, not after 400
-        assert not long_b.done()
+        assert not long_b.done() and engine.cancelled == 1
         long_b.cancel()
         await asyncio.gather(long_a, long_b, return_exceptions=True)
         while engine.scheduler.active:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
         await engine.close()
 
     asyncio.run(scenario())
@@ -169,15 +181,19 @@ def test_bad_requests_are_refused_with_clear_errors():
 
 def test_run_to_completion_makes_a_late_request_wait_for_the_whole_batch():
     async def scenario(scheduling):
-        engine = make_engine(slots=4, max_context=512, scheduling=scheduling, batch_wait_s=0.0)
+        engine = make_engine(slots=4, max_context=512, scheduling=scheduling, batch_wait_s=0.0, step_delay_s=0.002)
         longs = [asyncio.create_task(collect(engine, request(i, 4, max_tokens=60))) for i in range(3)]
         while engine.steps < 5:
-            await asyncio.sleep(0)
-        await collect(engine, request(7, 4, max_tokens=2))
-        steps_when_short_done = engine.steps
+            await asyncio.sleep(0.001)
+        short = engine.generate(request(7, 4, max_tokens=2))
+        await anext(short)
+        steps_at_first_token = engine.steps
+        longs_running = sum(not task.done() for task in longs)
+        await short.aclose()
         await asyncio.gather(*longs)
         await engine.close()
-        return steps_when_short_done
+        return steps_at_first_token, longs_running
 
-    assert asyncio.run(scenario("continuous")) <= 8
-    assert asyncio.run(scenario("run_to_completion")) >= 60
+    assert asyncio.run(scenario("continuous"))[1] == 3  # served between the long ones' steps
+    steps, _ = asyncio.run(scenario("run_to_completion"))
+    assert steps >= 59  # waited for the whole batch (59 decode steps after its prefill) to finish
