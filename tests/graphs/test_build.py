@@ -184,3 +184,20 @@ def test_rebuilding_replaces_an_existing_artifact_dir(tmp_path):
     build_artifacts("tiny", tmp_path / "out")
     assert not (tmp_path / "out" / "stale.onnx").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_demo_preset_uses_shipped_weights_and_tokenizer_by_default(tmp_path, monkeypatch):
+    from graphs.tokenizer import build_tokenizer
+
+    demo = PRESETS["demo"]
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    trained = MultimodalModel.seeded(type(demo)(**{**demo.__dict__, "seed": 11}))
+    save_weights(trained, assets / "model.safetensors")
+    build_tokenizer(demo.decoder.vocab_size, corpus=["a red circle on the left"]).save(str(assets / "tokenizer.json"))
+    monkeypatch.setattr("graphs.build.DEMO_ASSETS", assets)
+    manifest = build_artifacts("demo", tmp_path / "out")
+    assert manifest.weights_sha256 == hashlib.sha256((assets / "model.safetensors").read_bytes()).hexdigest()
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (assets / "tokenizer.json").read_bytes()
+    emb = np.load(tmp_path / "out" / "token_embeddings.npy")
+    assert np.array_equal(emb, trained.decoder.wte.weight.detach().numpy())
