@@ -144,15 +144,28 @@ def _make_temp_dir(out: Path) -> Path:
         raise BuildError(f"{out}: cannot write output directory ({e.strerror or e})") from None
 
 
+def _check_replaceable(out: Path) -> None:
+    """An existing out is replaced only if it is an artifact directory (or empty): never a file or someone's folder."""
+    if out.is_file() or out.is_symlink():
+        raise BuildError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise BuildError(f"{out}: not an artifact directory (no {MANIFEST}); refusing to replace it")
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out is swapped aside first and removed only after the rename."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / "previous")
+    """Rename tmp to out; an existing out is swapped aside first, put back if the rename fails, else removed."""
     tmp.chmod(0o755)  # mkdtemp makes 0700; the artifact dir is read by serving replicas as other users too
-    tmp.rename(out)
-    if old is not None:
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    out.rename(old / "previous")
+    try:
+        tmp.rename(out)
+    except OSError:
+        (old / "previous").rename(out)
+        raise
+    finally:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -169,6 +182,7 @@ def build_artifacts(preset: str, out_dir: str | Path, weights: str | Path | None
     if weights is not None and not weights.is_file():
         raise WeightsError(f"{weights}: weights file not found")
     out = Path(out_dir).absolute()
+    _check_replaceable(out)
     tmp = _make_temp_dir(out)
     try:
         manifest = _write_artifacts(cfg, weights, tokenizer, tmp, progress)
@@ -188,9 +202,10 @@ def build_code_version() -> str:
 
 
 def _is_complete(directory: Path) -> bool:
-    if not (directory / MANIFEST).is_file():
+    try:
+        manifest = Manifest.read(directory)
+    except (FileNotFoundError, ValueError):  # absent, or written by another format version: rebuild
         return False
-    manifest = Manifest.read(directory)
     files = [manifest.tokenizer.file, manifest.token_embeddings.name]
     files += [v.file for g in manifest.graphs.values() for v in g.variants.values()]
     return all((directory / f).is_file() for f in files)

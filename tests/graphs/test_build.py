@@ -201,3 +201,15 @@ def test_demo_preset_uses_shipped_weights_and_tokenizer_by_default(tmp_path, mon
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (assets / "tokenizer.json").read_bytes()
     emb = np.load(tmp_path / "out" / "token_embeddings.npy")
     assert np.array_equal(emb, trained.decoder.wte.weight.detach().numpy())
+
+
+def test_refuses_to_replace_what_is_not_an_artifact_dir(tmp_path, capsys):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    code = main(["build", "--preset", "tiny", "--out", str(precious), "--quiet"])
+    assert code != 0 and "not an artifact directory" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BuildError, match="exists and is not a directory"):
+        build_artifacts("tiny", tmp_path / "file")
