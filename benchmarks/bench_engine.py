@@ -32,25 +32,30 @@ IMAGE_POSITIONS, TEXT_POSITIONS = 196, 32  # 228-position contexts: one 224px im
 
 class StepRecorder(NullMetrics):
     def __init__(self):
-        self.steps: list[tuple[float, int]] = []  # (seconds, batch)
+        self.steps: list[tuple[float, float, int]] = []  # (when, seconds, batch)
 
     def observe_step(self, seconds: float, batch: int) -> None:
-        self.steps.append((seconds, batch))
+        self.steps.append((time.perf_counter(), seconds, batch))
 
 
 @dataclass
 class LoadResult:
+    """Figures over a steady window: clients keep the load up from before it opens until after it closes."""
+    start: float = 0.0
+    end: float = 0.0
     tokens: int = 0
-    wall_s: float = 0.0
     itl_s: list[float] = field(default_factory=list)
-    ort_s: float = 0.0
-    decode_calls: int = 0
-    steps: list[tuple[float, int]] = field(default_factory=list)
+    ort: list[tuple[float, float]] = field(default_factory=list)  # (when, seconds) of each bare ORT decode call
+    steps: list[tuple[float, float, int]] = field(default_factory=list)
+
+    @property
+    def wall_s(self) -> float:
+        return self.end - self.start
 
     def line(self, label: str) -> str:
         itl = np.array(self.itl_s) * 1e3 if self.itl_s else np.zeros(1)
         return (f"{label:<34} {self.tokens / self.wall_s:9.0f} tok/s   ITL p50 {np.percentile(itl, 50):6.2f} ms"
-                f"  p99 {np.percentile(itl, 99):7.2f} ms   ({self.tokens} tokens, {self.wall_s:.2f} s)")
+                f"  p99 {np.percentile(itl, 99):7.2f} ms   ({self.tokens} tokens in {self.wall_s:.1f} s)")
 
 
 def make_request(i: int, width: int, max_tokens: int, rng: np.random.Generator) -> DecodeRequest:
@@ -59,74 +64,85 @@ def make_request(i: int, width: int, max_tokens: int, rng: np.random.Generator) 
     return DecodeRequest(f"b{i}", ids, feats, max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
 
 
-def output_lengths(n: int, gen: int, seed: int) -> list[int]:
-    return np.random.default_rng(seed).integers(gen // 4, gen + 1, n).tolist()  # (n,) varied, same for both modes
-
-
-def instrument(engine) -> LoadResult:
+def instrument(engine, result: LoadResult) -> None:
     """Time the bare ORT decode call inside each step, so step overhead = step time - ORT time."""
-    result = LoadResult()
     bare = engine.runner.decode
 
     def timed(n, embeds, lengths):
         t0 = time.perf_counter()
         out = bare(n, embeds, lengths)
-        result.ort_s += time.perf_counter() - t0
-        result.decode_calls += 1
+        t1 = time.perf_counter()
+        result.ort.append((t1, t1 - t0))
         return out
 
     engine.runner.decode = timed
-    return result
 
 
-async def client(engine, reqs: list[DecodeRequest], result: LoadResult) -> None:
-    for req in reqs:
-        last = None
-        async for chunk in engine.generate(req):
-            now = time.perf_counter()
-            n = len(chunk.token_ids)
-            if last is not None and n:
-                result.itl_s.extend([(now - last) / n] * n)  # a coalesced chunk spreads its wait over its tokens
-            last = now
-            result.tokens += n
-
-
-async def run_load(artifacts, variant, concurrency, per_client, gen, scheduling) -> LoadResult:
-    recorder = StepRecorder()
-    engine = load_engine(artifacts, EngineConfig(slots=concurrency, scheduling=scheduling, max_queue=concurrency),
-                         prefer=[variant], metrics=recorder)
+async def client(engine, c: int, gen: int, result: LoadResult) -> None:
+    """Closed loop: the next request as soon as the previous one ends, until the window closes. Output lengths
+    are drawn from gen/4..gen with the client's own seed, so every mode sees the same requests."""
     width = engine.embeddings.shape[1]
-    rng = np.random.default_rng(0)
-    lengths = output_lengths(concurrency * per_client, gen, seed=1)
-    reqs = [make_request(i, width, lengths[i], rng) for i in range(len(lengths))]
-    await warm(engine, width)
-    if engine.variant != variant:
-        print(f"    (variant {variant} not built: running {engine.variant})")
-    result = instrument(engine)
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client(engine, reqs[c::concurrency], result) for c in range(concurrency)))
-    result.wall_s = time.perf_counter() - t0
-    result.steps = recorder.steps[-result.decode_calls:] if result.decode_calls else []
+    rng = np.random.default_rng(1000 + c)
+    i = 0
+    while time.perf_counter() < result.end:
+        req = make_request(1000 * c + i, width, int(rng.integers(gen // 4, gen + 1)), rng)
+        i += 1
+        stream = engine.generate(req)
+        last = None
+        try:
+            async for chunk in stream:
+                now = time.perf_counter()
+                if now > result.end:
+                    break
+                n = len(chunk.token_ids)
+                if now >= result.start:
+                    result.tokens += n
+                    if last is not None and n:
+                        result.itl_s.extend([(now - last) / n] * n)  # a coalesced chunk spreads its wait
+                last = now
+        finally:
+            await stream.aclose()
+
+
+async def run_load(args, concurrency: int, scheduling: str) -> LoadResult:
+    recorder = StepRecorder()
+    engine = load_engine(args.artifacts, EngineConfig(slots=concurrency, scheduling=scheduling,
+                                                      max_queue=concurrency), prefer=[args.variant], metrics=recorder)
+    await warm(engine)
+    if engine.variant != args.variant:
+        print(f"    (variant {args.variant} not built: running {engine.variant})")
+    now = time.perf_counter()
+    result = LoadResult(start=now + args.ramp_s, end=now + args.ramp_s + args.duration_s)
+    instrument(engine, result)
+    await asyncio.gather(*(client(engine, c, args.gen, result) for c in range(concurrency)))
+    in_window = lambda when: result.start <= when <= result.end  # noqa: E731
+    result.ort = [o for o in result.ort if in_window(o[0])]
+    result.steps = [st for st in recorder.steps if in_window(st[0])]
     await engine.close()
     return result
 
 
-async def warm(engine, width) -> None:
-    req = make_request(-1, width, 4, np.random.default_rng(9))
+async def warm(engine) -> None:
+    req = make_request(-1, engine.embeddings.shape[1], 4, np.random.default_rng(9))
     async for _ in engine.generate(req):
         pass
 
 
 def overhead_line(r: LoadResult) -> str:
-    if not r.steps:
+    if not r.steps or not r.ort:
         return ""
-    step_ms = 1e3 * sum(s for s, _ in r.steps) / len(r.steps)
-    ort_ms = 1e3 * r.ort_s / r.decode_calls
-    cycle_ms = 1e3 * r.wall_s / r.decode_calls  # wall per decode step, prefills included
-    batch = sum(b for _, b in r.steps) / len(r.steps)
+    step_ms = 1e3 * sum(st[1] for st in r.steps) / len(r.steps)
+    ort_ms = 1e3 * sum(o[1] for o in r.ort) / len(r.ort)
+    cycle_ms = 1e3 * r.wall_s / len(r.ort)  # wall per decode step, prefills and admissions included
+    batch = sum(st[2] for st in r.steps) / len(r.steps)
     return (f"    mean batch {batch:5.1f}  ORT decode {ort_ms:6.3f} ms  step {step_ms:6.3f} ms "
             f"(overhead {step_ms - ort_ms:5.3f} ms, {100 * (step_ms - ort_ms) / step_ms:4.1f}%)  "
-            f"wall/step {cycle_ms:6.3f} ms (prefills, streaming)")
+            f"wall/step {cycle_ms:6.3f} ms (+ prefills of arrivals)")
+
+
+async def drain(stream) -> None:
+    async for _ in stream:
+        pass
 
 
 async def short_request_ttft(artifacts, variant, gen) -> str:
@@ -134,9 +150,8 @@ async def short_request_ttft(artifacts, variant, gen) -> str:
     engine = load_engine(artifacts, EngineConfig(slots=17), prefer=[variant])
     width = engine.embeddings.shape[1]
     rng = np.random.default_rng(3)
-    await warm(engine, width)
-    longs = [asyncio.create_task(client(engine, [make_request(i, width, 4 * gen, rng)], LoadResult()))
-             for i in range(16)]
+    await warm(engine)
+    longs = [asyncio.create_task(drain(engine.generate(make_request(i, width, 4 * gen, rng)))) for i in range(16)]
     while len(engine.scheduler.active) < 16 or engine.steps < 20:
         await asyncio.sleep(0.001)
     short = make_request(99, width, 8, rng)
@@ -154,16 +169,17 @@ async def short_request_ttft(artifacts, variant, gen) -> str:
 
 
 async def main_async(args) -> None:
-    print(f"decoder variant {args.variant}, contexts {IMAGE_POSITIONS}+{TEXT_POSITIONS} positions, "
-          f"outputs {args.gen // 4}..{args.gen} tokens, {args.per_client} requests per client")
+    print(f"decoder variant {args.variant}, contexts {IMAGE_POSITIONS}+{TEXT_POSITIONS} positions, outputs "
+          f"{args.gen // 4}..{args.gen} tokens, closed-loop clients, {args.duration_s:.0f} s window after "
+          f"{args.ramp_s:.0f} s ramp")
     engine_figures: dict[int, float] = {}
     for c in ([] if args.skip_engine else args.concurrency):
-        cont = await run_load(args.artifacts, args.variant, c, args.per_client, args.gen, "continuous")
+        cont = await run_load(args, c, "continuous")
         engine_figures[c] = cont.tokens / cont.wall_s
         print(cont.line(f"engine continuous   x{c}"))
         print(overhead_line(cont))
         if not args.skip_baseline:
-            rtc = await run_load(args.artifacts, args.variant, c, args.per_client, args.gen, "run_to_completion")
+            rtc = await run_load(args, c, "run_to_completion")
             print(rtc.line(f"engine run-to-completion x{c}"))
     if not args.skip_engine:
         print(await short_request_ttft(args.artifacts, args.variant, args.gen))
@@ -183,7 +199,8 @@ def main() -> None:
     p.add_argument("--variant", default="cpu-int8", help="decoder variant to run")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     p.add_argument("--gen", type=int, default=256, help="longest output; outputs are drawn from gen/4..gen")
-    p.add_argument("--per-client", type=int, default=3, help="requests each closed-loop client sends")
+    p.add_argument("--duration-s", type=float, default=8.0, help="measurement window per load")
+    p.add_argument("--ramp-s", type=float, default=2.0, help="load before the window opens (batch fills)")
     p.add_argument("--skip-baseline", action="store_true", help="skip the run-to-completion comparison")
     p.add_argument("--http", default=None, help="base URL of a running app: also measure end to end")
     p.add_argument("--serve", action="store_true", help="start the app in Ray Serve here and measure it (e2e)")

@@ -2,8 +2,8 @@
 
 Every request carries the same 224px image (the vision stage's content-hash cache serves it after the first) and a
 prompt of about 32 tokens, so contexts match the engine-alone loads. Tokens are counted from the usage block of
-the last chunk; a chunk may carry several tokens when the stream coalesces them, so latency is reported per chunk
-and per token (chunk gap spread over the chunk's share of tokens).
+finished streams (tokens per content chunk, since a chunk carries several tokens when the stream coalesces them),
+applied to the content chunks that arrive inside the measurement window; latency is the gap between chunks.
 """
 
 from __future__ import annotations
@@ -35,51 +35,54 @@ def body(model: str, max_tokens: int, image: str) -> dict:
             "temperature": 0.0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, payload: dict, gaps: list[float]) -> tuple[int, int]:
-    """-> (completion tokens, content chunks)."""
-    tokens = chunks = 0
-    last = None
+async def one_stream(client: httpx.AsyncClient, url: str, payload: dict, window, seen: dict) -> None:
+    """Stream one completion; chunks inside the window count, and usage (when the stream ends) gives tokens/chunk."""
+    chunks, last = 0, None
     async with client.stream("POST", f"{url}/v1/chat/completions", json=payload) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
         async for line in r.aiter_lines():
+            now = time.perf_counter()
+            if now > window[1]:
+                return  # leaving the block closes the connection: the server cancels the request
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
             if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
+                seen["usage_tokens"] += event["usage"]["completion_tokens"]
+                seen["usage_chunks"] += chunks
             if event.get("choices") and event["choices"][0]["delta"].get("content") is not None:
-                now = time.perf_counter()
-                if last is not None:
-                    gaps.append(now - last)
-                last = now
                 chunks += 1
-    return tokens, chunks
+                if now >= window[0]:
+                    seen["chunks"] += 1
+                    if last is not None:
+                        seen["gaps"].append(now - last)
+                last = now
 
 
-async def http_load(url: str, model: str, concurrency: int, lengths: list[int]) -> str:
+async def http_load(url: str, model: str, concurrency: int, gen: int, ramp_s: float, duration_s: float) -> tuple:
+    """-> (tokens/s, report line). Closed-loop clients with the engine loads' seeded output lengths."""
     image = image_url()
-    gaps: list[float] = []
-    totals = [0, 0]
+    seen = {"chunks": 0, "gaps": [], "usage_tokens": 0, "usage_chunks": 0}
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        await one_stream(client, url, body(model, 4, image), [])  # warm: vision cache, connections
+        await one_stream(client, url, body(model, 4, image), (0.0, float("inf")), dict(seen, gaps=[]))  # warm
+        now = time.perf_counter()
+        window = (now + ramp_s, now + ramp_s + duration_s)
 
-        async def client_loop(mine: list[int]):
-            for n in mine:
-                t, c = await one_stream(client, url, body(model, n, image), gaps)
-                totals[0] += t
-                totals[1] += c
+        async def client_loop(c: int):
+            rng = np.random.default_rng(1000 + c)
+            while time.perf_counter() < window[1]:
+                await one_stream(client, url, body(model, int(rng.integers(gen // 4, gen + 1)), image), window, seen)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client_loop(lengths[c::concurrency]) for c in range(concurrency)))
-        wall = time.perf_counter() - t0
-    g = np.array(gaps or [0.0]) * 1e3
-    per_token = g.mean() * totals[1] / max(totals[0], 1)
-    return (f"{'http e2e streaming   x' + str(concurrency):<34} {totals[0] / wall:9.0f} tok/s   "
+        await asyncio.gather(*(client_loop(c) for c in range(concurrency)))
+    per_chunk = seen["usage_tokens"] / max(seen["usage_chunks"], 1)  # tokens per content chunk, finished streams
+    tok_s = seen["chunks"] * per_chunk / duration_s
+    g = np.array(seen["gaps"] or [0.0]) * 1e3
+    line = (f"{'http e2e streaming   x' + str(concurrency):<34} {tok_s:9.0f} tok/s   "
             f"chunk gap p50 {np.percentile(g, 50):6.2f} ms  p99 {np.percentile(g, 99):7.2f} ms   "
-            f"{totals[0] / max(totals[1], 1):.2f} tok/chunk, ~{per_token:.2f} ms/token   "
-            f"({totals[0]} tokens, {wall:.2f} s)")
+            f"{per_chunk:.2f} tok/chunk ({seen['chunks']} chunks in {duration_s:.1f} s)")
+    return tok_s, line
 
 
 async def resolve_model(url: str) -> str:
@@ -88,12 +91,9 @@ async def resolve_model(url: str) -> str:
 
 
 async def run_http_loads(args, engine_figures: dict[int, float]) -> None:
-    from bench_engine import output_lengths  # noqa: PLC0415 -- same seeded lengths as the engine loads
-
     model = args.model or await resolve_model(args.http)
     for c in args.concurrency:
-        line = await http_load(args.http, model, c, output_lengths(c * args.per_client, args.gen, seed=1))
-        tok_s = float(line.split("tok/s")[0].split()[-1])
+        tok_s, line = await http_load(args.http, model, c, args.gen, args.ramp_s, args.duration_s)
         ratio = f"  = {100 * tok_s / engine_figures[c]:.0f}% of engine alone" if c in engine_figures else ""
         print(line + ratio)
 
