@@ -135,3 +135,37 @@ def test_header_only_open_does_not_decode():
     img = open_header(bomb_png(3000), "p", 10_000_000)
     assert img.size == (3000, 3000)
     assert isinstance(img.fp, io.BytesIO)  # still lazily attached to the source: pixels not decoded yet
+
+
+@pytest.fixture
+def image_server():
+    """A loopback HTTP server with one PNG: remote fetching without leaving the machine."""
+    import http.server
+    import threading
+
+    raw = encode(gradient_rgb(40, 40))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 -- http.server's naming
+            body = raw if self.path == "/cat.png" else b"nope"
+            self.send_response(200 if self.path == "/cat.png" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", len(raw)
+    server.shutdown()
+
+
+def test_remote_url_fetched_when_allowed_with_the_same_limits(image_server):
+    base, size = image_server
+    allowed = PreprocessOptions(allow_remote_urls=True)
+    assert run(f"{base}/cat.png", allowed).source_bytes == size
+    assert code_of(f"{base}/cat.png", PreprocessOptions(allow_remote_urls=True, max_image_bytes=size - 1)) == \
+        "image_too_large"
+    assert code_of(f"{base}/missing.png", allowed) == "image_fetch_failed"
