@@ -141,5 +141,6 @@ class ImageMetrics:
                                "decoded image pixels (width*height) before resizing", ())
 
     def add(self, n_bytes: int, n_pixels: int) -> None:
-        self._bytes.inc(n_bytes)
-        self._pixels.inc(n_pixels)
+        if n_bytes > 0 and n_pixels > 0:  # Ray's Counter.inc raises on 0
+            self._bytes.inc(n_bytes)
+            self._pixels.inc(n_pixels)

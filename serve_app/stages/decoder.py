@@ -60,8 +60,9 @@ class Decoder:
         self.options = DecoderOptions.model_validate(options or {}) if not isinstance(options, DecoderOptions) \
             else options
         self.metrics = StageMetrics("decoder")
+        self.engine_metrics = RayEngineMetrics(self.metrics)
         self.engine = load_engine(artifacts_dir, self.options.engine_config(), threads=self.options.threads,
-                                  prefer=self.options.prefer_variants, metrics=RayEngineMetrics(self.metrics))
+                                  prefer=self.options.prefer_variants, metrics=self.engine_metrics)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -92,6 +93,10 @@ class Decoder:
                 "max_context": self.engine.runner.max_context, "active": len(sched.active),
                 "waiting": len(sched.waiting), "steps": self.engine.steps, "cancelled": self.engine.cancelled,
                 "options": self.options.model_dump()}
+
+    def check_health(self) -> None:
+        """Serve calls this every health_check_period_s: keep the slot gauges alive while the engine idles."""
+        self.engine_metrics.refresh()
 
     async def ready(self) -> bool:
         return True

@@ -27,19 +27,29 @@ class RayEngineMetrics:
                                        description="from arrival at the decoder to the first sampled token")
         self._itl = metrics.Histogram("mmserve_decoder_inter_token_latency_seconds", boundaries=_LATENCY_BOUNDS_S,
                                       description="between consecutive tokens of one sequence")
+        self._last_active = self._last_queued = 0
 
     def set_active(self, n: int) -> None:
+        self._last_active = n
         self._active.set(n)
 
     def set_queued(self, n: int) -> None:
+        self._last_queued = n
         self._queued.set(n)
+
+    def refresh(self) -> None:
+        """Set the gauges again: Ray's exporter drops a gauge series not set for a couple of export intervals, and
+        an idle engine sets nothing."""
+        self.set_active(self._last_active)
+        self.set_queued(self._last_queued)
 
     def observe_step(self, seconds: float, batch: int) -> None:
         self.stage.observe_compute(seconds)
         self.stage.observe_batch(batch)
 
     def add_tokens(self, n: int) -> None:
-        self._tokens.inc(n)
+        if n > 0:  # Ray's Counter.inc raises on 0, and a step report may carry no tokens (all cancelled)
+            self._tokens.inc(n)
 
     def observe_ttft(self, seconds: float) -> None:
         self._ttft.observe(seconds)
