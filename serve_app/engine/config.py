@@ -15,9 +15,10 @@ class EngineConfig(BaseModel):
                                                             "None = the model's position table size")
     max_queue: int = Field(64, ge=0, description="requests waiting for a slot beyond `slots`; more are refused "
                                                  "with Overloaded (HTTP 503)")
-    prefill_token_budget: int = Field(1024, ge=1, description="prompt positions prefilled per step before the "
-                                                              "next decode step (one request is always admitted), so "
-                                                              "arrivals do not stall running streams for long")
+    prefill_token_budget: int = Field(256, ge=1, description="prompt positions prefilled between two decode steps; "
+                                                             "a longer prompt is prefilled in chunks over several "
+                                                             "steps, so arrivals stall running streams by at most "
+                                                             "this much work")
     scheduling: Literal["continuous", "run_to_completion"] = Field(
         "continuous", description="'continuous' admits into free slots at every step; 'run_to_completion' starts a "
                                   "batch only when the previous one has fully finished (the baseline benchmarks "

@@ -1,6 +1,7 @@
 """The decoder graph over a preallocated KV cache: prefill one slot, decode a batch of slots, move a slot.
 
-Cache layout, one buffer per layer and per K/V: (slots, nh, max_context, hs). The slot axis is outermost, so the
+Cache layout, one buffer per layer and per K/V: (slots + 1, nh, max_context, hs); the extra row stages a long prompt
+prefilled in chunks while the decode slots keep stepping. The slot axis is outermost, so the
 rows of slots lo..hi-1 are one contiguous memory range and `cache[lo:hi]` can be bound to the graph without a copy.
 GroupQueryAttention reads past_key and writes present_key through the same pointer: the cache is updated in place
 and never copied between steps.
@@ -24,8 +25,9 @@ class StepRunner(Protocol):
     max_context: int
     vocab_size: int
 
-    def prefill(self, slot: int, embeds: np.ndarray) -> np.ndarray:
-        """embeds (S,D) into an empty slot -> logits (V,) at the last position."""
+    def prefill(self, slot: int, embeds: np.ndarray, start: int = 0) -> np.ndarray:
+        """Prompt positions start..start+S-1, embeds (S,D), into a slot holding the first `start` of them
+        (0: an empty slot) -> logits (V,) at the last position. Slot `slots` is the staging row."""
 
     def decode(self, n: int, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One new token for slots 0..n-1: embeds (n,D), lengths (n,) tokens cached before -> logits (n,V).
@@ -41,8 +43,8 @@ class OrtDecoderRunner:
         self.session = session
         self.slots, self.max_context, self.vocab_size = slots, max_context, vocab_size
         self._layers = layers
-        shape = (slots, heads, max_context, head_dim)
-        self._key = [np.zeros(shape, np.float32) for _ in range(layers)]  # (slots,nh,T,hs) each
+        shape = (slots + 1, heads, max_context, head_dim)
+        self._key = [np.zeros(shape, np.float32) for _ in range(layers)]  # (slots+1,nh,T,hs) each
         self._value = [np.zeros(shape, np.float32) for _ in range(layers)]
         self._embeds = np.zeros((slots, 1, width), np.float32)  # (n,1,D) prefix bound per step
         self._positions = np.zeros((slots, 1), np.int64)  # (n,1)
@@ -77,15 +79,15 @@ class OrtDecoderRunner:
             self._decode_bindings[n] = io
         return io
 
-    def prefill(self, slot: int, embeds: np.ndarray) -> np.ndarray:
+    def prefill(self, slot: int, embeds: np.ndarray, start: int = 0) -> np.ndarray:
         s = embeds.shape[0]
-        if s > self.max_context:
-            raise ValueError(f"prompt of {s} positions exceeds the cache's {self.max_context}")
+        if start + s > self.max_context:
+            raise ValueError(f"prompt of {start + s} positions exceeds the cache's {self.max_context}")
         io = self.session.io_binding()
         x = np.ascontiguousarray(embeds, np.float32)[None]  # (1,S,D)
-        pos = np.arange(s, dtype=np.int64)[None]  # (1,S)
-        seqlens = np.array([s - 1], np.int32)
-        total = np.array(s, np.int32)
+        pos = np.arange(start, start + s, dtype=np.int64)[None]  # (1,S)
+        seqlens = np.array([start + s - 1], np.int32)  # cached after this call, minus one
+        total = np.array(start + s, np.int32)
         logits = np.empty((1, self.vocab_size), np.float32)
         for name, arr in (("inputs_embeds", x), ("position_ids", pos), ("seqlens_k", seqlens),
                           ("total_sequence_length", total)):

@@ -1,8 +1,8 @@
 """Slot bookkeeping: which sequences hold cache rows, which wait, who is admitted next.
 
 The waiting queue is shared with the streams' event loop (enqueue, drop) and guarded by a lock; the active list
-belongs to the step thread alone. Active sequences stay compacted in slots 0..n-1 (`active[i]` owns slot i), so a decode step binds cache[0:n]. When
-a sequence retires, the last active one moves into its slot: one copy of that row's cached prefix, once per
+belongs to the step thread alone. Active sequences stay compacted in slots 0..n-1 (`active[i]` owns slot i), so a
+decode step binds cache[0:n]. When a sequence retires, the last active one moves into its slot: one copy of that row's cached prefix, once per
 retirement, instead of binding a sparse set of rows at every step.
 """
 
@@ -24,11 +24,12 @@ class Scheduler:
         self.config = config
         self.active: list[Sequence] = []  # active[i] owns cache slot i
         self.waiting: deque[Sequence] = deque()
-        self._lock = threading.Lock()  # guards `waiting`
+        self.in_transit = 0  # taken from `waiting`, not yet active (being prefilled or staged): they hold a slot
+        self._lock = threading.Lock()  # guards `waiting` and `in_transit`
 
     @property
     def free_slots(self) -> int:
-        return self.runner.slots - len(self.active)
+        return self.runner.slots - len(self.active) - self.in_transit
 
     def enqueue(self, seq: Sequence) -> None:
         with self._lock:
@@ -44,6 +45,28 @@ class Scheduler:
             except ValueError:
                 pass  # already taken for admission: the step thread skips or retires it
 
+    def pop_waiting(self) -> Sequence | None:
+        """The next live waiting sequence, if a slot is free for it; it holds the slot until activate/abandon."""
+        with self._lock:
+            while self.waiting and self.waiting[0].done:
+                self.waiting.popleft()
+            if not self.waiting or self.free_slots <= 0:
+                return None
+            self.in_transit += 1
+            return self.waiting.popleft()
+
+    def activate(self, seq: Sequence) -> int:
+        """A popped sequence takes the next slot (its prompt is being or has been cached there); -> the slot."""
+        with self._lock:
+            self.in_transit -= 1
+            self.active.append(seq)
+            return len(self.active) - 1
+
+    def abandon(self, seq: Sequence) -> None:
+        """A popped sequence that will never be active (cancelled or failed while staged) gives its slot back."""
+        with self._lock:
+            self.in_transit -= 1
+
     def retire_done(self) -> list[Sequence]:
         """Free the slots of finished and cancelled sequences, keeping the active ones compacted."""
         retired = []
@@ -58,25 +81,13 @@ class Scheduler:
                 self.active.pop()
         return retired
 
-    def take_admissions(self) -> tuple[list[Sequence], float | None]:
-        """Sequences to prefill now, and when to look again if some wait but none may start yet."""
+    def take_full_batch(self) -> tuple[list[Sequence], float | None]:
+        """run_to_completion: a whole batch once the previous one has finished, and when to look again if some
+        wait but the batch may not start yet."""
         with self._lock:
             while self.waiting and self.waiting[0].done:
                 self.waiting.popleft()
-            if self.config.scheduling == "run_to_completion":
-                return self._take_full_batch()
-            return self._take_within_budget(), None
-
-    def _take_within_budget(self) -> list[Sequence]:
-        taken: list[Sequence] = []
-        budget = self.config.prefill_token_budget
-        while self.waiting and len(taken) < self.free_slots:
-            cost = self.waiting[0].request.prompt_len
-            if taken and cost > budget:
-                break
-            taken.append(self.waiting.popleft())
-            budget -= cost
-        return taken
+            return self._take_full_batch()
 
     def _take_full_batch(self) -> tuple[list[Sequence], float | None]:
         if self.active or not self.waiting:
@@ -85,4 +96,5 @@ class Scheduler:
         if len(self.waiting) < self.runner.slots and waited < self.config.batch_wait_s:
             return [], self.config.batch_wait_s - waited
         n = min(len(self.waiting), self.runner.slots)
+        self.in_transit += n
         return [self.waiting.popleft() for _ in range(n)], None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve_app.engine.prefill import Prefiller
 from serve_app.engine.runner import StepRunner
 from serve_app.engine.sampling import sample_batch
 from serve_app.engine.scheduler import Scheduler
@@ -32,6 +33,7 @@ class StepReport:
     batch: int = 0
     active: int = 0
     queued: int = 0
+    queue_waits_s: list[float] = field(default_factory=list)  # per admitted sequence: submitted -> prefill start
 
 
 class StepLoop:
@@ -41,6 +43,7 @@ class StepLoop:
         self.embeddings = embeddings  # (V,D)
         self.eos_id = eos_id
         self.scheduler = scheduler
+        self.prefiller = Prefiller(runner, embeddings, scheduler)
         self.publish = publish
         self.steps = 0  # decode steps so far
         self._wake = threading.Event()
@@ -66,18 +69,39 @@ class StepLoop:
                 self._wake.wait(self._recheck_s)
 
     def _step(self) -> bool:
-        """One round: retire, admit, decode. False when there was nothing to do."""
+        """One round: retire, prefill arrivals (within the budget), decode. False when there was nothing to do."""
         sched = self.scheduler
-        sched.retire_done()
-        admitted, self._recheck_s = sched.take_admissions()
-        if not sched.active and not admitted:
+        retired = sched.retire_done()
+        prefilled = self._prefill_phase()
+        if prefilled is None:
+            if retired:  # the last sequences left: report the empty batch, or the gauges keep the busy counts
+                self.publish(StepReport(queued=len(sched.waiting)))
             return False
-        if admitted:
-            self.publish(self._guarded(self._admit, admitted))
+        if prefilled.tokens or prefilled.failed:
+            self.publish(prefilled)
             sched.retire_done()
         if sched.active:
             self.publish(self._guarded(self._decode, list(sched.active)))
         return True
+
+    def _prefill_phase(self) -> StepReport | None:
+        """Prefill what may start now and sample first tokens; None when nothing is running or may start."""
+        sched, report = self.scheduler, StepReport()
+        if sched.config.scheduling == "run_to_completion":
+            batch, self._recheck_s = sched.take_full_batch()
+            done = []
+            for seq in batch:
+                report.queue_waits_s.append(time.perf_counter() - seq.submitted_at)
+                self.prefiller.whole(seq, self.prefiller.prompt_embeds(seq), done, report)
+        else:
+            self._recheck_s = None
+            done = self.prefiller.step(sched.config.prefill_token_budget, report)
+        if not sched.active and not done and not report.failed and self.prefiller.staged is None:
+            return None
+        for seq, logits in done:
+            self._record(seq, int(sample_batch(logits[None], [seq.params], [seq.rng])[0]), report)
+        report.active, report.queued = len(sched.active), len(sched.waiting)
+        return report
 
     def _guarded(self, phase, seqs: list[Sequence]) -> StepReport:
         """A failing graph call fails the sequences it served, not the loop: the others keep running."""
@@ -90,20 +114,6 @@ class StepLoop:
                 s.finished = "error"
         report.active, report.queued = len(self.scheduler.active), len(self.scheduler.waiting)
         return report
-
-    def _admit(self, seqs: list[Sequence], report: StepReport) -> None:
-        for seq in seqs:
-            if seq.done:
-                continue  # cancelled while it waited
-            slot = len(self.scheduler.active)
-            self.scheduler.active.append(seq)  # first: a failed prefill is retired like any other sequence
-            req = seq.request
-            embeds = self.embeddings[np.asarray(req.prompt_ids, dtype=np.int64)]  # (S_text,D)
-            if req.image_features is not None:
-                embeds = np.concatenate([np.asarray(req.image_features, np.float32), embeds])  # (S,D)
-            logits = self.runner.prefill(slot, embeds)  # (V,)
-            seq.length = embeds.shape[0]
-            self._record(seq, int(sample_batch(logits[None], [seq.params], [seq.rng])[0]), report)
 
     def _decode(self, seqs: list[Sequence], report: StepReport) -> None:
         t0 = time.perf_counter()

@@ -36,8 +36,9 @@ class DecoderOptions(BaseModel):
                                                             "the model's position table; fixed at start")
     max_queue: int = Field(64, ge=0, description="requests waiting beyond `slots` before new ones get 503 "
                                                  "(live via user_config)")
-    prefill_token_budget: int = Field(1024, ge=1, description="prompt positions prefilled between two decode steps; "
-                                                              "bounds the stall arrivals cause (live)")
+    prefill_token_budget: int = Field(256, ge=1, description="prompt positions prefilled between two decode steps; "
+                                                             "longer prompts go in chunks over several steps, which "
+                                                             "bounds the stall arrivals cause (live)")
     retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with 503 when the queue is full (live)")
     threads: int = Field(1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
     prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32"],

@@ -57,21 +57,27 @@ class FakeRunner:
     def __init__(self, model: FakeModel, slots: int, max_context: int, fail_on_batch: int | None = None,
                  step_delay_s: float = 0.0):
         self.model, self.slots, self.max_context, self.vocab_size = model, slots, max_context, VOCAB
-        self.cache = np.full((slots, max_context, WIDTH), np.nan, np.float32)  # NaN: reading unwritten rows shows
+        self.cache = np.full((slots + 1, max_context, WIDTH), np.nan, np.float32)  # NaN: unwritten rows show
+        self.prefill_calls: list[tuple[int, int, int]] = []  # (slot, start, positions)
+        self.calls: list[tuple[str, int]] = []  # ("prefill", positions) / ("decode", batch), in call order
         self.batch_sizes: list[int] = []
         self.fail_on_batch = fail_on_batch  # raise in a decode call of this batch size: error-path tests
         self.step_delay_s = step_delay_s  # a decode call this long, GIL released, like ORT's
 
-    def prefill(self, slot: int, embeds: np.ndarray) -> np.ndarray:
+    def prefill(self, slot: int, embeds: np.ndarray, start: int = 0) -> np.ndarray:
         s = embeds.shape[0]
-        self.cache[slot] = np.nan
-        self.cache[slot, :s] = embeds
-        return self.model.logits(self.cache[slot, :s])
+        self.prefill_calls.append((slot, start, s))
+        self.calls.append(("prefill", s))
+        if start == 0:
+            self.cache[slot] = np.nan
+        self.cache[slot, start:start + s] = embeds
+        return self.model.logits(self.cache[slot, :start + s])
 
     def decode(self, n: int, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if n == self.fail_on_batch:
             raise RuntimeError("injected graph failure")
         self.batch_sizes.append(n)
+        self.calls.append(("decode", n))
         if self.step_delay_s:
             time.sleep(self.step_delay_s)
         out = np.empty((n, VOCAB), np.float32)

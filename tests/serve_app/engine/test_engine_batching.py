@@ -61,6 +61,43 @@ def test_eight_sequences_of_different_lengths_match_the_single_sequence_referenc
     assert max(engine.runner.batch_sizes) == slots  # they really shared decode calls
 
 
+def test_long_prompts_are_prefilled_in_chunks_between_decode_steps():
+    budget = 8
+    engine = make_engine(slots=3, prefill_token_budget=budget)
+    reqs = [request(i, prompt_len=3 + 5 * i, max_tokens=12 + 3 * (i % 3), n_image=6 * (i % 2)) for i in range(8)]
+    results = asyncio.run(collect_all(engine, reqs))
+    for req, (tokens, _) in zip(reqs, results):
+        assert tokens == reference(req)
+    runner = engine.runner
+    staged = [c for c in runner.prefill_calls if c[0] == runner.slots]
+    assert any(start > 0 for _, start, _ in staged)  # long prompts really went through the staging row in chunks
+    between, worst = 0, 0
+    for kind, n in runner.calls:  # prompt positions prefilled between two decode steps never exceed the budget
+        between = between + n if kind == "prefill" else 0
+        worst = max(worst, between)
+    assert worst <= budget
+
+
+def test_cancelling_a_staged_prompt_gives_its_slot_back():
+    async def scenario():
+        engine = make_engine(slots=2, prefill_token_budget=4, step_delay_s=0.002)
+        running = asyncio.create_task(collect(engine, request(0, 4, max_tokens=400)))
+        while engine.steps < 2:
+            await asyncio.sleep(0.001)
+        staged = asyncio.create_task(collect(engine, request(1, 60, max_tokens=5)))  # 15 steps of chunks
+        while engine._steps.prefiller.staged is None:
+            await asyncio.sleep(0.001)
+        staged.cancel()
+        await asyncio.gather(staged, return_exceptions=True)
+        tokens, _ = await collect(engine, request(2, 4, max_tokens=3))  # the slot it held is free again
+        assert len(tokens) == 3 and engine.scheduler.in_transit == 0
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
 def test_eos_stops_unless_ignored():
     req = request(0, prompt_len=6, max_tokens=12)
     free = reference(req)

@@ -40,9 +40,10 @@ async def run_all(engine, reqs):
         await engine.close()
 
 
-@pytest.mark.parametrize("slots", [8, 3])
-def test_batched_greedy_streams_match_the_single_sequence_reference(tiny_artifacts, tiny_reference, slots):
-    engine = load_engine(tiny_artifacts, EngineConfig(slots=slots), prefer=FP32)
+# 3 slots: retirements compact the cache; budget 16: prompts of up to 53 positions are prefilled in chunks
+@pytest.mark.parametrize("slots,budget", [(8, 256), (3, 256), (3, 16)])
+def test_batched_greedy_streams_match_the_single_sequence_reference(tiny_artifacts, tiny_reference, slots, budget):
+    engine = load_engine(tiny_artifacts, EngineConfig(slots=slots, prefill_token_budget=budget), prefer=FP32)
     assert engine.variant == "cpu-fp32"
     reqs, pixels = make_requests(tiny_reference)
     moves = []
