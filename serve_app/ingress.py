@@ -45,7 +45,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(InvalidRequest(str(exc), code="invalid_value"))
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return error_response(InvalidRequest(f"{where}: {first['msg']}" if where else first["msg"], where or None,
+                                         "invalid_value"))
 
 
 def stages_without_replica() -> list[str]:
