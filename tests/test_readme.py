@@ -53,3 +53,14 @@ def test_ci_runs_the_readme_test_command():
     assert cmd == blocks("bash")[2].strip()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in ci and 'bash -c "$cmd"' in ci
+
+
+def test_printed_instructions_match_the_readme():
+    import yaml
+
+    import serve_app.__main__ as entry
+    model, port = entry.served_model(yaml.safe_load(entry.DEFAULT_CONFIG.read_text()))
+    printed = entry.usage(f"http://127.0.0.1:{port}", model, None)
+    readme_body = blocks("bash")[1].split("-d '", 1)[1].strip()
+    assert readme_body.replace("  ", "") in printed.replace("  ", "")
+    assert "Authorization: Bearer k1" in entry.usage("http://h:1", model, "k1")
