@@ -73,7 +73,7 @@ def test_same_seed_same_text_other_seeds_differ(served):
     assert any(sample(s) != first for s in (1, 2, 3))  # a random 512-token model: 16 draws never all collide
 
 
-def reference_text(served, image_url: str | None, text: str, max_tokens: int) -> tuple[str, str]:
+def reference_text(served, image_url: str | None, text: str, max_tokens: int) -> tuple[str, str, int]:
     """Greedy text from the PyTorch model on the same pixels and prompt ids, detokenized like the server does."""
     import torch
 
@@ -96,7 +96,7 @@ def reference_text(served, image_url: str | None, text: str, max_tokens: int) ->
     finish = "stop" if ids[-1] == manifest.tokenizer.eos_token_id else "length"
     detok = IncrementalDetokenizer(tok)
     out = "".join(detok.add([i]) for i in ids if i != manifest.tokenizer.eos_token_id) + detok.flush()
-    return out, finish
+    return out, finish, len(ids)  # ids include the EOS that ended them: the server counts it as generated too
 
 
 @pytest.mark.parametrize("with_image", [True, False], ids=["image", "text-only"])
@@ -109,9 +109,10 @@ def test_greedy_equals_reference_generation(served, with_image):
     r = post(served, {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 32,
                       "temperature": 0})
     assert r.status_code == 200, r.text
-    expected, finish = reference_text(served, url, text, 32)
+    expected, finish, n_tokens = reference_text(served, url, text, 32)
     assert r.json()["choices"][0]["message"]["content"] == expected
     assert r.json()["choices"][0]["finish_reason"] == finish
+    assert r.json()["usage"]["completion_tokens"] == n_tokens
     assert r.json()["usage"]["prompt_tokens"] == (16 if url else 0) + len(_prompt_ids(served, text))
 
 
