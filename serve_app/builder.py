@@ -29,10 +29,11 @@ def build_app(args: dict | AppArgs | None = None) -> Application:
     cfg = parse_args(args)
     artifacts = resolve_artifacts(cfg.model)
     manifest = Manifest.read(artifacts)
-    log.info("mmserve: serving %s from %s", cfg.model.name(), artifacts)
+    model_name = cfg.model.name(manifest.preset)
+    log.info("mmserve: serving %s from %s", model_name, artifacts)
     preprocess = Preprocess.bind(manifest.image_size, cfg.preprocess.model_dump())
     vision = VisionEncoder.options(user_config={"max_batch_size": cfg.vision.max_batch_size,
                                                 "batch_wait_timeout_s": cfg.vision.batch_wait_timeout_s}
                                    ).bind(str(artifacts), cfg.vision.model_dump())
     decoder = Decoder.bind(str(artifacts), cfg.decoder)
-    return Ingress.bind(str(artifacts), cfg.model.name(), cfg.ingress.model_dump(), preprocess, vision, decoder)
+    return Ingress.bind(str(artifacts), model_name, cfg.ingress.model_dump(), preprocess, vision, decoder)

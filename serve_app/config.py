@@ -28,7 +28,8 @@ class ModelSource(BaseModel):
                                       description="a built artifact directory; overrides preset/cache_dir")
     cache_dir: str = Field(default=DEFAULT_CACHE_DIR, description="where artifacts for a preset are built and kept")
     served_name: str | None = Field(default=None,
-                                    description="model id in /v1/models and responses; default mmserve-<preset>")
+                                    description="model id in /v1/models and responses; default mmserve-<preset of the "
+                                                "artifacts>")
 
     @field_validator("preset")
     @classmethod
@@ -37,8 +38,9 @@ class ModelSource(BaseModel):
             raise ValueError(f"unknown preset {v!r}; choose one of: {', '.join(sorted(PRESETS))}")
         return v
 
-    def name(self) -> str:
-        return self.served_name or f"mmserve-{self.preset}"
+    def name(self, built_preset: str | None = None) -> str:
+        """The model id clients send; by default named after the preset the artifacts were built from."""
+        return self.served_name or f"mmserve-{built_preset or self.preset}"
 
 
 class IngressOptions(BaseModel):

@@ -49,7 +49,7 @@ def free_port() -> int:
 def e2e_args(artifacts: Path) -> dict:
     """fp32 variants on both graphs: greedy output must match the PyTorch reference token for token."""
     return {
-        "model": {"artifacts_dir": str(artifacts), "served_name": "mmserve-tiny"},
+        "model": {"artifacts_dir": str(artifacts)},  # served as mmserve-tiny: named after the built preset
         "ingress": {"api_keys": [CONFIG_KEY], "max_images_per_request": MAX_IMAGES, "stage_timeout_s": 60},
         "preprocess": {"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS},
         "vision": {"prefer_variants": ["cpu-fp32"], "max_batch_size": 4, "batch_wait_timeout_s": 0.002},

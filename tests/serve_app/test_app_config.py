@@ -25,6 +25,8 @@ def test_every_field_has_a_description():
 def test_defaults_serve_the_demo_model():
     args = parse_args({})
     assert args.model.preset == "demo" and args.model.name() == "mmserve-demo"
+    assert args.model.name("tiny") == "mmserve-tiny"  # prebuilt artifacts name the model after their preset
+    assert parse_args({"model": {"served_name": "captioner"}}).model.name("tiny") == "captioner"
 
 
 @pytest.mark.parametrize("args,field", [
