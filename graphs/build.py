@@ -23,10 +23,8 @@ import onnx
 
 from graphs.config import ModelConfig, get_preset
 from graphs.manifest import CPU_EP, MANIFEST, GraphEntry, Manifest, TensorSpec, TokenizerEntry, Variant
-from graphs.parity import run_parity_gate
 from graphs.tokenizer import EOS, ROLE_TOKENS, build_tokenizer, load_tokenizer, token_id
 from graphs.variants import VARIANTS, file_name, fusion_counts, ort_optimized_counts
-from graphs.weights import WeightsError, load_model
 
 Progress = Callable[[str], None]
 DEMO_ASSETS = Path(__file__).parent / "assets" / "demo"
@@ -52,6 +50,13 @@ def _default_inputs(preset: str, weights, tokenizer) -> tuple[Path | None, Path 
         if tokenizer is None and (DEMO_ASSETS / TOKENIZER).is_file():
             tokenizer = DEMO_ASSETS / TOKENIZER
     return (None if weights is None else Path(weights)), (None if tokenizer is None else Path(tokenizer))
+
+
+def _check_weights_file(weights: Path | None) -> None:
+    if weights is not None and not weights.is_file():
+        from graphs.weights import WeightsError  # imports torch; a cache hit should not pay for it
+
+        raise WeightsError(f"{weights}: weights file not found")
 
 
 def _write_tokenizer(cfg: ModelConfig, src: Path | None, dst: Path) -> TokenizerEntry:
@@ -118,6 +123,9 @@ def _versions() -> dict[str, str]:
 
 def _write_artifacts(cfg: ModelConfig, weights: Path | None, tokenizer: Path | None, tmp: Path,
                      progress: Progress) -> Manifest:
+    from graphs.parity import run_parity_gate  # torch: imported only when a build actually runs
+    from graphs.weights import load_model
+
     progress("load weights")
     model = load_model(cfg, weights)
     progress("tokenizer")
@@ -179,8 +187,7 @@ def build_artifacts(preset: str, out_dir: str | Path, weights: str | Path | None
     except ValueError as e:
         raise BuildError(str(e)) from None
     weights, tokenizer = _default_inputs(preset, weights, tokenizer)
-    if weights is not None and not weights.is_file():
-        raise WeightsError(f"{weights}: weights file not found")
+    _check_weights_file(weights)
     out = Path(out_dir).absolute()
     _check_replaceable(out)
     tmp = _make_temp_dir(out)
@@ -221,8 +228,7 @@ def ensure_artifacts(preset: str, cache_dir: str | Path, weights: str | Path | N
     except ValueError as e:
         raise BuildError(str(e)) from None
     weights, tokenizer = _default_inputs(preset, weights, tokenizer)
-    if weights is not None and not weights.is_file():
-        raise WeightsError(f"{weights}: weights file not found")
+    _check_weights_file(weights)
     if tokenizer is not None and not tokenizer.is_file():
         raise BuildError(f"{tokenizer}: tokenizer file not found")
     key = {"preset": preset, "code": build_code_version(),

@@ -213,3 +213,15 @@ def test_refuses_to_replace_what_is_not_an_artifact_dir(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BuildError, match="exists and is not a directory"):
         build_artifacts("tiny", tmp_path / "file")
+
+
+def test_a_cache_hit_does_not_import_torch(tmp_path):
+    """Serving replicas call ensure_artifacts at start; on a hit they must not pay torch's import time and memory."""
+    import subprocess
+    import sys
+
+    ensure_artifacts("tiny", tmp_path)
+    code = ("import sys; from graphs.build import ensure_artifacts; "
+            f"ensure_artifacts('tiny', {str(tmp_path)!r}); print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
