@@ -107,7 +107,8 @@ async def client(engine, c: int, gen: int, result: LoadResult) -> None:
 async def run_load(args, concurrency: int, scheduling: str) -> LoadResult:
     recorder = StepRecorder()
     engine = load_engine(args.artifacts, EngineConfig(slots=concurrency, scheduling=scheduling,
-                                                      max_queue=concurrency), prefer=[args.variant], metrics=recorder)
+                                                      max_queue=concurrency), threads=args.threads,
+                         prefer=[args.variant], metrics=recorder)
     await warm(engine)
     if engine.variant != args.variant:
         print(f"    (variant {args.variant} not built: running {engine.variant})")
@@ -145,9 +146,9 @@ async def drain(stream) -> None:
         pass
 
 
-async def short_request_ttft(artifacts, variant, gen) -> str:
+async def short_request_ttft(artifacts, variant, gen, threads) -> str:
     """16 long sequences decoding; a short request arrives: how many decode steps until its first token."""
-    engine = load_engine(artifacts, EngineConfig(slots=17), prefer=[variant])
+    engine = load_engine(artifacts, EngineConfig(slots=17), threads=threads, prefer=[variant])
     width = engine.embeddings.shape[1]
     rng = np.random.default_rng(3)
     await warm(engine)
@@ -182,11 +183,11 @@ async def main_async(args) -> None:
             rtc = await run_load(args, c, "run_to_completion")
             print(rtc.line(f"engine run-to-completion x{c}"))
     if not args.skip_engine:
-        print(await short_request_ttft(args.artifacts, args.variant, args.gen))
+        print(await short_request_ttft(args.artifacts, args.variant, args.gen, args.threads))
     if args.serve:
         from bench_http import start_local_app  # noqa: PLC0415 -- only for the e2e part
 
-        args.http = start_local_app(args.artifacts, args.variant, max(args.concurrency))
+        args.http = start_local_app(args.artifacts, args.variant, max(args.concurrency), args.threads)
     if args.http:
         from bench_http import run_http_loads  # noqa: PLC0415
 
@@ -197,6 +198,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", required=True, help="artifact directory of the reference preset")
     p.add_argument("--variant", default="cpu-int8", help="decoder variant to run")
+    p.add_argument("--threads", type=int, default=1, help="ORT intra-op threads of the decoder (1 = one replica's)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     p.add_argument("--gen", type=int, default=256, help="longest output; outputs are drawn from gen/4..gen")
     p.add_argument("--duration-s", type=float, default=8.0, help="measurement window per load")

@@ -19,6 +19,10 @@ class EngineConfig(BaseModel):
                                                              "a longer prompt is prefilled in chunks over several "
                                                              "steps, so arrivals stall running streams by at most "
                                                              "this much work")
+    stream_interval_s: float = Field(0.0, ge=0.0, le=1.0, description="shortest time between two chunks of one "
+                                                                       "stream; tokens of the steps in between go "
+                                                                       "out together (fewer, larger chunks cost the "
+                                                                       "serving path less); 0 = a chunk per step")
     scheduling: Literal["continuous", "run_to_completion"] = Field(
         "continuous", description="'continuous' admits into free slots at every step; 'run_to_completion' starts a "
                                   "batch only when the previous one has fully finished (the baseline benchmarks "

@@ -8,7 +8,7 @@ Lifecycle of a request:
 
 The step thread (stepper.StepLoop) never waits for the event loop: it publishes each step's tokens with one
 call_soon_threadsafe, and a stream takes every token pending when it wakes, so a slow consumer gets fewer, larger
-chunks instead of slowing the batch.
+chunks instead of slowing the batch (and `stream_interval_s` makes chunks at most that frequent).
 """
 
 from __future__ import annotations
@@ -66,10 +66,11 @@ class Engine:
         """Stream a completion. Leaving the iterator early (cancellation, disconnect) frees the slot."""
         seq = self.submit(request)
         detok = IncrementalDetokenizer(self.tokenizer, request.stop)
-        sent = 0
+        sent, last_yield = 0, float("-inf")
         try:
             while True:
                 await seq.ready.wait()
+                await self._coalesce(seq, last_yield)
                 seq.ready.clear()
                 if seq.error is not None:
                     raise RuntimeError(f"decoder failed: {seq.error}") from seq.error
@@ -84,8 +85,17 @@ class Engine:
                     return
                 if ids:
                     yield DecodeChunk(text, ids, None, request.prompt_len, sent)
+                    last_yield = time.perf_counter()
         finally:
             self.abort(seq)
+
+    async def _coalesce(self, seq: Sequence, last_yield: float) -> None:
+        """Hold a chunk until stream_interval_s after the previous one, gathering the tokens of the steps between:
+        each chunk costs the serving path (Ray streaming, SSE) far more than a token costs the engine. The first
+        and the last chunk are never held."""
+        wait = last_yield + self.config.stream_interval_s - time.perf_counter()
+        if wait > 0 and seq.finish_reason is None and seq.error is None:
+            await asyncio.sleep(wait)
 
     @staticmethod
     def _detokenize(detok: IncrementalDetokenizer, ids: list[int]) -> tuple[str, list[int]]:

@@ -98,6 +98,15 @@ def test_cancelling_a_staged_prompt_gives_its_slot_back():
     asyncio.run(scenario())
 
 
+def test_stream_interval_gathers_the_tokens_of_several_steps_into_one_chunk():
+    req = request(0, prompt_len=6, max_tokens=40)
+    per_step = asyncio.run(collect_all(make_engine(step_delay_s=0.002), [req]))[0][1]
+    tokens, chunks = asyncio.run(collect_all(make_engine(step_delay_s=0.002, stream_interval_s=0.02), [req]))[0]
+    assert tokens == reference(req) and chunks[-1].finish_reason == "length"
+    assert len(chunks[0].token_ids) == 1  # the first token is never held back
+    assert 3 * len(chunks) <= len(per_step)  # ~10 steps of 2 ms per 20 ms chunk
+
+
 def test_eos_stops_unless_ignored():
     req = request(0, prompt_len=6, max_tokens=12)
     free = reference(req)
