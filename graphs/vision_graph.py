@@ -36,12 +36,12 @@ def folded_patch_embedding(vision) -> tuple[np.ndarray, np.ndarray]:
     return w_folded.astype(np.float32), (b_folded[None, :] + pos).astype(np.float32)
 
 
-def _patch_embed(g: GraphBuilder, pixels: str, vision) -> str:
+def _patch_embed(g: GraphBuilder, pixels: str, vision, batch_dim: int) -> str:
     cfg = vision.cfg
     p, n = cfg.patch_size, cfg.image_size // cfg.patch_size
-    x = g.op("Reshape", [pixels, g.ints("patch.grid_shape", [-1, 3, n, p, n, p])], "/vision/patch/Reshape")
+    x = g.op("Reshape", [pixels, g.ints("patch.grid_shape", [batch_dim, 3, n, p, n, p])], "/vision/patch/Reshape")
     x = g.op("Transpose", [x], "/vision/patch/Transpose", perm=[0, 2, 4, 1, 3, 5])  # (B,h,w,3,p,p), still uint8
-    x = g.op("Reshape", [x, g.ints("patch.flat_shape", [-1, cfg.num_patches, cfg.patch_dim])], "/vision/patch/Flat")
+    x = g.op("Reshape", [x, g.ints("patch.flat_shape", [batch_dim, cfg.num_patches, cfg.patch_dim])], "/vision/patch/Flat")
     x = g.op("Cast", [x], "/vision/patch/Cast", to=NP_TO_ONNX[g.float_dtype])  # (B,P,3pp)
     w, b = folded_patch_embedding(vision)
     return g.matmul(x, w, "/vision/patch", bias=b)  # (B,P,Dv)
@@ -129,6 +129,10 @@ def _cpu_block(g: GraphBuilder, x: str, blk, heads: int, eps: float, name: str) 
 
 
 BLOCK_STYLES = {"portable": _portable_block, "cpu": _cpu_block}
+# Reshape's batch entry. 0 copies the dim, so shape inference keeps "batch" symbolic through every node: TensorRT
+# builds from inferred shapes. -1 leaves the batch unknown to ORT's optimizer, which otherwise fuses the patch Add +
+# first LayerNorm into a SkipLayerNormalization, 4x slower on the CPU EP at these dims.
+PATCH_BATCH_DIM = {"portable": 0, "cpu": -1}
 
 
 def build_vision(model, style: str, float_dtype=np.float32, quantize=None):
@@ -138,7 +142,7 @@ def build_vision(model, style: str, float_dtype=np.float32, quantize=None):
     g = GraphBuilder(f"vision_{style}", float_dtype)
     g.quantize = quantize
     pixels = g.input("pixels", np.uint8, ["batch", 3, cfg.image_size, cfg.image_size])
-    x = _patch_embed(g, pixels, vision)
+    x = _patch_embed(g, pixels, vision, PATCH_BATCH_DIM[style])
     block = BLOCK_STYLES[style]
     for i, blk in enumerate(vision.blocks):
         x = block(g, x, blk, cfg.heads, eps, f"/vision/layers.{i}")
