@@ -13,11 +13,12 @@ so the GPU cluster config's placement runs here and can be inspected in the Ray 
     python cluster/local_cluster.py stop
 
 Why it looks the way it does (Ray 2.60 on a shared machine):
-- Its own temp dir, ports and auth token, so `ray.init()` elsewhere on the machine never joins this cluster by
-  accident (ray.init reads /tmp/ray/ray_current_cluster; ours is written under our temp dir) and our nodes never
-  collide with another local Ray's default ports.
-- Token auth on (`RAY_AUTH_MODE=token`, token in `RAY_AUTH_TOKEN`), as a real cluster should run; clients of this
-  cluster need both in their environment (`env` prints them).
+- Its own temp dir and ports, so `ray.init()` elsewhere on the machine never joins this cluster by accident
+  (ray.init reads the default temp dir's ray_current_cluster; ours is written under our temp dir) and our nodes
+  never collide with another local Ray's default ports.
+- Token auth on (`RAY_AUTH_MODE=token`), as a real cluster should run, with the user's default token (created the
+  way `ray get-auth-token --generate` does when missing): Ray caches the token per process, so a test process that
+  already ran a local `ray.init()` must see the same one. Clients need both variables (`env` prints them).
 - Each node is a `ray start --block` in its own process group; stop signals exactly those groups (never
   `ray stop`, which would kill every Ray on the machine) and removes our ray_current_cluster.
 """
@@ -38,6 +39,7 @@ from pathlib import Path
 
 DEFAULT_DIR = Path(os.environ.get("MMSERVE_LOCAL_CLUSTER_DIR", "/tmp/mmserve-cluster"))
 BASE_PORT = int(os.environ.get("MMSERVE_LOCAL_CLUSTER_PORT", "26379"))
+TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # Ray's default token path
 GPU_NODE_RESOURCE = "gpu_node"
 CPU_NODE_RESOURCE = "cpu_node"
 
@@ -65,33 +67,47 @@ def default_nodes(gpu_cpus: int = 1, cpu_cpus: int = 2) -> list[NodeSpec]:
 class ClusterInfo:
     """What `start` wrote to <dir>/cluster.json: enough for clients and for `stop`."""
     address: str  # GCS address for ray.init(address=...)
+    base_port: int  # GCS port; the client server, dashboard and per-node agent ports follow it
     dashboard_url: str
     token: str
     temp_dir: str
     process_groups: dict[str, int]  # node name -> pid of its `ray start --block` (= its process group id)
     node_resources: dict[str, dict]
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # node name -> its Prometheus endpoint's port
+
+    def auth_env(self) -> dict[str, str]:
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def client_env(self) -> dict[str, str]:
-        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        return {"RAY_ADDRESS": self.address, **self.auth_env()}
 
 
-def _ports(index: int) -> dict[str, int]:
+def default_token() -> str:
+    if not TOKEN_FILE.is_file():
+        TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
+        TOKEN_FILE.write_text(secrets.token_hex(32))
+        TOKEN_FILE.chmod(0o600)
+    return TOKEN_FILE.read_text().strip()
+
+
+def _ports(base_port: int, index: int) -> dict[str, int]:
     """Distinct per-node ports: several raylets share 127.0.0.1, and Ray's fixed defaults would collide."""
-    base = BASE_PORT + 20 + 10 * index
+    base = base_port + 20 + 10 * index
     return {"--dashboard-agent-listen-port": base, "--dashboard-agent-grpc-port": base + 1,
             "--runtime-env-agent-port": base + 2, "--metrics-export-port": base + 3}
 
 
-def _command(node: NodeSpec, index: int, temp_dir: Path, object_store_bytes: int) -> list[str]:
+def _command(node: NodeSpec, index: int, temp_dir: Path, object_store_bytes: int,
+             base_port: int = BASE_PORT) -> list[str]:
     cmd = ["ray", "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
            f"--num-cpus={node.num_cpus}", f"--num-gpus={node.num_gpus}", f"--resources={json.dumps(node.resources)}",
            f"--object-store-memory={object_store_bytes}", "--disable-usage-stats"]
-    cmd += [f"{flag}={port}" for flag, port in _ports(index).items()]
+    cmd += [f"{flag}={port}" for flag, port in _ports(base_port, index).items()]
     if node.head:
-        cmd += ["--head", f"--port={BASE_PORT}", f"--ray-client-server-port={BASE_PORT + 1}",
-                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={BASE_PORT + 2}"]
+        cmd += ["--head", f"--port={base_port}", f"--ray-client-server-port={base_port + 1}",
+                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={base_port + 2}"]
     else:
-        cmd += [f"--address=127.0.0.1:{BASE_PORT}"]
+        cmd += [f"--address=127.0.0.1:{base_port}"]
     return cmd
 
 
@@ -107,9 +123,20 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
     raise TimeoutError(f"port {port} did not open in {timeout_s}s")
 
 
+def use_token_auth(info: ClusterInfo) -> None:
+    """Make this process a token-auth client of the cluster. Ray reads RAY_AUTH_MODE into a cached config and
+    caches the token, so a process that imported or ran Ray before must refresh both (as ray.init does itself when
+    it turns token auth on)."""
+    os.environ.update(info.auth_env())
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def alive_nodes(info: ClusterInfo) -> list[dict]:
     """Alive nodes as the GCS sees them: node id and total resources."""
-    os.environ.update(info.client_env())  # the GCS client reads the token from the environment
+    use_token_auth(info)
     from ray._raylet import GcsClient
 
     nodes = GcsClient(address=info.address).get_all_node_info()
@@ -118,21 +145,24 @@ def alive_nodes(info: ClusterInfo) -> list[dict]:
 
 
 def start(directory: Path = DEFAULT_DIR, nodes: list[NodeSpec] | None = None, timeout_s: float = 180,
-          object_store_bytes: int = 200 * 2**20) -> ClusterInfo:
+          object_store_bytes: int = 200 * 2**20, base_port: int = BASE_PORT) -> ClusterInfo:
     nodes = nodes or default_nodes()
     if (directory / "cluster.json").exists():
         raise RuntimeError(f"{directory}/cluster.json exists: a cluster is running there (stop it first)")
     temp_dir = directory / "ray"
+    if len(str(temp_dir)) > 40:  # Ray puts unix sockets under <temp_dir>/session_<timestamp>/sockets/
+        raise ValueError(f"{directory}: path too long for Ray's unix sockets (108 bytes in all); use a short one")
     temp_dir.mkdir(parents=True, exist_ok=True)
-    info = ClusterInfo(address=f"127.0.0.1:{BASE_PORT}", dashboard_url=f"http://127.0.0.1:{BASE_PORT + 2}",
-                       token=secrets.token_hex(32), temp_dir=str(temp_dir), process_groups={},
+    info = ClusterInfo(address=f"127.0.0.1:{base_port}", base_port=base_port,
+                       dashboard_url=f"http://127.0.0.1:{base_port + 2}",
+                       token=default_token(), temp_dir=str(temp_dir), process_groups={},
                        node_resources={n.name: {"CPU": n.num_cpus, "GPU": n.num_gpus, **n.resources} for n in nodes})
     launcher = _Launcher(directory, info, object_store_bytes)
     try:
         for index, node in enumerate(nodes):
             proc = launcher.launch(index, node)
             if node.head:
-                _wait_port(BASE_PORT, proc, timeout_s)
+                _wait_port(base_port, proc, timeout_s)
         launcher.wait_joined(nodes, timeout_s)
     except BaseException:
         stop(directory)
@@ -149,16 +179,17 @@ class _Launcher:
 
     def __init__(self, directory: Path, info: ClusterInfo, object_store_bytes: int):
         self.directory, self.info, self.object_store_bytes = directory, info, object_store_bytes
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": info.token}
+        self.env = {**os.environ, **info.auth_env()}
         self.env.pop("RAY_ADDRESS", None)
         self.procs: dict[str, subprocess.Popen] = {}
 
     def launch(self, index: int, node: NodeSpec) -> subprocess.Popen:
-        cmd = _command(node, index, Path(self.info.temp_dir), self.object_store_bytes)
+        cmd = _command(node, index, Path(self.info.temp_dir), self.object_store_bytes, self.info.base_port)
         with open(self.directory / f"{node.name}.log", "a") as log:
             proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[node.name] = proc
         self.info.process_groups[node.name] = proc.pid
+        self.info.metrics_ports[node.name] = _ports(self.info.base_port, index)["--metrics-export-port"]
         _write(self.directory, self.info)  # written at once, so `stop` can clean up after a failed start
         return proc
 

@@ -1,0 +1,297 @@
+"""The GPU cluster config on a real multi-node Ray cluster on this machine: a head, a node advertising a GPU (there
+is none: ONNX Runtime here is the CPU build) and a CPU-only node, each a `ray start` process group. The application
+is deployed the way an operator deploys it (`serve deploy` against the dashboard) and loaded over HTTP.
+
+Checked: each stage's replicas sit on the node type the config places them on (replica actors' node ids); vision
+falls back to the CPU EP with a warning in its replica log and the active-EP metric on the GPU node's Prometheus
+endpoint; strict vision refuses to start; image-only traffic scales vision and not the decoder, text-only traffic
+the decoder and not vision, and both scale back down when traffic stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "cluster"))  # cluster/ holds scripts, not a package
+
+import local_cluster  # noqa: E402
+from local_config import LocalScale, local_serve_config  # noqa: E402
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+APP = "mmserve"
+MODEL = "mmserve-local"
+BASE_PORT = int(os.environ.get("MMSERVE_TEST_CLUSTER_PORT", "27379"))  # not the script's default: no clash
+SCALE = LocalScale(max_replicas=3, vision_batch=2, decoder_slots=4, upscale_delay_s=1.0, downscale_delay_s=5.0)
+LOAD_CLIENTS = {"image": 8, "text": 12}  # text: enough streams that the decoder's queue stays above its slots
+IMAGES_PER_REQUEST = 4  # image requests fan out to 4 vision calls and 1 one-token decode
+TEXT_TOKENS = 48
+
+
+class Cluster:
+    def __init__(self, info: local_cluster.ClusterInfo, url: str, artifacts: Path):
+        self.info, self.url, self.artifacts = info, url, artifacts
+        self.node_role = {}
+        for node in local_cluster.alive_nodes(info):
+            res = node["resources"]
+            self.node_role[node["node_id"]] = "gpu" if "gpu_node" in res else "cpu" if "cpu_node" in res else "head"
+
+    def replica_nodes(self) -> dict[str, set[str]]:
+        """Deployment name -> roles of the nodes its live replicas run on, from the actors' node ids."""
+        from ray.util.state import list_actors
+
+        placed: dict[str, set[str]] = {}
+        for actor in list_actors(address=self.info.dashboard_url, filters=[("state", "=", "ALIVE")], detail=True,
+                                 limit=1000):
+            if actor.class_name.startswith(f"ServeReplica:{APP}:"):
+                stage = actor.class_name.split(":")[-1]
+                placed.setdefault(stage, set()).add(self.node_role[actor.node_id])
+        return placed
+
+    def metrics(self, node: str) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.info.metrics_ports[node]}/metrics", timeout=10).text
+
+    def replica_logs(self, stage: str) -> str:
+        logs = Path(self.info.temp_dir) / "session_latest" / "logs" / "serve"
+        return "".join(p.read_text() for p in logs.glob(f"replica_{APP}_{stage}_*.log"))
+
+
+def tiny_artifacts(tmp_path_factory) -> Path:
+    prebuilt = os.environ.get("MMSERVE_TINY_ARTIFACTS")  # reuse a build across runs while iterating
+    if prebuilt:
+        return Path(prebuilt)
+    from graphs.build import ensure_artifacts
+    return Path(ensure_artifacts("tiny", tmp_path_factory.mktemp("cluster_artifacts")))
+
+
+def serve_deploy(config: dict, info: local_cluster.ClusterInfo, directory: Path) -> None:
+    """`serve deploy` to the dashboard with the cluster's token: the operator's path, REST API included."""
+    path = directory / "serve-config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, **info.auth_env()}
+    serve_cli = Path(sys.executable).parent / "serve"
+    subprocess.run([str(serve_cli), "deploy", str(path), "-a", info.dashboard_url],
+                   env=env, check=True, capture_output=True, timeout=120)
+
+
+def wait_ready(url: str, timeout_s: float = 240) -> None:
+    from ray import serve
+
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(APP)
+        if app is not None and app.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"deploying {APP} failed: {app.message[-3000:]}")
+        try:
+            last = httpx.get(f"{url}/ready", timeout=5)
+            if last.status_code == 200:
+                return
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(1)
+    raise TimeoutError(f"{url}/ready not 200 within {timeout_s}s: last {last!r}; {serve.status()}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        pytest.fail("another test left a Ray session open in this process")
+    artifacts = tiny_artifacts(tmp_path_factory)
+    directory = Path(tempfile.mkdtemp(prefix="mmsc-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    saved_env = dict(os.environ)
+    info = local_cluster.start(directory, nodes=local_cluster.default_nodes(gpu_cpus=2, cpu_cpus=4),
+                               base_port=BASE_PORT)
+    try:
+        local_cluster.use_token_auth(info)
+        ray.init(address=info.address, log_to_driver=False, logging_level="ERROR")
+        http_port = BASE_PORT + 100
+        serve_deploy(local_serve_config(http_port, str(artifacts), SCALE), info, directory)
+        url = f"http://127.0.0.1:{http_port}"
+        wait_ready(url)
+        yield Cluster(info, url, artifacts)
+    finally:
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
+        finally:
+            local_cluster.stop(directory)
+            shutil.rmtree(directory, ignore_errors=True)
+            os.environ.clear()
+            os.environ.update(saved_env)
+
+
+# ---------------------------------------------------------------- placement and EP fallback
+
+
+def test_each_stage_runs_on_its_node_type(cluster):
+    assert cluster.replica_nodes() == {"VisionEncoder": {"gpu"}, "Preprocess": {"cpu"}, "Decoder": {"cpu"},
+                                       "Ingress": {"cpu"}}
+
+
+def test_vision_falls_back_to_cpu_ep_with_warning_and_metric(cluster):
+    from ray import serve
+
+    info = serve.get_deployment_handle("VisionEncoder", APP).info.remote().result()
+    assert (info["provider"], info["variant"]) == ("CPUExecutionProvider", "cpu-int8")
+    assert [f.split(" did not load")[0] for f in info["fallbacks"]] == ["vision: TensorrtExecutionProvider",
+                                                                        "vision: CUDAExecutionProvider"]
+    assert "WARNING" in cluster.replica_logs("VisionEncoder")
+    assert "vision runs on CPUExecutionProvider, not TensorrtExecutionProvider" in cluster.replica_logs(
+        "VisionEncoder")
+    series = re.compile(r'^ray_mmserve_active_execution_provider\{[^}]*deployment="VisionEncoder"[^}]*'
+                        r'provider="CPUExecutionProvider"[^}]*\} 1\.0$', re.M)
+    deadline = time.monotonic() + 60  # the gauge is re-published from the health check (every 10 s)
+    while not series.search(cluster.metrics("gpu")) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert series.search(cluster.metrics("gpu")), "active-EP gauge not exported by the GPU node"
+    answer = httpx.post(f"{cluster.url}/v1/chat/completions", json=image_body(np.random.default_rng(0)),
+                        timeout=60)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 1
+
+
+def test_strict_vision_refuses_to_start_on_the_gpu_node(cluster):
+    from ray import serve
+
+    from serve_app.stages.vision import VisionEncoder
+
+    config = local_serve_config(0, str(cluster.artifacts), SCALE)
+    vision = next(d for d in config["applications"][0]["deployments"] if d["name"] == "VisionEncoder")
+    args = {**config["applications"][0]["args"]["vision"], "strict": True}
+    app = VisionEncoder.options(num_replicas=1, autoscaling_config=None,
+                                ray_actor_options=vision["ray_actor_options"]).bind(str(cluster.artifacts), args)
+    try:
+        with pytest.raises(RuntimeError, match="Deploying application strict-vision failed"):
+            serve.run(app, name="strict-vision", route_prefix=None)
+        failed = serve.status().applications["strict-vision"].deployments["VisionEncoder"]
+        assert failed.status == "DEPLOY_FAILED" and failed.replica_states.get("RUNNING", 0) == 0
+        assert "ProviderUnavailable" in failed.message  # the replica constructor's error, as the dashboard shows it
+        assert "vision: TensorrtExecutionProvider did not load" in failed.message
+        assert "strict mode: refusing to fall back" in failed.message
+    finally:
+        serve.delete("strict-vision")
+
+
+# ---------------------------------------------------------------- per-stage autoscaling
+
+
+def png_url(rng: np.random.Generator) -> str:
+    """A fresh random 32x32 PNG: no two requests share an image, so the vision cache never answers."""
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_body(rng: np.random.Generator) -> dict:
+    parts = [{"type": "image_url", "image_url": {"url": png_url(rng)}} for _ in range(IMAGES_PER_REQUEST)]
+    return {"model": MODEL, "max_tokens": 1,
+            "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "what is it?"}]}]}
+
+
+def text_body(rng: np.random.Generator) -> dict:
+    return {"model": MODEL, "max_tokens": TEXT_TOKENS, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "tell me a long story"}]}
+
+
+def running_replicas() -> dict[str, int]:
+    from ray import serve
+
+    deployments = serve.status().applications[APP].deployments
+    return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in deployments.items()}
+
+
+async def _client(url: str, body, seed: int, stop: asyncio.Event, codes: list[int]) -> None:
+    rng = np.random.default_rng(seed)
+    async with httpx.AsyncClient(timeout=60) as client:
+        while not stop.is_set():
+            codes.append((await client.post(f"{url}/v1/chat/completions", json=body(rng))).status_code)
+
+
+async def _burst_then_idle(url: str, body, clients: int, scaled, settled, load_s: tuple[float, float],
+                           idle_s: float):
+    """Load until `scaled(counts)` has held for 3 s (at least load_s[0], at most load_s[1] seconds), then stop and
+    wait up to idle_s for `settled(counts)`. -> timeline of (seconds, phase, counts), status codes."""
+    stop, codes, timeline = asyncio.Event(), [], []
+    tasks = [asyncio.create_task(_client(url, body, i, stop, codes)) for i in range(clients)]
+    start, scaled_since = time.monotonic(), None
+    while True:
+        now = time.monotonic() - start
+        counts = await asyncio.to_thread(running_replicas)
+        timeline.append((round(now, 1), "load", counts))
+        scaled_since = (scaled_since or now) if scaled(counts) else None
+        if now >= load_s[1] or (now >= load_s[0] and scaled_since is not None and now - scaled_since >= 3):
+            break
+        await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*tasks)
+    idle_start = time.monotonic()
+    while time.monotonic() - idle_start < idle_s:
+        counts = await asyncio.to_thread(running_replicas)
+        timeline.append((round(time.monotonic() - start, 1), "idle", counts))
+        if settled(counts):
+            break
+        await asyncio.sleep(0.5)
+    return timeline, codes
+
+
+def _print(title: str, timeline) -> None:
+    print(f"\n{title}: seconds phase VisionEncoder Decoder Preprocess Ingress")
+    for t, phase, c in timeline:
+        print(f"  {t:6.1f} {phase:4s} {c.get('VisionEncoder')} {c.get('Decoder')} {c.get('Preprocess')} "
+              f"{c.get('Ingress')}")
+
+
+def _wait_at_min(timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counts = running_replicas()
+        if counts["VisionEncoder"] == 1 and counts["Decoder"] == 1:
+            return
+        time.sleep(1)
+    raise AssertionError(f"replicas not back at min before the burst: {running_replicas()}")
+
+
+def test_image_burst_scales_vision_not_decoder_then_back_down(cluster):
+    _wait_at_min()
+    timeline, codes = asyncio.run(_burst_then_idle(
+        cluster.url, image_body, LOAD_CLIENTS["image"], scaled=lambda c: c["VisionEncoder"] > 1,
+        settled=lambda c: c["VisionEncoder"] == 1, load_s=(15, 45), idle_s=60))
+    _print("image burst", timeline)
+    assert codes and set(codes) == {200}
+    load = [c for _, phase, c in timeline if phase == "load"]
+    assert max(c["VisionEncoder"] for c in load) > 1, "vision did not scale up under image traffic"
+    assert all(c["Decoder"] == 1 for _, _, c in timeline), "the decoder scaled on image traffic"
+    assert timeline[-1][1] == "idle" and timeline[-1][2]["VisionEncoder"] == 1, "vision did not scale back down"
+
+
+def test_text_burst_scales_decoder_not_vision_then_back_down(cluster):
+    _wait_at_min()
+    timeline, codes = asyncio.run(_burst_then_idle(
+        cluster.url, text_body, LOAD_CLIENTS["text"], scaled=lambda c: c["Decoder"] > 1,
+        settled=lambda c: c["Decoder"] == 1, load_s=(15, 45), idle_s=60))
+    _print("text burst", timeline)
+    assert codes and set(codes) == {200}
+    load = [c for _, phase, c in timeline if phase == "load"]
+    assert max(c["Decoder"] for c in load) > 1, "the decoder did not scale up under text traffic"
+    assert all(c["VisionEncoder"] == 1 for _, _, c in timeline), "vision scaled on text-only traffic"
+    assert timeline[-1][1] == "idle" and timeline[-1][2]["Decoder"] == 1, "the decoder did not scale back down"
