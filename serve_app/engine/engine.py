@@ -179,8 +179,12 @@ class Engine:
         self._observe(report)
 
     def _observe(self, report: StepReport) -> None:
+        for wait_s in report.queue_waits_s:
+            self.metrics.observe_queue_wait(wait_s)
         if report.step_s is not None:
             self.metrics.observe_step(report.step_s, report.batch)
         self.metrics.add_tokens(len(report.tokens))
-        self.metrics.set_active(report.active)
-        self.metrics.set_queued(report.queued)
+        # The gauges take the scheduler's counts now, not the report's: reports reach the loop late and out of order
+        # with the idle report the step thread observes itself, and a late busy count would stick while idle.
+        self.metrics.set_active(len(self.scheduler.active))
+        self.metrics.set_queued(len(self.scheduler.waiting))
