@@ -4,11 +4,16 @@ Lifecycle: load (manifest -> decoder variant for the CPU EP, KV cache of `slots`
 -> warm up (one prefill and one decode step, so the first request does not pay for kernel setup) -> serve
 (`generate` is an async generator: each request joins the engine's step loop and its tokens stream back as they are
 sampled; when the ingress cancels -- client gone -- the generator is closed and the slot is freed at the next step)
--> reconfigure (queue bound, prefill budget and Retry-After change live; the cache shape does not).
+-> reconfigure (queue bound, prefill budget, stream interval and Retry-After change live; the cache shape does not).
 
 Resources: CPU only; one ORT intra-op thread per replica by default (replicas share cores). `max_ongoing_requests`
 must be >= slots + max_queue, or Serve holds requests back before they reach the engine and batches stay small;
 beyond slots + max_queue the engine refuses with Overloaded, which the ingress answers with 503 + Retry-After.
+
+Reproducibility: a seeded request samples the same tokens alone or in a full batch on `cpu-fp32`, whose rows do
+not interact. `cpu-int8` quantizes each MatMul's activations with one scale per tensor, so the other rows of a step
+nudge a row's logits (max |delta| 0.0074 measured on the tiny preset) and a seeded sample can then differ with the
+batch; list `cpu-fp32` first in prefer_variants where seeded replay across loads matters more than speed.
 
 Shapes: in DecodeRequest (prompt ids, image features (n*P, D) float32); out DecodeChunk stream.
 """
