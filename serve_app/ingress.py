@@ -2,7 +2,8 @@
 
 Routes:
     GET  /health                liveness: the ingress answers (no auth)
-    GET  /ready                 readiness: every stage deployment has a running replica (no auth)
+    GET  /ready                 readiness: every stage deployment has a running replica (no auth); when ready,
+                                also the EP a vision replica runs on and why it fell back, if it did
     GET  /v1/models             the served model
     POST /v1/chat/completions   text + image_url parts; stream true (SSE) or false
 
@@ -97,7 +98,12 @@ class Ingress:
         not_ready = await asyncio.to_thread(stages_without_replica)
         if not_ready:
             return JSONResponse({"status": "not ready", "waiting_for": not_ready}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "ready", "vision": await self._vision_ep()})
+
+    async def _vision_ep(self) -> dict:
+        """ORT falls back from TensorRT/CUDA silently: readiness says where vision really runs."""
+        info = await asyncio.wait_for(self.stages.vision.info.remote(), self.options.stage_timeout_s)
+        return {key: info[key] for key in ("provider", "variant", "fallbacks")}
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> Response:

@@ -128,7 +128,7 @@ def test_local_cluster_advertises_the_config_placement_resources(resource):
 
 def test_local_cluster_commands_stay_on_own_ports_and_temp_dir(tmp_path):
     head, gpu, cpu = local_cluster.default_nodes()
-    cmds = [local_cluster._command(n, i, tmp_path, 1) for i, n in enumerate((head, gpu, cpu))]
+    cmds = [local_cluster._command(n, i, tmp_path, 1, 30000) for i, n in enumerate((head, gpu, cpu))]
     ports = [a.split("=")[1] for c in cmds for a in c if a.startswith("--") and a.split("=")[0].endswith("port")]
     assert len(ports) == len(set(ports))  # three raylets on one host: no shared port
     assert all(f"--temp-dir={tmp_path}" in c for c in cmds)

@@ -42,7 +42,11 @@ def test_auth_comes_before_parsing(served):
 
 def test_health_and_ready_need_no_key(served):
     assert httpx.get(f"{served.url}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{served.url}/ready").json() == {"status": "ready"}
+    ready = httpx.get(f"{served.url}/ready").json()
+    assert ready["status"] == "ready" and (ready["vision"]["provider"], ready["vision"]["variant"]) == (
+        "CPUExecutionProvider", "cpu-fp32")  # on this CPU-only host, after TensorRT and CUDA were passed over
+    assert [f.split(" did not load")[0] for f in ready["vision"]["fallbacks"]] == [
+        "vision: TensorrtExecutionProvider", "vision: CUDAExecutionProvider"]
 
 
 def test_openai_client_with_wrong_key_raises_authentication_error(served):
