@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import time
 
 import httpx
@@ -110,6 +111,9 @@ def start_local_app(artifacts: str, variant: str, slots: int, threads: int = 1) 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # Ray starts its workers at nice 15; the engine-alone loads ran at this process's priority. On a shared machine
+    # the replicas would lose the cores to any other job and the comparison would measure that, not the serving path.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
