@@ -77,6 +77,7 @@ class Decoder:
         self.engine = load_engine(artifacts_dir, self.options.engine_config(), threads=self.options.threads,
                                   prefer=self.options.prefer_variants, metrics=self.engine_metrics)
         self._warm_up()
+        self.engine.runner.session.arm(self.options.ort_profile)  # a profile in the args starts with the replica
 
     def _warm_up(self) -> None:
         runner, width = self.engine.runner, self.engine.embeddings.shape[1]
