@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from serve_app.engine import EngineConfig, load_engine
+from serve_app.ep_metrics import report_active_ep
 from serve_app.metrics import StageMetrics
 from serve_app.profiling import ProfileSettings
 from serve_app.stages.decoder_metrics import RayEngineMetrics
@@ -78,6 +79,8 @@ class Decoder:
                                   prefer=self.options.prefer_variants, metrics=self.engine_metrics)
         self._warm_up()
         self.engine.runner.session.arm(self.options.ort_profile)  # a profile in the args starts with the replica
+        self.provider = self.engine.runner.session.get_providers()[0]
+        report_active_ep("decoder", self.provider, self.engine.variant)
 
     def _warm_up(self) -> None:
         runner, width = self.engine.runner, self.engine.embeddings.shape[1]
@@ -110,8 +113,10 @@ class Decoder:
                 "options": self.options.model_dump()}
 
     def check_health(self) -> None:
-        """Serve calls this every health_check_period_s: keep the slot gauges alive while the engine idles."""
+        """Serve calls this every health_check_period_s: keep the gauges alive (Ray drops a gauge not set again
+        for two export intervals) while the engine idles."""
         self.engine_metrics.refresh()
+        report_active_ep("decoder", self.provider, self.engine.variant)
 
     async def ready(self) -> bool:
         return True
