@@ -9,6 +9,7 @@ Ray resolves 127.0.0.1 to the machine's own address for node addresses; every pr
 so the GPU cluster config's placement runs here and can be inspected in the Ray dashboard.
 
     python cluster/local_cluster.py start      # prints the address, the dashboard URL and the env to export
+    python cluster/local_cluster.py deploy     # `serve deploy` of the GPU config, scaled to this machine
     python cluster/local_cluster.py status
     python cluster/local_cluster.py stop
 
@@ -280,15 +281,34 @@ def _wait_gone(groups: list[int], temp_dir: str, timeout_s: float) -> bool:
     return False
 
 
+def deploy(info: ClusterInfo, directory: Path, config: dict) -> None:
+    """`serve deploy` through the dashboard's REST API, as an operator would, with the cluster's token."""
+    import yaml
+
+    path = directory / "serve-config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    serve_cli = Path(sys.executable).parent / "serve"
+    subprocess.run([str(serve_cli), "deploy", str(path), "-a", info.dashboard_url], check=True,
+                   env={**os.environ, **info.auth_env()}, capture_output=True, timeout=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["start", "stop", "status", "env"])
+    parser.add_argument("command", choices=["start", "deploy", "stop", "status", "env"])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="state, logs and Ray temp dir")
+    parser.add_argument("--http-port", type=int, default=8000, help="deploy: the API's port on 127.0.0.1")
+    parser.add_argument("--artifacts", default=None, help="deploy: a built artifact dir; default: the demo "
+                                                          "preset, built into ~/.cache/mmserve on first start")
     args = parser.parse_args(argv)
     if args.command == "start":
         info = start(args.dir)
         print(f"cluster up: {info.address}  dashboard: {info.dashboard_url}")
         print("clients need:  eval $(python cluster/local_cluster.py env)")
+    elif args.command == "deploy":
+        from local_config import local_serve_config  # a sibling script module
+
+        deploy(read_info(args.dir), args.dir, local_serve_config(args.http_port, args.artifacts))
+        print(f"deployed: http://127.0.0.1:{args.http_port}/ready turns 200 when every stage runs")
     elif args.command == "stop":
         stop(args.dir)
         print("cluster stopped")

@@ -16,7 +16,6 @@ import io
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,16 +79,6 @@ def tiny_artifacts(tmp_path_factory) -> Path:
     return Path(ensure_artifacts("tiny", tmp_path_factory.mktemp("cluster_artifacts")))
 
 
-def serve_deploy(config: dict, info: local_cluster.ClusterInfo, directory: Path) -> None:
-    """`serve deploy` to the dashboard with the cluster's token: the operator's path, REST API included."""
-    path = directory / "serve-config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, **info.auth_env()}
-    serve_cli = Path(sys.executable).parent / "serve"
-    subprocess.run([str(serve_cli), "deploy", str(path), "-a", info.dashboard_url],
-                   env=env, check=True, capture_output=True, timeout=120)
-
-
 def wait_ready(url: str, timeout_s: float = 240) -> None:
     from ray import serve
 
@@ -125,7 +113,7 @@ def cluster(tmp_path_factory):
         local_cluster.use_token_auth(info)
         ray.init(address=info.address, log_to_driver=False, logging_level="ERROR")
         http_port = BASE_PORT + 100
-        serve_deploy(local_serve_config(http_port, str(artifacts), SCALE), info, directory)
+        local_cluster.deploy(info, directory, local_serve_config(http_port, str(artifacts), SCALE))
         url = f"http://127.0.0.1:{http_port}"
         wait_ready(url)
         yield Cluster(info, url, artifacts)
@@ -156,6 +144,8 @@ def test_vision_falls_back_to_cpu_ep_with_warning_and_metric(cluster):
     assert (info["provider"], info["variant"]) == ("CPUExecutionProvider", "cpu-int8")
     assert [f.split(" did not load")[0] for f in info["fallbacks"]] == ["vision: TensorrtExecutionProvider",
                                                                         "vision: CUDAExecutionProvider"]
+    ready = httpx.get(f"{cluster.url}/ready", timeout=10).json()
+    assert ready["vision"] == {key: info[key] for key in ("provider", "variant", "fallbacks")}
     assert "WARNING" in cluster.replica_logs("VisionEncoder")
     assert "vision runs on CPUExecutionProvider, not TensorrtExecutionProvider" in cluster.replica_logs(
         "VisionEncoder")
