@@ -144,7 +144,8 @@ def test_stop_string_ends_the_answer(served):
 
 
 def test_each_stage_runs_in_its_own_replica(served):
-    import ray
+    import os
+
     from ray import serve
 
     status = serve.status().applications[APP_NAME]
@@ -152,10 +153,12 @@ def test_each_stage_runs_in_its_own_replica(served):
     assert set(status.deployments) == {"Ingress", "Preprocess", "VisionEncoder", "Decoder"}
     for name, d in status.deployments.items():
         assert d.replica_states.get("RUNNING") == 1, (name, d.replica_states)
-    replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#")]
-    by_stage = {n.split("#")[1] for n in replicas}
-    assert by_stage == {"Ingress", "Preprocess", "VisionEncoder", "Decoder"} and len(replicas) == 4
+    from ray._private import state  # the actor table with process ids (ray.util.state needs the dashboard)
+
+    replicas = {a["Name"].split("#")[1]: a["Pid"] for a in state.actors().values()
+                if a["Name"].startswith(f"SERVE_REPLICA::{APP_NAME}#") and a["State"] == "ALIVE"}
+    assert set(replicas) == {"Ingress", "Preprocess", "VisionEncoder", "Decoder"}
+    assert len(set(replicas.values())) == 4 and os.getpid() not in replicas.values()  # four processes
 
 
 def test_concurrent_image_requests_share_vision_batches_and_cache(served):
