@@ -80,7 +80,8 @@ class ClusterInfo:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
     def client_env(self) -> dict[str, str]:
-        return {"RAY_ADDRESS": self.address, **self.auth_env()}
+        """For `ray status`, `ray list actors` (RAY_ADDRESS) and `serve status/deploy` (RAY_DASHBOARD_ADDRESS)."""
+        return {"RAY_ADDRESS": self.address, "RAY_DASHBOARD_ADDRESS": self.dashboard_url, **self.auth_env()}
 
 
 def default_token() -> str:
