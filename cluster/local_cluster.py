@@ -101,7 +101,8 @@ def _ports(base_port: int, index: int) -> dict[str, int]:
 
 def _command(node: NodeSpec, index: int, temp_dir: Path, object_store_bytes: int,
              base_port: int = BASE_PORT) -> list[str]:
-    cmd = ["ray", "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
+    ray_cli = str(Path(sys.executable).parent / "ray")  # the ray of this Python's environment, PATH or not
+    cmd = [ray_cli, "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
            f"--num-cpus={node.num_cpus}", f"--num-gpus={node.num_gpus}", f"--resources={json.dumps(node.resources)}",
            f"--object-store-memory={object_store_bytes}", "--disable-usage-stats"]
     cmd += [f"{flag}={port}" for flag, port in _ports(base_port, index).items()]
