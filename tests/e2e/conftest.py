@@ -71,6 +71,16 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> None:
     raise TimeoutError(f"{url}/ready did not turn ready in {timeout_s}s (last: {last})")
 
 
+def replica_pids(app_name: str, deployment: str) -> dict[str, int]:
+    """Live replicas of a deployment: actor name -> process id, from Ray's actor table (ray.util.state would need
+    the dashboard, which the e2e cluster runs without)."""
+    from ray._private import state
+
+    prefix = f"SERVE_REPLICA::{app_name}#{deployment}#"
+    return {a["Name"]: a["Pid"] for a in state.actors().values()
+            if a["Name"].startswith(prefix) and a["State"] == "ALIVE"}
+
+
 def start_app(args: dict, name: str, route_prefix: str) -> None:
     from ray import serve
 

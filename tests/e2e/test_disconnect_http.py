@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import APP_NAME, auth_headers
+from tests.e2e.conftest import APP_NAME, auth_headers, replica_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -30,15 +30,28 @@ def wait_idle(timeout_s: float = 30.0) -> dict:
 
 
 def test_disconnect_mid_stream_stops_decoding(served):
+    """The tiny model decodes faster than a hang-up travels (proxy -> ingress -> decoder), so the decoder is frozen
+    (SIGSTOP) while the client leaves and resumed once the cancellation waits at its door: what is measured is
+    that the cancellation arrives and stops the sequence, not a race between the two."""
+    import os
+    import signal
+
     wait_idle()
-    body = {"model": "mmserve-tiny", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 110,
+    ((_, pid),) = replica_pids(APP_NAME, "Decoder").items()
+    before = decoder_info()
+    body = {"model": "mmserve-tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 120,
             "ignore_eos": True, "stream": True}
-    steps_before = decoder_info()["steps"]
-    with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, headers=auth_headers(served),
-                      timeout=60) as r:
-        assert r.status_code == 200
-        next(r.iter_lines())  # the first chunk: decoding has started; then hang up
-    info = wait_idle()
-    steps = info["steps"] - steps_before
-    print(f"decode steps run for the abandoned request: {steps}")
-    assert steps < 100
+    try:
+        with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, headers=auth_headers(served),
+                          timeout=60) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # the first chunk: decoding has started
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.0)  # connection closed: the proxy and the ingress cancel the decoder call meanwhile
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    after = wait_idle()
+    steps = after["steps"] - before["steps"]
+    print(f"decode steps run for the abandoned request: {steps} of 120")
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert steps < 120

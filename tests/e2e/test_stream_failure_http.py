@@ -8,24 +8,13 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.conftest import APP_NAME, auth_headers, wait_ready
+from tests.e2e.conftest import APP_NAME, auth_headers, replica_pids, wait_ready
 
 pytestmark = pytest.mark.e2e
 
 
-def decoder_pid(name: str) -> int:
-    """The replica's process id, from Ray's actor table (ray.util.state would need the dashboard)."""
-    from ray._private import state
-
-    (pid,) = [a["Pid"] for a in state.actors().values() if a["Name"] == name and a["State"] == "ALIVE"]
-    return pid
-
-
 def decoder_replica_names() -> list[str]:
-    import ray
-
-    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith(f"SERVE_REPLICA::{APP_NAME}#Decoder#")]
+    return list(replica_pids(APP_NAME, "Decoder"))
 
 
 def never_finished(events: list) -> bool:
@@ -53,8 +42,7 @@ def test_decoder_dies_mid_stream_error_chunk_then_done(served):
 
     body = {"model": "mmserve-tiny", "messages": [{"role": "user", "content": "go"}],
             "max_tokens": 120, "ignore_eos": True, "stream": True}
-    (victim_name,) = decoder_replica_names()
-    victim_pid = decoder_pid(victim_name)
+    ((victim_name, victim_pid),) = replica_pids(APP_NAME, "Decoder").items()
     events = []
     with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, headers=auth_headers(served),
                       timeout=60) as r:
