@@ -58,10 +58,13 @@ class LoadResult:
                 f"  p99 {np.percentile(itl, 99):7.2f} ms   ({self.tokens} tokens in {self.wall_s:.1f} s)")
 
 
+SAMPLING = {"temperature": 0.0, "top_p": 1.0}  # greedy unless --temperature/--top-p say otherwise
+
+
 def make_request(i: int, width: int, max_tokens: int, rng: np.random.Generator) -> DecodeRequest:
     feats = rng.standard_normal((IMAGE_POSITIONS, width)).astype(np.float32) * 0.02  # (196,D)
     ids = rng.integers(10, 4000, TEXT_POSITIONS).tolist()
-    return DecodeRequest(f"b{i}", ids, feats, max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    return DecodeRequest(f"b{i}", ids, feats, max_tokens=max_tokens, ignore_eos=True, seed=i, **SAMPLING)
 
 
 def instrument(engine, result: LoadResult) -> None:
@@ -175,7 +178,8 @@ async def short_request_ttft(artifacts, variant, gen, threads, scheduling: str) 
 
 
 async def main_async(args) -> None:
-    print(f"decoder variant {args.variant}, contexts {IMAGE_POSITIONS}+{TEXT_POSITIONS} positions, outputs "
+    print(f"decoder variant {args.variant}, {args.threads} ORT thread(s), temperature {args.temperature} top_p "
+          f"{args.top_p}, contexts {IMAGE_POSITIONS}+{TEXT_POSITIONS} positions, outputs "
           f"{args.gen // 4}..{args.gen} tokens, closed-loop clients, {args.duration_s:.0f} s window after "
           f"{args.ramp_s:.0f} s ramp")
     engine_figures: dict[int, float] = {}
@@ -204,6 +208,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", required=True, help="artifact directory of the reference preset")
     p.add_argument("--variant", default="cpu-int8", help="decoder variant to run")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request (0 greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus of every request")
     p.add_argument("--threads", type=int, default=1, help="ORT intra-op threads of the decoder (1 = one replica's)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
     p.add_argument("--gen", type=int, default=256, help="longest output; outputs are drawn from gen/4..gen")
@@ -214,7 +220,9 @@ def main() -> None:
     p.add_argument("--serve", action="store_true", help="start the app in Ray Serve here and measure it (e2e)")
     p.add_argument("--skip-engine", action="store_true", help="only the e2e part (with --http or --serve)")
     p.add_argument("--model", default=None, help="model id for --http (default: the first of /v1/models)")
-    asyncio.run(main_async(p.parse_args()))
+    args = p.parse_args()
+    SAMPLING.update(temperature=args.temperature, top_p=args.top_p)
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """Per-sequence sampling over one batch of logits.
 
 Greedy rows take the argmax together; sampled rows are processed together too, but each draws exactly one uniform
-number per token from its own numpy Generator, and every other operation works row by row (max, exp, cumsum, a
-partial sort of that row alone), so a seeded request produces the same tokens whatever else shares the batch
+number per token from its own numpy Generator, and every other operation works within a row (max, exp, a sort of
+that row's values, running sums), so a seeded request produces the same tokens whatever else shares the batch
 (provided the graph gives the row the same logits, which the fp32 decoder does).
 
-    probs = exp((logits - max) / T)                           unnormalized, per row
-    top_p < 1: candidates = the row's TOP_K largest (argpartition); if they hold p of the mass, sort only them,
-               else sort the whole row; keep the shortest prefix reaching p
-    token = the first index whose cumulative mass exceeds u * (kept mass), u ~ U[0,1) from the row's Generator
-            (top_p = 1: found in two levels, block sums then inside one block, since a full cumsum is slow)
+    probs = exp((logits - max) / T)                               unnormalized, per row
+    top_p < 1: sort the row's values (vectorized, no argsort), find where their running mass reaches p, and zero
+               every token below that value
+    token = the first index whose running mass exceeds u * (kept mass), u ~ U[0,1) from the row's Generator
+    Running masses are found in two levels (block sums, then inside one block): numpy's full cumsum is slow.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TOP_K = 256  # candidates sorted for top-p; a peaked distribution's nucleus is almost always among them
 BLOCK = 64  # inverse-CDF block width: 8k logits -> 128 block sums
 
 
@@ -39,7 +38,8 @@ class SamplingParams:
         return self.temperature == 0.0
 
     def make_rng(self) -> np.random.Generator:
-        return np.random.default_rng(self.seed)
+        # numpy seeds only with non-negative ints; clients may send any integer (OpenAI's seed is signed)
+        return np.random.default_rng(None if self.seed is None else self.seed % 2**64)
 
 
 def sample_batch(logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator]) -> np.ndarray:
@@ -55,45 +55,38 @@ def sample_batch(logits: np.ndarray, params: list[SamplingParams], rngs: list[np
     np.maximum(z, -80.0, out=z)  # exp would give denormals below ~-87, which are slow and weigh nothing
     probs = np.exp(z, out=z)  # (k,V) unnormalized
     u = np.array([rngs[i].random() for i in rows])  # (k,) one draw per row per token, whatever the batch
-    full = [j for j, i in enumerate(rows) if params[i].top_p >= 1.0]
-    if full:
-        tokens[[rows[j] for j in full]] = _inverse_cdf(probs[full], u[full])
-    for j, i in enumerate(rows):
-        if params[i].top_p < 1.0:
-            tokens[i] = _nucleus(probs[j], params[i].top_p, u[j])
+    top_p = np.array([params[i].top_p for i in rows])  # (k,)
+    cut = top_p < 1.0
+    if cut.any():
+        probs[cut] = _nucleus(probs[cut], top_p[cut])
+    tokens[rows] = _first_index(probs, u * probs.sum(axis=1), strictly_above=True)
     return tokens
 
 
-def _inverse_cdf(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """probs (k,V) unnormalized, u (k,) -> (k,) the first index whose cumulative mass exceeds u * total.
+def _nucleus(probs: np.ndarray, top_p: np.ndarray) -> np.ndarray:
+    """probs (k,V) unnormalized -> the same with every token outside the row's nucleus zeroed: the nucleus is the
+    most likely tokens whose mass first reaches top_p, plus any tied with the least likely of them."""
+    desc = np.sort(probs, axis=1)[:, ::-1]  # (k,V) values, descending (vectorized sort: no per-row argsort)
+    last = _first_index(desc, top_p * probs.sum(axis=1), strictly_above=False)  # (k,)
+    threshold = desc[np.arange(len(last)), last][:, None]  # (k,1)
+    return np.where(probs >= threshold, probs, np.float32(0.0))
+
+
+def _first_index(values: np.ndarray, targets: np.ndarray, strictly_above: bool) -> np.ndarray:
+    """values (k,V) >= 0, targets (k,) -> (k,) per row the first index whose running sum exceeds (or, not
+    strictly, reaches) the target; the last index if none does.
 
     Two levels, because numpy's cumsum is scalar code (~0.2 ms over 8k entries here) while its sum is vectorized:
     sums of BLOCK-wide blocks, a cumsum over those few, then a cumsum inside the one block that holds the target."""
-    k, v = probs.shape
+    k, v = values.shape
+    before_target = np.less_equal if strictly_above else np.less  # running sums still short of the target
     padded = np.zeros((k, -(-v // BLOCK) * BLOCK), np.float32)
-    padded[:, :v] = probs
+    padded[:, :v] = values
     blocks = padded.reshape(k, -1, BLOCK)  # (k,nb,BLOCK)
     block_cum = np.cumsum(blocks.sum(axis=2), axis=1)  # (k,nb)
-    picked = np.empty(k, np.int64)
-    for j in range(k):
-        target = u[j] * block_cum[j, -1]
-        b = min(int(np.searchsorted(block_cum[j], target, side="right")), block_cum.shape[1] - 1)
-        before = block_cum[j, b - 1] if b > 0 else 0.0
-        inside = np.cumsum(blocks[j, b]) + before  # (BLOCK,)
-        picked[j] = b * BLOCK + int(np.searchsorted(inside, target, side="right"))
-    return np.minimum(picked, v - 1)
-
-
-def _nucleus(probs: np.ndarray, top_p: float, u: float) -> int:
-    """probs (V,) unnormalized -> one token from the smallest set of most likely tokens holding top_p of the mass.
-    Ties keep the lower id first, so the set is deterministic."""
-    total = probs.sum()
-    k = min(TOP_K, probs.shape[0])
-    cand = np.argpartition(-probs, k - 1)[:k] if k < probs.shape[0] else np.arange(probs.shape[0])
-    if probs[cand].sum() < top_p * total:
-        cand = np.arange(probs.shape[0])  # a flat distribution: its nucleus reaches past the candidates
-    order = cand[np.lexsort((cand, -probs[cand]))]  # by probability, descending; ties by id
-    cum = np.cumsum(probs[order])
-    keep = int(np.searchsorted(cum, top_p * total, side="left")) + 1  # shortest prefix reaching top_p
-    kept = cum[:keep]
-    return int(order[min(int(np.searchsorted(kept, u * kept[-1], side="right")), keep - 1)])
+    t = targets.astype(np.float32)[:, None]  # (k,1)
+    b = np.minimum(before_target(block_cum, t).sum(axis=1), block_cum.shape[1] - 1)  # (k,) the block holding it
+    rows = np.arange(k)
+    start = np.where(b > 0, block_cum[rows, b - 1], 0.0).astype(np.float32)[:, None]  # (k,1) mass before it
+    inside = np.cumsum(blocks[rows, b], axis=1) + start  # (k,BLOCK)
+    return np.minimum(b * BLOCK + before_target(inside, t).sum(axis=1), v - 1)
