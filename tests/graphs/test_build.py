@@ -225,3 +225,10 @@ def test_a_cache_hit_does_not_import_torch(tmp_path):
             f"ensure_artifacts('tiny', {str(tmp_path)!r}); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_corrupt_tokenizer_file_is_named(tmp_path, capsys):
+    bad = tmp_path / "tok.json"
+    bad.write_text("{not json")
+    assert "tok.json: not a readable tokenizer.json" in _cli_error(
+        tmp_path, capsys, "--preset", "tiny", "--tokenizer", str(bad))
