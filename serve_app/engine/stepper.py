@@ -65,8 +65,25 @@ class StepLoop:
     def _run(self) -> None:
         while not self._stop:
             self._wake.clear()  # before looking for work: a wake() after this point is not lost
-            if not self._step():
+            try:
+                busy = self._step()
+            except Exception as e:  # noqa: BLE001 -- a bug outside a guarded graph call must not hang every stream
+                self._fail_everything(e)
+                continue
+            if not busy:
                 self._wake.wait(self._recheck_s)
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """Fail every sequence in flight and start over with empty slots: the cache bookkeeping cannot be trusted."""
+        sched, report = self.scheduler, StepReport()
+        in_flight = list(sched.active) + ([self.prefiller.staged] if self.prefiller.staged is not None else [])
+        for seq in in_flight:
+            seq.finished = "error"
+            report.failed.append((seq, error))
+        sched.active.clear()
+        sched.in_transit = 0
+        self.prefiller.staged = None
+        self.publish(report)
 
     def _step(self) -> bool:
         """One round: retire, prefill arrivals (within the budget), decode. False when there was nothing to do."""

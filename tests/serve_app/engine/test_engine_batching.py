@@ -216,6 +216,27 @@ def test_a_failing_graph_call_fails_its_streams_and_the_engine_keeps_serving():
     asyncio.run(scenario())
 
 
+def test_a_bug_outside_graph_calls_fails_the_streams_instead_of_hanging_them():
+    async def scenario():
+        engine = make_engine(slots=2)
+        broken = engine.runner.move
+
+        def move_fails(*args):
+            raise RuntimeError("injected bookkeeping failure")
+
+        engine.runner.move = move_fails  # compaction runs outside the guarded graph calls
+        reqs = [request(0, 4, max_tokens=3), request(1, 4, max_tokens=30)]  # r0 retires first: slot 1 moves
+        results = await asyncio.wait_for(asyncio.gather(*(collect(engine, r) for r in reqs),
+                                                        return_exceptions=True), timeout=10)
+        assert isinstance(results[1], RuntimeError) and "injected" in str(results[1])
+        engine.runner.move = broken
+        tokens, _ = await collect(engine, request(2, 4, max_tokens=4))  # the engine serves on
+        assert tokens == reference(request(2, 4, max_tokens=4))
+        await engine.close()
+
+    asyncio.run(scenario())
+
+
 def test_bad_requests_are_refused_with_clear_errors():
     engine = make_engine(max_context=16)
     cases = [(request(0, 17, 3), "exceeds the decoder context"), (request(0, 0, 3), "empty prompt"),
