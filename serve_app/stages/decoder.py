@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from serve_app.engine import EngineConfig, load_engine
@@ -32,6 +32,9 @@ from serve_app.metrics import StageMetrics
 from serve_app.profiling import ProfileSettings
 from serve_app.stages.decoder_metrics import RayEngineMetrics
 from serve_app.stages.messages import DecodeChunk, DecodeRequest
+
+
+MAX_ONGOING_REQUESTS = 512  # >= slots + max_queue, checked below, so every request reaches the engine
 
 
 class DecoderOptions(BaseModel):
@@ -59,6 +62,14 @@ class DecoderOptions(BaseModel):
                                          description="ORT profiling of the next N decoder calls (prefills and "
                                                      "steps; live)")
 
+    @model_validator(mode="after")
+    def _fits_the_deployment(self) -> "DecoderOptions":
+        if self.slots + self.max_queue > MAX_ONGOING_REQUESTS:
+            raise ValueError(f"slots + max_queue = {self.slots + self.max_queue} exceeds the Decoder deployment's "
+                             f"max_ongoing_requests {MAX_ONGOING_REQUESTS}: Serve would queue the excess outside "
+                             f"the engine, where it is neither batched nor refused with 503")
+        return self
+
     def engine_config(self) -> EngineConfig:
         return EngineConfig(slots=self.slots, max_context=self.max_context, max_queue=self.max_queue,
                             prefill_token_budget=self.prefill_token_budget, retry_after_s=self.retry_after_s,
@@ -68,7 +79,7 @@ class DecoderOptions(BaseModel):
 LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s", "stream_interval_s", "ort_profile"})
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=MAX_ONGOING_REQUESTS)
 class Decoder:
     def __init__(self, artifacts_dir: str, options: DecoderOptions | dict | None = None):
         self.options = DecoderOptions.model_validate(options or {}) if not isinstance(options, DecoderOptions) \

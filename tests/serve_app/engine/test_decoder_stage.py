@@ -104,3 +104,8 @@ def test_reconfigure_names_a_field_that_cannot_change_live(tiny_artifacts):
     decoder.options = DecoderOptions(slots=2)
     with pytest.raises(ValueError, match="slots cannot change"):
         decoder.reconfigure({"slots": 4})
+
+
+def test_options_that_serve_would_queue_outside_the_engine_are_refused():
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        DecoderOptions(slots=400, max_queue=200)
