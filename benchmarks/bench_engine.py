@@ -4,15 +4,17 @@ Measures, in one run, on the `reference` preset's decoder (cpu-int8 when built) 
 (196 image features + 32 prompt tokens):
   1. engine alone, continuous batching, at 1/4/16/32 concurrent sequences: aggregate tokens/s, p50/p99
      inter-token latency (closed loop: each client sends its next request when the previous one ends; output
-     lengths vary, seeded, so batches really have stragglers);
+     lengths vary, seeded, so batches really have stragglers), over a window the load covers from start to end;
   2. the same load on run-to-completion batching of the same size;
-  3. step time vs the bare ORT decode call inside it (the engine's own overhead);
-  4. the first token of a short request arriving while 16 long ones run, in decode steps and ms;
+  3. step time vs the bare ORT decode call inside it (the engine's own overhead: inputs, sampling, bookkeeping);
+  4. the first token of a short request arriving while 16 long ones run, in decode steps after its arrival and
+     after its prefill, continuous and run-to-completion;
   5. with --serve (starts the app here) or --http URL (a running app): the same loads end to end through the
      OpenAI streaming API, as a fraction of the engine-alone figure.
 
     python benchmarks/bench_engine.py --artifacts /tmp/artifacts/reference
     python benchmarks/bench_engine.py --artifacts /tmp/artifacts/reference --serve
+    (build the artifacts once: mmserve build --preset reference --out /tmp/artifacts/reference)
 """
 
 from __future__ import annotations
