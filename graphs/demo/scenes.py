@@ -1,0 +1,118 @@
+"""Scenes and their captions: a tiny grammar whose every sentence is decidable from the pixels.
+
+A scene is a list of shapes placed by its layout; the layout fixes the caption's sentence form:
+    single  "a large red circle on the left"               one shape; size word + region word
+    pair    "a red circle on the left and a blue square on the right"   (or "at the top ... at the bottom");
+            the two shapes always differ, since two alike are a count
+    count   "three green triangles"                         2 or 3 identical shapes anywhere, apart
+
+Why these rules make captions unambiguous: a region is a jittered centre well inside its third of the canvas, the
+two sizes never overlap in radius, colors are saturated and far apart while backgrounds are muted grays, and shapes
+in a pair or count never touch. Everything is drawn from one `random.Random(seed)`, so a seed is an image.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 90, 235),
+    "yellow": (235, 215, 40),
+    "purple": (160, 60, 210),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZES: dict[str, tuple[float, float]] = {  # radius as a fraction of the canvas side; the ranges never meet
+    "small": (0.09, 0.12),
+    "large": (0.20, 0.24),
+}
+MEDIUM = (0.12, 0.15)  # pair and count shapes: no size word, so one range that fits two or three apart
+REGIONS: dict[str, tuple[float, float]] = {  # centre of a single shape, as fractions (x, y)
+    "on the left": (0.25, 0.5),
+    "on the right": (0.75, 0.5),
+    "at the top": (0.5, 0.25),
+    "at the bottom": (0.5, 0.75),
+    "in the center": (0.5, 0.5),
+}
+PAIR_AXES = {  # (first region, second region) of a pair: the caption names the left (or top) shape first
+    "horizontal": ("on the left", "on the right"),
+    "vertical": ("at the top", "at the bottom"),
+}
+COUNT_WORDS = {2: "two", 3: "three"}
+LAYOUT_WEIGHTS = {"single": 0.4, "pair": 0.4, "count": 0.2}
+JITTER = 0.05  # centre jitter, fraction of the side: small enough that a region stays inside its third
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str  # one of SHAPES
+    color: str  # one of COLORS
+    cx: float  # centre, fractions of the side
+    cy: float
+    radius: float  # circumradius for the triangle, half side for the square; fraction of the side
+
+
+@dataclass(frozen=True)
+class Scene:
+    caption: str
+    shapes: tuple[Shape, ...]
+
+
+def _jittered(rng: random.Random, x: float, y: float) -> tuple[float, float]:
+    return x + rng.uniform(-JITTER, JITTER), y + rng.uniform(-JITTER, JITTER)
+
+
+def _single(rng: random.Random) -> Scene:
+    kind, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+    size, region = rng.choice(list(SIZES)), rng.choice(list(REGIONS))
+    radius = rng.uniform(*SIZES[size])
+    if size == "large" and region != "in the center":  # a large shape near the edge: pull it in so it stays whole
+        x, y = REGIONS[region]
+        x, y = 0.5 + (x - 0.5) * 0.8, 0.5 + (y - 0.5) * 0.8
+        cx, cy = _jittered(rng, x, y)
+    else:
+        cx, cy = _jittered(rng, *REGIONS[region])
+    return Scene(f"a {size} {color} {kind} {region}", (Shape(kind, color, cx, cy, radius),))
+
+
+def _pair(rng: random.Random) -> Scene:
+    first, second = PAIR_AXES[rng.choice(list(PAIR_AXES))]
+    looks = rng.sample([(k, c) for k in SHAPES for c in COLORS], 2)  # two alike would read as a count ("two ...")
+    shapes, words = [], []
+    for region, (kind, color) in zip((first, second), looks):
+        cx, cy = _jittered(rng, *REGIONS[region])
+        shapes.append(Shape(kind, color, cx, cy, rng.uniform(*MEDIUM)))
+        words.append(f"a {color} {kind} {region}")
+    return Scene(" and ".join(words), tuple(shapes))
+
+
+def _count(rng: random.Random) -> Scene:
+    n = rng.choice(list(COUNT_WORDS))
+    kind, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+    shapes: list[Shape] = []
+    while len(shapes) < n:  # rejection sampling: centres far enough apart that shapes never touch
+        r = rng.uniform(*MEDIUM)
+        cx, cy = rng.uniform(r + 0.03, 1 - r - 0.03), rng.uniform(r + 0.03, 1 - r - 0.03)
+        if all((cx - s.cx) ** 2 + (cy - s.cy) ** 2 > (r + s.radius + 0.06) ** 2 for s in shapes):
+            shapes.append(Shape(kind, color, cx, cy, r))
+    return Scene(f"{COUNT_WORDS[n]} {color} {kind}s", tuple(shapes))
+
+
+LAYOUTS = {"single": _single, "pair": _pair, "count": _count}
+
+
+def sample_scene(rng: random.Random) -> Scene:
+    layout = rng.choices(list(LAYOUT_WEIGHTS), weights=list(LAYOUT_WEIGHTS.values()))[0]
+    return LAYOUTS[layout](rng)
+
+
+def all_captions() -> list[str]:
+    """Every sentence the grammar can produce: the tokenizer corpus, and the set a caption must belong to."""
+    out = [f"a {s} {c} {k} {r}" for s in SIZES for c in COLORS for k in SHAPES for r in REGIONS]
+    for first, second in PAIR_AXES.values():
+        out += [f"a {c1} {k1} {first} and a {c2} {k2} {second}"
+                for c1 in COLORS for k1 in SHAPES for c2 in COLORS for k2 in SHAPES if (c1, k1) != (c2, k2)]
+    out += [f"{w} {c} {k}s" for w in COUNT_WORDS.values() for c in COLORS for k in SHAPES]
+    return out
