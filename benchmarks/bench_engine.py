@@ -199,7 +199,9 @@ async def main_async(args) -> None:
     if args.serve:
         from bench_http import start_local_app  # noqa: PLC0415 -- only for the e2e part
 
-        args.http = start_local_app(args.artifacts, args.variant, max(args.concurrency), args.threads)
+        streaming = {k: v for k, v in (("stream_interval_s", args.stream_interval_s),
+                                       ("max_chunk_rate", args.max_chunk_rate)) if v is not None}
+        args.http = start_local_app(args.artifacts, args.variant, max(args.concurrency), args.threads, streaming)
     if args.http:
         from bench_http import run_http_loads  # noqa: PLC0415
 
@@ -220,6 +222,8 @@ def main() -> None:
     p.add_argument("--skip-baseline", action="store_true", help="skip the run-to-completion comparison")
     p.add_argument("--http", default=None, help="base URL of a running app: also measure end to end")
     p.add_argument("--serve", action="store_true", help="start the app in Ray Serve here and measure it (e2e)")
+    p.add_argument("--stream-interval-s", type=float, default=None, help="--serve: Decoder stream_interval_s")
+    p.add_argument("--max-chunk-rate", type=float, default=None, help="--serve: Decoder max_chunk_rate")
     p.add_argument("--skip-engine", action="store_true", help="only the e2e part (with --http or --serve)")
     p.add_argument("--model", default=None, help="model id for --http (default: the first of /v1/models)")
     args = p.parse_args()

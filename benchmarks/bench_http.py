@@ -99,7 +99,7 @@ async def run_http_loads(args, engine_figures: dict[int, float]) -> None:
         print(line + ratio)
 
 
-def start_local_app(artifacts: str, variant: str, slots: int, threads: int = 1) -> str:
+def start_local_app(artifacts: str, variant: str, slots: int, threads: int = 1, decoder: dict | None = None) -> str:
     """Start Ray Serve here with the whole app on `artifacts` (decoder sized for the largest load) -> base URL."""
     import socket
 
@@ -118,6 +118,7 @@ def start_local_app(artifacts: str, variant: str, slots: int, threads: int = 1) 
              _node_ip_address="127.0.0.1")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model": {"artifacts_dir": artifacts},
-            "decoder": {"prefer_variants": [variant], "slots": slots, "max_queue": 2 * slots, "threads": threads}}
+            "decoder": {"prefer_variants": [variant], "slots": slots, "max_queue": 2 * slots, "threads": threads,
+                        **(decoder or {})}}
     serve.run(build_app(args), name="bench", route_prefix="/")
     return f"http://127.0.0.1:{port}"

@@ -23,6 +23,9 @@ class EngineConfig(BaseModel):
                                                                        "stream; tokens of the steps in between go "
                                                                        "out together (fewer, larger chunks cost the "
                                                                        "serving path less); 0 = a chunk per step")
+    max_chunk_rate: float = Field(0.0, ge=0.0, description="chunks per second across all streams of the engine; "
+                                                           "the stream interval stretches to active streams / rate "
+                                                           "when that is longer; 0 = no limit")
     scheduling: Literal["continuous", "run_to_completion"] = Field(
         "continuous", description="'continuous' admits into free slots at every step; 'run_to_completion' starts a "
                                   "batch only when the previous one has fully finished (the baseline benchmarks "

@@ -90,10 +90,14 @@ class Engine:
             self.abort(seq)
 
     async def _coalesce(self, seq: Sequence, last_yield: float) -> None:
-        """Hold a chunk until stream_interval_s after the previous one, gathering the tokens of the steps between:
-        each chunk costs the serving path (Ray streaming, SSE) far more than a token costs the engine. The first
-        and the last chunk are never held."""
-        wait = last_yield + self.config.stream_interval_s - time.perf_counter()
+        """Hold a chunk until the stream interval after the previous one, gathering the tokens of the steps between:
+        each chunk costs the serving path (Ray streaming, SSE) far more than a token costs the engine, so the
+        interval also stretches to keep the replica's chunks/s under max_chunk_rate. The first and the last chunk
+        are never held."""
+        interval = self.config.stream_interval_s
+        if self.config.max_chunk_rate:
+            interval = max(interval, len(self.scheduler.active) / self.config.max_chunk_rate)
+        wait = last_yield + interval - time.perf_counter()
         if wait > 0 and seq.finish_reason is None and seq.error is None:
             await asyncio.sleep(wait)
 

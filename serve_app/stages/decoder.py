@@ -55,6 +55,10 @@ class DecoderOptions(BaseModel):
                                                                      "and SSE far more than a token costs the engine "
                                                                      "(x3 single-stream throughput at 0.02); 0 = a "
                                                                      "chunk per decode step (live)")
+    max_chunk_rate: float = Field(400.0, ge=0, description="chunks per second across the replica's streams: with "
+                                                           "many streams the interval stretches to active / rate, "
+                                                           "since the serving path's cost is per chunk; 0 = no limit "
+                                                           "(live)")
     threads: int = Field(1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
     prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32"],
                                        description="decoder graph variants in order of preference")
@@ -73,10 +77,11 @@ class DecoderOptions(BaseModel):
     def engine_config(self) -> EngineConfig:
         return EngineConfig(slots=self.slots, max_context=self.max_context, max_queue=self.max_queue,
                             prefill_token_budget=self.prefill_token_budget, retry_after_s=self.retry_after_s,
-                            stream_interval_s=self.stream_interval_s)
+                            stream_interval_s=self.stream_interval_s, max_chunk_rate=self.max_chunk_rate)
 
 
-LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s", "stream_interval_s", "ort_profile"})
+LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s", "stream_interval_s", "max_chunk_rate",
+                         "ort_profile"})
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=MAX_ONGOING_REQUESTS)
@@ -99,8 +104,8 @@ class Decoder:
         runner.decode(1, np.zeros((1, width), np.float32), np.array([4], np.int32))
 
     def reconfigure(self, user_config: dict) -> None:
-        """Live knobs: max_queue, prefill_token_budget, retry_after_s, stream_interval_s, ort_profile. Others need a
-        new replica."""
+        """Live knobs: max_queue, prefill_token_budget, retry_after_s, stream_interval_s, max_chunk_rate,
+        ort_profile. Others need a new replica."""
         user_config = dict(user_config or {})
         fixed = sorted(k for k in user_config if k not in LIVE_FIELDS and
                        user_config[k] != getattr(self.options, k, object()))

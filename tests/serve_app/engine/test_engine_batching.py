@@ -107,6 +107,15 @@ def test_stream_interval_gathers_the_tokens_of_several_steps_into_one_chunk():
     assert 3 * len(chunks) <= len(per_step)  # ~10 steps of 2 ms per 20 ms chunk
 
 
+def test_chunk_rate_stretches_the_interval_with_the_number_of_streams():
+    reqs = [request(i, prompt_len=6, max_tokens=40) for i in range(4)]
+    free = asyncio.run(collect_all(make_engine(step_delay_s=0.002), reqs))
+    capped = asyncio.run(collect_all(make_engine(step_delay_s=0.002, max_chunk_rate=50), reqs))  # 4 streams: 80 ms
+    for req, (tokens, _) in zip(reqs, capped):
+        assert tokens == reference(req)
+    assert 3 * sum(len(c) for _, c in capped) <= sum(len(c) for _, c in free)
+
+
 def test_eos_stops_unless_ignored():
     req = request(0, prompt_len=6, max_tokens=12)
     free = reference(req)
