@@ -6,7 +6,8 @@ Measures, in one run, on the `reference` preset's decoder (cpu-int8 when built) 
      inter-token latency (closed loop: each client sends its next request when the previous one ends; output
      lengths vary, seeded, so batches really have stragglers), over a window the load covers from start to end;
   2. the same load on run-to-completion batching of the same size;
-  3. step time vs the bare ORT decode call inside it (the engine's own overhead: inputs, sampling, bookkeeping);
+  3. step time vs the bare ORT decode call inside it (the engine's own overhead: inputs, sampling, bookkeeping),
+     and the engine on a zero-cost stand-in for the graph: its per-step cost and tokens/s ceiling;
   4. the first token of a short request arriving while 16 long ones run, in decode steps after its arrival and
      after its prefill, continuous and run-to-completion;
   5. with --serve (starts the app here) or --http URL (a running app): the same loads end to end through the
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serve_app.engine import EngineConfig, NullMetrics, load_engine
+from serve_app.engine import Engine, EngineConfig, NullMetrics, load_engine
 from serve_app.stages.messages import DecodeRequest
 
 IMAGE_POSITIONS, TEXT_POSITIONS = 196, 32  # 228-position contexts: one 224px image (14x14 patches) + a prompt
@@ -146,6 +147,44 @@ def overhead_line(r: LoadResult) -> str:
             f"wall/step {cycle_ms:6.3f} ms (+ prefills of arrivals)")
 
 
+class InstantRunner:
+    """The real runner's shapes with no graph behind it: what the engine alone costs per step (inputs, sampling,
+    bookkeeping, detokenizing and streaming), i.e. its ceiling if ORT took no time."""
+
+    def __init__(self, real):
+        self.slots, self.max_context, self.vocab_size = real.slots, real.max_context, real.vocab_size
+        self._logits = np.random.default_rng(0).standard_normal((real.slots, real.vocab_size)).astype(np.float32)
+
+    def prefill(self, slot, embeds, start=0):
+        return self._logits[0]
+
+    def decode(self, n, embeds, lengths):
+        return self._logits[:n]
+
+    def move(self, src, dst, length):
+        pass
+
+
+async def engine_ceiling(args, concurrency: int) -> str:
+    real = load_engine(args.artifacts, EngineConfig(slots=concurrency, max_queue=concurrency), prefer=[args.variant])
+    engine = Engine(InstantRunner(real.runner), real.embeddings, real.tokenizer, real.eos_id,
+                    EngineConfig(slots=concurrency, max_queue=concurrency))
+    now = time.perf_counter()
+    result = LoadResult(start=now + 0.5, end=now + 2.5)
+    steps0 = 0
+
+    async def count_from_window():
+        nonlocal steps0
+        await asyncio.sleep(result.start - time.perf_counter())
+        steps0 = engine.steps
+
+    await asyncio.gather(count_from_window(), *(client(engine, c, args.gen, result) for c in range(concurrency)))
+    steps = engine.steps - steps0
+    await engine.close()
+    return (f"    engine without the graph x{concurrency}: {1e3 * result.wall_s / max(steps, 1):.3f} ms per step "
+            f"({result.tokens / result.wall_s:.0f} tok/s ceiling)")
+
+
 async def drain(stream) -> None:
     async for _ in stream:
         pass
@@ -190,6 +229,7 @@ async def main_async(args) -> None:
         engine_figures[c] = cont.tokens / cont.wall_s
         print(cont.line(f"engine continuous   x{c}"))
         print(overhead_line(cont))
+        print(await engine_ceiling(args, c))
         if not args.skip_baseline:
             rtc = await run_load(args, c, "run_to_completion")
             print(rtc.line(f"engine run-to-completion x{c}"))
