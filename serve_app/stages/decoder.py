@@ -21,6 +21,7 @@ Shapes: in DecodeRequest (prompt ids, image features (n*P, D) float32); out Deco
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -118,8 +119,11 @@ class Decoder:
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         with self.metrics.track():  # outcome: ok, overloaded (503), cancelled (client gone), error
-            async for chunk in self.engine.generate(request):
-                yield chunk
+            # aclosing: when Serve closes this generator (client gone), the engine's stream closes now and frees
+            # its slot, rather than whenever the garbage collector finalizes it
+            async with aclosing(self.engine.generate(request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     async def info(self) -> dict:
         sched = self.engine.scheduler
