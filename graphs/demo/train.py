@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from graphs.config import get_preset
 from graphs.demo.dataset import HELDOUT_START, IGNORE, PROMPTS, demo_tokenizer, make_batch
 from graphs.model import MultimodalModel
-from graphs.weights import save_weights
+from graphs.weights import load_model, save_weights
 
 
 DEFAULT_STEPS = 1500
@@ -55,13 +55,15 @@ def batch_loss(model: MultimodalModel, batch) -> torch.Tensor:
                            ignore_index=IGNORE)
 
 
-def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, log_every: int = 50) -> None:
+def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, init: Path | None = None,
+          first_step: int = 0, log_every: int = 50) -> None:
+    """`init` continues from earlier weights; `first_step` then moves the data on, so no image is seen twice."""
     cfg = get_preset("demo")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     tok = demo_tokenizer(cfg.decoder.vocab_size)
-    model = MultimodalModel.seeded(cfg).train()
+    model = (load_model(cfg, init) if init else MultimodalModel.seeded(cfg)).train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
@@ -69,7 +71,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, log_e
     size = cfg.vision.image_size
     start = time.perf_counter()
     for step in range(steps):
-        batch = make_batch(tok, training_seeds(step, batch_size), size, prompt_of=lambda s: PROMPTS[s % len(PROMPTS)])
+        batch = make_batch(tok, training_seeds(first_step + step, batch_size), size, prompt_of=lambda s: PROMPTS[s % len(PROMPTS)])
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup=min(100, steps // 10))
         loss = batch_loss(model, batch)
@@ -95,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    p.add_argument("--init", type=Path, help="start from these weights (a second stage) instead of the seeded init")
+    p.add_argument("--first-step", type=int, default=0, help="data position: a second stage continues the first's")
     a = p.parse_args(argv)
-    train(a.out, a.steps, a.batch_size, a.lr, a.threads)
+    train(a.out, a.steps, a.batch_size, a.lr, a.threads, a.init, a.first_step)
 
 
 if __name__ == "__main__":
