@@ -97,6 +97,12 @@ def wait_ready(url: str, timeout_s: float = 240) -> None:
     raise TimeoutError(f"{url}/ready not 200 within {timeout_s}s: last {last!r}; {serve.status()}")
 
 
+def _print_logs(directory: Path, lines: int = 40) -> None:
+    logs = [*directory.glob("*.log"), *directory.glob("ray/session_latest/logs/serve/*.log")]
+    for path in logs:
+        print(f"--- {path.name}:", *path.read_text(errors="replace").splitlines()[-lines:], sep="\n")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     import ray
@@ -107,15 +113,24 @@ def cluster(tmp_path_factory):
     artifacts = tiny_artifacts(tmp_path_factory)
     directory = Path(tempfile.mkdtemp(prefix="mmsc-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     saved_env = dict(os.environ)
-    info = local_cluster.start(directory, nodes=local_cluster.default_nodes(gpu_cpus=2, cpu_cpus=4),
-                               base_port=BASE_PORT)
     try:
-        local_cluster.use_token_auth(info)
-        ray.init(address=info.address, log_to_driver=False, logging_level="ERROR")
-        http_port = BASE_PORT + 100
-        local_cluster.deploy(info, directory, local_serve_config(http_port, str(artifacts), SCALE))
-        url = f"http://127.0.0.1:{http_port}"
-        wait_ready(url)
+        info = local_cluster.start(directory, nodes=local_cluster.default_nodes(gpu_cpus=2, cpu_cpus=4),
+                                   base_port=BASE_PORT)  # stops what it started when it fails
+    except BaseException:
+        _print_logs(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    try:
+        try:
+            local_cluster.use_token_auth(info)
+            ray.init(address=info.address, log_to_driver=False, logging_level="ERROR")
+            http_port = BASE_PORT + 100
+            local_cluster.deploy(info, directory, local_serve_config(http_port, str(artifacts), SCALE))
+            url = f"http://127.0.0.1:{http_port}"
+            wait_ready(url)
+        except BaseException:
+            _print_logs(directory)  # shown with the setup error: the directory is gone after teardown
+            raise
         yield Cluster(info, url, artifacts)
     finally:
         try:
