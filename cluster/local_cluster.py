@@ -114,14 +114,18 @@ def _command(node: NodeSpec, index: int, temp_dir: Path, object_store_bytes: int
     return cmd
 
 
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode} before port {port} opened")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if _port_open(port):
+            return
         time.sleep(0.5)
     raise TimeoutError(f"port {port} did not open in {timeout_s}s")
 
@@ -160,6 +164,9 @@ def start(directory: Path = DEFAULT_DIR, nodes: list[NodeSpec] | None = None, ti
                        dashboard_url=f"http://127.0.0.1:{base_port + 2}",
                        token=default_token(), temp_dir=str(temp_dir), process_groups={},
                        node_resources={n.name: {"CPU": n.num_cpus, "GPU": n.num_gpus, **n.resources} for n in nodes})
+    if _port_open(base_port):  # a head here would join that GCS and fail on its session name
+        raise RuntimeError(f"port {base_port} is in use (another Ray cluster?): pick another base port "
+                           f"(MMSERVE_LOCAL_CLUSTER_PORT)")
     launcher = _Launcher(directory, info, object_store_bytes)
     try:
         for index, node in enumerate(nodes):
