@@ -24,11 +24,14 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (160, 60, 210),
 }
 SHAPES = ("circle", "square", "triangle")
-SIZES: dict[str, tuple[float, float]] = {  # radius as a fraction of the canvas side; the ranges never meet
-    "small": (0.09, 0.12),
-    "large": (0.20, 0.24),
+# Radii as fractions of the canvas side. On the demo's 48 px canvas with 8 px patches, shapes under ~12 px across
+# left circle/square/triangle confusable for a small ViT (74% exact match after training); these sizes keep even a
+# small shape over 2x2 patches.
+SIZES: dict[str, tuple[float, float]] = {  # the ranges never meet
+    "small": (0.13, 0.16),
+    "large": (0.24, 0.27),
 }
-MEDIUM = (0.12, 0.15)  # pair and count shapes: no size word, so one range that fits two or three apart
+MEDIUM = (0.15, 0.18)  # pair and count shapes: no size word, so one range that fits two or three apart
 REGIONS: dict[str, tuple[float, float]] = {  # centre of a single shape, as fractions (x, y)
     "on the left": (0.25, 0.5),
     "on the right": (0.75, 0.5),
