@@ -28,7 +28,7 @@ mmserve is ready at {base}   (model: {model})
   curl -N {base}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{{
     "model": "{model}", "stream": true, "max_tokens": 32,
     "messages": [{{"role": "user", "content": [
-      {{"type": "image_url", "image_url": {{"url": "data:image/png;base64,'"$(base64 -w0 picture.png)"'"}}}},
+      {{"type": "image_url", "image_url": {{"url": "data:image/png;base64,'"$(base64 -w0 examples/shapes.png)"'"}}}},
       {{"type": "text", "text": "Describe the image."}}]}}]}}'
 
   python - <<'PY'

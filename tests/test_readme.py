@@ -33,12 +33,12 @@ def test_start_and_test_commands():
 def test_curl_example_is_a_valid_request():
     curl = blocks("bash")[1]
     body = curl.split("-d '", 1)[1].rsplit("'", 1)[0]
-    png = base64.b64encode(encode(gradient_rgb(64, 64))).decode()
-    body = body.replace("'\"$(base64 -w0 picture.png)\"'", png)
+    png = base64.b64encode((ROOT / "examples" / "shapes.png").read_bytes()).decode()  # the shipped example image
+    body = body.replace("'\"$(base64 -w0 examples/shapes.png)\"'", png)
     req = parse_request(body.encode())
     assert req.stream and req.model == "mmserve-demo"
     (url,) = req.messages[0].image_urls()
-    assert preprocess_image(url, 64, PreprocessOptions()).pixels.shape == (3, 64, 64)
+    assert preprocess_image(url, 48, PreprocessOptions()).pixels.shape == (3, 48, 48)
 
 
 def test_python_example_compiles():
