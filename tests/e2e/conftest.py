@@ -90,13 +90,8 @@ def start_app(args: dict, name: str, route_prefix: str) -> None:
 
 
 @pytest.fixture(scope="package")
-def e2e_artifacts(tmp_path_factory) -> Path:
-    prebuilt = os.environ.get("MMSERVE_TINY_ARTIFACTS")  # reuse a build across runs while iterating
-    if prebuilt:
-        return Path(prebuilt)
-    from graphs.build import ensure_artifacts
-
-    return Path(ensure_artifacts("tiny", tmp_path_factory.mktemp("e2e_artifacts")))
+def e2e_artifacts(tiny_artifacts_dir) -> Path:
+    return tiny_artifacts_dir
 
 
 @pytest.fixture(scope="package")

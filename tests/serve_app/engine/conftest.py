@@ -1,6 +1,5 @@
 """The tiny preset's real artifacts, built once per session (seconds), and its PyTorch reference model."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,13 +9,8 @@ from graphs.manifest import Manifest
 
 
 @pytest.fixture(scope="session")
-def tiny_artifacts(tmp_path_factory) -> Path:
-    prebuilt = os.environ.get("MMSERVE_TINY_ARTIFACTS")  # reuse a build across runs while iterating
-    if prebuilt:
-        return Path(prebuilt)
-    from graphs.build import ensure_artifacts
-
-    return Path(ensure_artifacts("tiny", tmp_path_factory.mktemp("artifacts")))
+def tiny_artifacts(tiny_artifacts_dir) -> Path:
+    return tiny_artifacts_dir
 
 
 @pytest.fixture(scope="session")
