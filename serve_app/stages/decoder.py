@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from ray import serve
 
 from serve_app.engine import EngineConfig, load_engine
@@ -38,18 +38,11 @@ from serve_app.stages.messages import DecodeChunk, DecodeRequest
 MAX_ONGOING_REQUESTS = 512  # >= slots + max_queue, checked below, so every request reaches the engine
 
 
-class DecoderOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DecoderOptions(EngineConfig):
+    """The engine's knobs (slots and max_context are fixed at start; the others change live via user_config) plus
+    the deployment's own. Only the streaming defaults differ from the bare engine's: through Ray streaming and SSE
+    each chunk costs far more than a token, so serving merges tokens by default."""
 
-    slots: int = Field(16, ge=1, le=1024, description="sequences decoded together (KV cache rows); fixed at start")
-    max_context: int | None = Field(None, ge=2, description="positions per sequence (prompt + generated); None = "
-                                                            "the model's position table; fixed at start")
-    max_queue: int = Field(64, ge=0, description="requests waiting beyond `slots` before new ones get 503 "
-                                                 "(live via user_config)")
-    prefill_token_budget: int = Field(256, ge=1, description="prompt positions prefilled between two decode steps; "
-                                                             "longer prompts go in chunks over several steps, which "
-                                                             "bounds the stall arrivals cause (live)")
-    retry_after_s: float = Field(1.0, gt=0, description="Retry-After sent with 503 when the queue is full (live)")
     stream_interval_s: float = Field(0.02, ge=0, le=1.0, description="shortest time between two chunks of one "
                                                                      "stream: tokens of the steps in between travel "
                                                                      "together, since each chunk costs Ray streaming "
@@ -76,9 +69,7 @@ class DecoderOptions(BaseModel):
         return self
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(slots=self.slots, max_context=self.max_context, max_queue=self.max_queue,
-                            prefill_token_budget=self.prefill_token_budget, retry_after_s=self.retry_after_s,
-                            stream_interval_s=self.stream_interval_s, max_chunk_rate=self.max_chunk_rate)
+        return EngineConfig(**self.model_dump(include=set(EngineConfig.model_fields)))
 
 
 LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s", "stream_interval_s", "max_chunk_rate",
