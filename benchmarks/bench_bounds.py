@@ -4,9 +4,10 @@
 
 Prints, on the `reference` dims, with single-node graphs (nothing else in the session):
   1. decoder attention (GroupQueryAttention over a shared per-slot cache, as the decoder graph runs it): one layer at
-     a time, `hot` = the same layer's cache every call (it stays in the CPU caches), `step` = the six layers' caches
-     in turn, the access pattern of a real decode step; float32 against float16 cache, the one other cache type the
-     CPU kernel takes;
+     a time, `hot` = the same layer's cache every call (it stays in the CPU caches), `DRAM` = caches taken in turn
+     over 96 MB or more, so each call reads its cache from memory as in a real step, where the caches and the weights
+     together outgrow the last-level cache; float32 against float16 cache, the one other type the CPU kernel takes;
+     and a batch whose rows differ in length, as a continuous batch's do, against uniform ones;
   2. decoder linear layers at the batch sizes of a decode step: DynamicQuantizeMatMul (what the graph uses) against
      MatMulNBits with 8-bit blocks (ORT's int8 path for LLM decoding);
   3. the vision batch-8 layer, op by op, summed over the six layers: the floor of the graph made of these kernels;
@@ -29,6 +30,7 @@ from bench_graphs import cpu_session, read_bandwidth, timed  # noqa: E402 -- aft
 
 LAYERS, HEADS, HEAD_DIM, WIDTH, MAX_CACHE = 6, 6, 64, 384, 512  # the reference preset's decoder and vision
 PATCHES = 196
+DRAM_SET = 96_000_000  # bytes of caches cycled through: several times any last-level cache of a 2-core VM
 
 
 def _model(nodes, inputs, outputs, inits=()) -> bytes:
@@ -43,8 +45,10 @@ def _vi(name, elem, shape):
 
 
 # -- 1. decoder attention ------------------------------------------------------------------------------------------
-def gqa_layer(threads: int, seconds: float, batch: int, past: int, dtype, cycle: int) -> float:
-    """ms per GroupQueryAttention call over `cycle` layers' caches taken in turn (1 = always the same, hot)."""
+def gqa_layer(threads: int, seconds: float, batch: int, past, dtype, cycle: int) -> float:
+    """ms per GroupQueryAttention call over `cycle` caches taken in turn (1 = always the same one, hot); `past` is
+    the tokens already cached, one number for every row or one per row."""
+    lengths = np.broadcast_to(np.asarray(past, np.int32), (batch,)).copy()
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
     cache = [batch, HEADS, MAX_CACHE, HEAD_DIM]
     node = helper.make_node("GroupQueryAttention", ["qkv", "", "", "pk", "pv", "seqlens", "total"], ["o", "k", "v"],
@@ -60,8 +64,8 @@ def gqa_layer(threads: int, seconds: float, batch: int, past: int, dtype, cycle:
     for layer in range(cycle):
         io = sess.io_binding()
         io.bind_cpu_input("qkv", rng.standard_normal((batch, 1, 3 * WIDTH)).astype(dtype))
-        io.bind_cpu_input("seqlens", np.full(batch, past, np.int32))
-        io.bind_cpu_input("total", np.array(past + 1, np.int32))
+        io.bind_cpu_input("seqlens", lengths)
+        io.bind_cpu_input("total", np.array(lengths.max() + 1, np.int32))
         io.bind_output("o")
         for kv, (inp, out) in enumerate((("pk", "k"), ("pv", "v"))):
             buf = keys[layer, kv]
@@ -72,26 +76,38 @@ def gqa_layer(threads: int, seconds: float, batch: int, past: int, dtype, cycle:
 
     def call():
         io = bindings[next(turn) % cycle]
-        io.bind_cpu_input("seqlens", np.full(batch, past, np.int32))  # GQA appends: keep the length fixed
+        io.bind_cpu_input("seqlens", lengths)  # GQA appends: keep the lengths fixed
         sess.run_with_iobinding(io)
     return timed(call, seconds)[1]
 
 
 def attention_rows(threads: int, seconds: float) -> tuple[list[str], dict[tuple[int, int], float]]:
-    """Rows for the table, and the float32 cache's step-pattern ms for six layers per (batch, past)."""
-    header = (f"{'case':24s} {'cache':8s} {'hot ms/layer':>12s} {'step ms/layer':>13s} {'x6 layers':>10s} "
-              f"{'step GB/s':>9s}")
+    """Rows for the table, and the float32 cache's DRAM ms for six layers per (batch, past)."""
+    header = (f"{'case':24s} {'cache':8s} {'hot ms/layer':>12s} {'DRAM ms/layer':>13s} {'x6 layers':>10s} "
+              f"{'DRAM GB/s':>9s}")
     rows, step_ms = [header], {}
     for batch, past in ((1, 200), (8, 200), (32, 228)):
         for dtype in (np.float32, np.float16):
             hot = gqa_layer(threads, seconds, batch, past, dtype, 1)
-            step = gqa_layer(threads, seconds, batch, past, dtype, LAYERS)
+            touched = 2 * batch * past * WIDTH * np.dtype(dtype).itemsize  # bytes one call reads
+            step = gqa_layer(threads, seconds, batch, past, dtype, max(LAYERS, -(-DRAM_SET // touched)))
             if dtype == np.float32:
                 step_ms[(batch, past)] = LAYERS * step
-            gbytes = 2 * batch * past * WIDTH * np.dtype(dtype).itemsize / 1e9
+            gbytes = touched / 1e9
             rows.append(f"{f'b{batch} @{past} past':24s} {np.dtype(dtype).name:8s} {hot:12.3f} {step:13.3f} "
                         f"{LAYERS * step:10.2f} {gbytes / step * 1e3:9.1f}")
     return rows, step_ms
+
+
+def mixed_length_rows(threads: int, seconds: float, batch: int = 32) -> list[str]:
+    """A continuous batch holds rows of different lengths: what one long row costs the call."""
+    rows = []
+    for label, past in (("all rows @228", 228), ("one row @484, the rest @228", [484] + [228] * (batch - 1)),
+                        ("all rows @484", 484)):
+        ms = gqa_layer(threads, seconds, batch, past, np.float32, 1)
+        tokens = int(np.broadcast_to(past, (batch,)).sum())
+        rows.append(f"b{batch} {label:30s} {ms:7.3f} ms/layer for {tokens:6d} cached tokens")
+    return rows
 
 
 # -- 2. decoder linear layers --------------------------------------------------------------------------------------
@@ -137,8 +153,34 @@ def linear_rows(threads: int, seconds: float) -> tuple[list[str], dict[int, floa
             rows.append(f"{f'{k} x {n}':18s} {m:4d} " + " ".join(
                 f"{f'{us[op]:7.1f} us {k * n / us[op] / 1e3:5.1f} GB/s':>{w}s}"
                 for op, w in (("DynamicQuantizeMatMul", 22), ("MatMulNBits", 18))))
+        norm_us, gelu_us = _small_ops_us(threads, seconds, m)
+        total += (2 * LAYERS + 1) * norm_us + LAYERS * gelu_us  # as many as the decoder graph has
+        rows.append(f"{'SkipLayerNorm':18s} {m:4d} {norm_us:7.1f} us x {2 * LAYERS + 1}   FastGelu {gelu_us:5.1f} us x "
+                    f"{LAYERS}")
         step_ms[m] = total / 1e3
     return rows, step_ms
+
+
+def _small_ops_us(threads: int, seconds: float, m: int) -> tuple[float, float]:
+    """The decode step's SkipLayerNormalization (M, D) and FastGelu with bias (M, 4D), one call each."""
+    rng = np.random.default_rng(4)
+    d = [m, 1, WIDTH]
+    norm = _model([helper.make_node("SkipLayerNormalization", ["x", "r", "g", "b", "bias"], ["y", "", "", "s"],
+                                    domain="com.microsoft", epsilon=1e-5)],
+                  [_vi("x", TensorProto.FLOAT, d), _vi("r", TensorProto.FLOAT, d)],
+                  [_vi("y", TensorProto.FLOAT, d), _vi("s", TensorProto.FLOAT, d)],
+                  [numpy_helper.from_array(np.ones(WIDTH, np.float32), n) for n in ("g", "b", "bias")])
+    h = [m, 1, 4 * WIDTH]
+    gelu = _model([helper.make_node("FastGelu", ["x", "bias"], ["y"], domain="com.microsoft")],
+                  [_vi("x", TensorProto.FLOAT, h)], [_vi("y", TensorProto.FLOAT, h)],
+                  [numpy_helper.from_array(np.zeros(4 * WIDTH, np.float32), "bias")])
+    out = []
+    for model, feeds in ((norm, {"x": rng.standard_normal(d).astype(np.float32),
+                                 "r": rng.standard_normal(d).astype(np.float32)}),
+                         (gelu, {"x": rng.standard_normal(h).astype(np.float32)})):
+        sess = cpu_session(model, threads)
+        out.append(timed(lambda sess=sess, feeds=feeds: sess.run(None, feeds), seconds / 4)[1] * 1e3)
+    return out[0], out[1]
 
 
 # -- 3. the vision layer, op by op ---------------------------------------------------------------------------------
@@ -206,14 +248,17 @@ def main(argv=None) -> None:
     print("\n1. decoder attention, GroupQueryAttention alone, per layer:")
     rows, attention_ms = attention_rows(args.threads, args.seconds)
     print("\n".join("   " + r for r in rows))
-    print("\n2. decoder linear layers alone (one weight matrix; GB/s = int8 weight bytes / time):")
+    print("\n   rows of different lengths in one call (cache-resident, float32):")
+    print("\n".join("   " + r for r in mixed_length_rows(args.threads, args.seconds)))
+    print("\n2. decoder linear layers alone (one weight matrix; GB/s = int8 weight bytes / time), and the step's layer "
+          "norms and GELUs:")
     rows, linear_ms = linear_rows(args.threads, args.seconds)
     print("\n".join("   " + r for r in rows))
-    print("\n   a decode step's floor from these kernels alone (attention x6 in the step pattern + every linear layer"
-          " once; layer norms, GELU and the engine not counted):")
+    print("\n   a decode step's floor from these kernels alone (attention x6 from DRAM + every linear layer,"
+          " layer norm and GELU once, weights hot; the engine and the ops' hand-offs not counted):")
     for (batch, past), ms in attention_ms.items():
         floor = ms + linear_ms[batch]
-        print(f"   b{batch} @{past} past: {ms:.2f} + {linear_ms[batch]:.2f} = {floor:.2f} ms per step "
+        print(f"   b{batch} @{past} past: attention {ms:.2f} + the rest {linear_ms[batch]:.2f} = {floor:.2f} ms per step "
               f"= {batch / floor * 1e3:.0f} tokens/s at most")
     print("\n3. vision layer at batch 8, each op alone:")
     rows, floor = vision_rows(args.threads, args.seconds)
