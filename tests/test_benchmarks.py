@@ -1,0 +1,24 @@
+"""The benchmark scripts are not tests (speed is never asserted here), but they must stay runnable: each one's
+imports resolve and its command line parses under the Python the project supports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if "argparse" in p.read_text())
+
+
+def test_every_script_is_found():
+    assert {p.name for p in SCRIPTS} >= {"bench_graphs.py", "bench_engine.py", "bench_bounds.py"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_answers_help(script: Path):
+    run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "usage:" in run.stdout
