@@ -8,8 +8,9 @@ Prints, on the `reference` dims, with single-node graphs (nothing else in the se
      over 96 MB or more, so each call reads its cache from memory as in a real step, where the caches and the weights
      together outgrow the last-level cache; float32 against float16 cache, the one other type the CPU kernel takes;
      and a batch whose rows differ in length, as a continuous batch's do, against uniform ones;
-  2. decoder linear layers at the batch sizes of a decode step: DynamicQuantizeMatMul (what the graph uses) against
-     MatMulNBits with 8-bit blocks (ORT's int8 path for LLM decoding);
+  2. decoder linear layers at the batch sizes of a decode step: DynamicQuantizeMatMul (the `cpu-int8` decoder: one
+     activation scale per tensor) against MatMulNBits with 8-bit blocks (`cpu-int8-rowwise`: each row quantized on
+     its own, so rows never interact);
   3. the vision batch-8 layer, op by op, summed over the six layers: the floor of the graph made of these kernels;
   4. the memory read rate of this machine.
 The point is the comparison in one run: a target whose kernels alone already sum past it cannot be met by changing
@@ -149,7 +150,7 @@ def linear_rows(threads: int, seconds: float) -> tuple[list[str], dict[int, floa
         total = 0.0
         for k, n in (*STEP_WEIGHTS, LM_HEAD):
             us = {op: _linear_us(threads, seconds, m, k, n, op) for op in ("DynamicQuantizeMatMul", "MatMulNBits")}
-            total += us["DynamicQuantizeMatMul"] * (1 if (k, n) == LM_HEAD else LAYERS)
+            total += us["DynamicQuantizeMatMul"] * (1 if (k, n) == LM_HEAD else LAYERS)  # the default cpu-int8
             rows.append(f"{f'{k} x {n}':18s} {m:4d} " + " ".join(
                 f"{f'{us[op]:7.1f} us {k * n / us[op] / 1e3:5.1f} GB/s':>{w}s}"
                 for op, w in (("DynamicQuantizeMatMul", 22), ("MatMulNBits", 18))))

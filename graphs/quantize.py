@@ -1,10 +1,22 @@
-"""int8 weights, emitted directly by the graph builder (no post-hoc quantize_dynamic pass).
+"""int8 weights, emitted directly by the graph builder (no post-hoc quantize_dynamic pass). Two schemes:
 
-Weights: symmetric int8, one scale per output column (per-channel keeps the small columns of random or trained
-weights from being rounded to zero by one large column). Activations: quantized per tensor at run time to uint8 by
-the op itself, which is MLAS's fast u8s8 GEMM path (VNNI on this CPU).
+`Int8Weights` (vision and decoder `cpu-int8`): symmetric int8 weights, one scale per output column (per-channel keeps
+the small columns of random or trained weights from being rounded to zero by one large column); activations
+quantized per tensor at run time to uint8 by the op itself, MLAS's fast u8s8 GEMM path (VNNI on this CPU).
 
     x (float) -> DynamicQuantizeMatMul(W int8, scale per column, bias) -> y (float)
+
+One activation scale per tensor couples the rows of a batch: in a decode step, one sequence's large activation
+coarsens every other's, so a seeded or greedy request can come out differently under load.
+
+`BlockInt8Weights` (decoder `cpu-int8-rowwise`): 8-bit weights in blocks of 32 along K, one scale per block;
+MatMulNBits quantizes each activation row per block at run time and multiplies in int8 (accuracy_level 4). No scale
+is shared between rows, so a sequence's logits are bit-identical whatever else shares its step. The price, measured
+on the reference decoder with 1 thread against `cpu-int8`: a decode step about 15% slower at batch 1 and 8, 25% at
+batch 32, and a 228-token prefill 75% slower (MLAS's kernel behind MatMulNBits is tuned for one row; at 32 rows and
+more it runs at a third of the u8s8 GEMM's speed here). Hence a variant to choose, not the default.
+
+    x (float) -> MatMulNBits(W 8-bit blocks, scale per block, bias) -> y (float)
 """
 
 from __future__ import annotations
@@ -54,3 +66,36 @@ class Int8Weights:
                    g.weight(f"{pname}.bias", b[i * d:(i + 1) * d])]
             qkv.append(g.op("MatMulIntegerToFloat", ins, f"{pname}/MatMulIntegerToFloat", domain=MS_DOMAIN))
         return g.op("MultiHeadAttention", qkv, f"{name}/MultiHeadAttention", domain=MS_DOMAIN, num_heads=heads)
+
+
+BLOCK = 32  # MatMulNBits block length along K: 32 keeps per-block scales fine and the int8 kernel on its fast path
+
+
+def quantize_blocks(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """w (K, N) float -> MatMulNBits' 8-bit layout: (N, K/block, block) uint8 holding q + 128, scales (N*K/block,).
+
+    Symmetric: q = round(w / scale) in [-127, 127] with scale = max|w| / 127 per (column, block); stored with the
+    op's default zero point 128. K is zero-padded to whole blocks (padding contributes nothing to the dot product).
+    """
+    k, n = w.shape
+    blocks = -(-k // block)
+    padded = np.zeros((blocks * block, n), np.float32)
+    padded[:k] = w
+    cols = padded.T.reshape(n, blocks, block)  # (N, blocks, block): each column's K split into blocks
+    amax = np.abs(cols).max(axis=2)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)  # (N, blocks)
+    q = np.clip(np.rint(cols / scale[:, :, None]), -127, 127).astype(np.int16) + 128
+    return q.astype(np.uint8), scale.reshape(-1)
+
+
+class BlockInt8Weights:
+    """MatMulNBits with 8-bit blocks and per-row activation quantization (module doc): rows never interact."""
+
+    def matmul(self, g: GraphBuilder, x: str, w: np.ndarray, name: str, bias: np.ndarray | None) -> str:
+        packed, scales = quantize_blocks(w)
+        ins = [x, g.const(f"{name}.weight_blocks", packed), g.const(f"{name}.weight_scales", scales)]
+        if bias is not None:  # inputs 3-4 (zero points, g_idx) stay default: symmetric, no reordering
+            ins += ["", "", g.weight(f"{name}.bias", bias)]
+        k, n = w.shape
+        return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS_DOMAIN, K=k, N=n, bits=8,
+                    block_size=BLOCK, accuracy_level=4)

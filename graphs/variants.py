@@ -30,10 +30,12 @@ class VariantSpec:
     contrib: bool  # may use com.microsoft ops (False: standard domain only, checked by tests)
 
 
-def _quantized(builder: Callable) -> Callable:
+def _quantized(builder: Callable, scheme: str = "Int8Weights") -> Callable:
+    """`builder` with int8 weights: Int8Weights (per-column weights, per-tensor activations: fastest) or
+    BlockInt8Weights (per-block weights, per-row activations: a row never depends on its batch); graphs/quantize.py."""
     def build(model):
-        from graphs.quantize import Int8Weights
-        return builder(model, quantize=Int8Weights())
+        from graphs import quantize
+        return builder(model, quantize=getattr(quantize, scheme)())
     return build
 
 
@@ -49,6 +51,9 @@ VARIANTS: dict[str, dict[str, VariantSpec]] = {
     },
     "decoder": {
         "cpu-int8": VariantSpec("decoder", "int8", (CPU_EP,), _quantized(build_decoder), contrib=True),
+        # rows independent of their batch (seeded/greedy replay under any load), slower: graphs/quantize.py
+        "cpu-int8-rowwise": VariantSpec("decoder", "int8", (CPU_EP,), _quantized(build_decoder, "BlockInt8Weights"),
+                                        contrib=True),
         "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), build_decoder, contrib=True),
     },
 }

@@ -10,10 +10,13 @@ Resources: CPU only; one ORT intra-op thread per replica by default (replicas sh
 must be >= slots + max_queue, or Serve holds requests back before they reach the engine and batches stay small;
 beyond slots + max_queue the engine refuses with Overloaded, which the ingress answers with 503 + Retry-After.
 
-Reproducibility: a seeded request samples the same tokens alone or in a full batch on `cpu-fp32`, whose rows do
-not interact. `cpu-int8` quantizes each MatMul's activations with one scale per tensor, so the other rows of a step
-nudge a row's logits (max |delta| 0.0074 measured on the tiny preset) and a seeded sample can then differ with the
-batch; list `cpu-fp32` first in prefer_variants where seeded replay across loads matters more than speed.
+Reproducibility: a seeded (or greedy) request gives the same tokens alone or in a full batch on `cpu-fp32` and on
+`cpu-int8-rowwise`, where no op lets one row of a step touch another's logits. The default `cpu-int8` quantizes each
+MatMul's activations with one scale per tensor, so the other rows of a step nudge a row's logits and a seeded sample
+can differ with the load; list `cpu-int8-rowwise` first in prefer_variants where replay under load matters more than
+about 15-25% of decode speed (graphs/quantize.py has the figures). Image requests add the vision stage, whose int8
+batches share a scale too: an image's features can differ in the last bits with its batch (its content-hash cache
+then serves the first ones).
 
 Shapes: in DecodeRequest (prompt ids, image features (n*P, D) float32); out DecodeChunk stream.
 """
@@ -55,7 +58,9 @@ class DecoderOptions(EngineConfig):
                                                            "(live)")
     threads: int = Field(1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
     prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32"],
-                                       description="decoder graph variants in order of preference")
+                                       description="decoder graph variants in order of preference; "
+                                                   "cpu-int8-rowwise first: seeded and greedy requests replay "
+                                                   "the same under any load, at some speed")
     ort_profile: ProfileSettings = Field(default_factory=ProfileSettings,
                                          description="ORT profiling of the next N decoder calls (prefills and "
                                                      "steps; live)")

@@ -1,5 +1,6 @@
 """The engine on the real tiny decoder graph (ORT, shared-buffer KV cache): batched streams match the PyTorch
-single-sequence greedy reference, and seeded sampling does not depend on what shares the batch."""
+single-sequence greedy reference, and seeded sampling does not depend on what shares the batch on the variants whose
+rows never interact (cpu-fp32, and cpu-int8-rowwise, which quantizes each activation row on its own)."""
 
 import asyncio
 
@@ -58,7 +59,8 @@ def test_batched_greedy_streams_match_the_single_sequence_reference(tiny_artifac
         assert chunks[-1].finish_reason == ("stop" if expected[-1] == engine.eos_id else "length")
 
 
-def test_seeded_sample_is_the_same_alone_and_in_a_full_batch(tiny_artifacts, tiny_reference):
+@pytest.mark.parametrize("variant", ["cpu-fp32", "cpu-int8-rowwise"])
+def test_seeded_sample_is_the_same_alone_and_in_a_full_batch(tiny_artifacts, variant):
     def sampled(i, seed):
         ids = np.random.default_rng(i).integers(10, 400, 4 + 3 * i).tolist()
         return DecodeRequest(f"s{i}", ids, None, max_tokens=24, temperature=1.0, top_p=0.95, seed=seed,
@@ -68,10 +70,15 @@ def test_seeded_sample_is_the_same_alone_and_in_a_full_batch(tiny_artifacts, tin
         return "".join(c.text for c in chunks), [t for c in chunks for t in c.token_ids]
 
     cfg = EngineConfig(slots=8)
-    alone = asyncio.run(run_all(load_engine(tiny_artifacts, cfg, prefer=FP32), [sampled(0, 42)]))[0]
+
+    def engine():
+        e = load_engine(tiny_artifacts, cfg, prefer=[variant])
+        assert e.variant == variant
+        return e
+    alone = asyncio.run(run_all(engine(), [sampled(0, 42)]))[0]
     crowd = [sampled(i, 100 + i) for i in range(1, 8)]
     crowd.insert(3, sampled(0, 42))  # not in slot 0: its row moves with the others
-    batch = asyncio.run(run_all(load_engine(tiny_artifacts, cfg, prefer=FP32), crowd))[3]
+    batch = asyncio.run(run_all(engine(), crowd))[3]
     assert text_of(batch) == text_of(alone)
-    other = asyncio.run(run_all(load_engine(tiny_artifacts, cfg, prefer=FP32), [sampled(0, 43)]))[0]
+    other = asyncio.run(run_all(engine(), [sampled(0, 43)]))[0]
     assert text_of(other)[1] != text_of(alone)[1]
