@@ -212,7 +212,7 @@ def _row(graph, variant, attn, case, timing, gop, peak, gbytes=None, bandwidth=N
     mem = f"{'-':>7s} {'-':>6s}"
     if gbytes:
         mem = f"{gbytes / best * 1e3:7.1f} {100 * gbytes / best * 1e3 / bandwidth:5.0f}%"
-    return (f"{graph:8s} {variant:14s} {attn:>5s}  {case:20s} {med:9.2f} {best:9.2f} {cpu:9.2f} {rate:9.1f} "
+    return (f"{graph:8s} {variant:16s} {attn:>5s}  {case:20s} {med:9.2f} {best:9.2f} {cpu:9.2f} {rate:9.1f} "
             f"{100 * rate / peak:6.1f}% {mem}")
 
 
@@ -233,7 +233,7 @@ def _variants(manifest: Manifest, artifacts: Path, cfg, with_standard: bool) -> 
 def _bench_all(variants, cfg, threads: int, seconds: float, peaks, bandwidth: float) -> tuple[list[str], dict]:
     ctx = min(CONTEXT, cfg.decoder.max_positions - 1)  # small presets cap the context at their position table
     dec_cases = [(1, ctx), (8, ctx), (32, ctx), (1, min(200, ctx)), (8, min(200, ctx))]
-    header = (f"{'graph':8s} {'variant':14s} {'attn':>5s}  {'case':20s} {'median ms':>9s} {'best ms':>9s} "
+    header = (f"{'graph':8s} {"variant":16s} {'attn':>5s}  {'case':20s} {'median ms':>9s} {'best ms':>9s} "
               f"{'cpu ms':>9s} {'GOP/s':>9s} {'% peak':>7s} {'GB/s':>7s} {'% bw':>6s}")
     lines, results = [header, "-" * len(header)], {}
     for name, (path, prec) in variants["vision"].items():
