@@ -233,7 +233,7 @@ def _variants(manifest: Manifest, artifacts: Path, cfg, with_standard: bool) -> 
 def _bench_all(variants, cfg, threads: int, seconds: float, peaks, bandwidth: float) -> tuple[list[str], dict]:
     ctx = min(CONTEXT, cfg.decoder.max_positions - 1)  # small presets cap the context at their position table
     dec_cases = [(1, ctx), (8, ctx), (32, ctx), (1, min(200, ctx)), (8, min(200, ctx))]
-    header = (f"{'graph':8s} {"variant":16s} {'attn':>5s}  {'case':20s} {'median ms':>9s} {'best ms':>9s} "
+    header = (f"{'graph':8s} {'variant':16s} {'attn':>5s}  {'case':20s} {'median ms':>9s} {'best ms':>9s} "
               f"{'cpu ms':>9s} {'GOP/s':>9s} {'% peak':>7s} {'GB/s':>7s} {'% bw':>6s}")
     lines, results = [header, "-" * len(header)], {}
     for name, (path, prec) in variants["vision"].items():
