@@ -15,8 +15,8 @@ Reproducibility: a seeded (or greedy) request gives the same tokens alone or in 
 MatMul's activations with one scale per tensor, so the other rows of a step nudge a row's logits and a seeded sample
 can differ with the load; list `cpu-int8-rowwise` first in prefer_variants where replay under load matters more than
 about 15-25% of decode speed (graphs/quantize.py has the figures). Image requests add the vision stage, whose int8
-batches share a scale too: an image's features can differ in the last bits with its batch (its content-hash cache
-then serves the first ones).
+batches share a scale too: an image's features can differ in the last bits with its batch, unless vision
+`max_batch_size` is 1 (each image encoded alone: on CPU about 15% more vision time at 8 images).
 
 Shapes: in DecodeRequest (prompt ids, image features (n*P, D) float32); out DecodeChunk stream.
 """
