@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT / "cluster"))  # cluster/ holds scripts, not a packa
 import local_cluster  # noqa: E402
 from local_config import LocalScale, local_serve_config  # noqa: E402
 
+from tests.e2e.conftest import wait_ready  # noqa: E402 -- one readiness poll for every served test
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 APP = "mmserve"
@@ -71,30 +73,12 @@ class Cluster:
         return "".join(p.read_text() for p in logs.glob(f"replica_{APP}_{stage}_*.log"))
 
 
-def tiny_artifacts(tmp_path_factory) -> Path:
-    prebuilt = os.environ.get("MMSERVE_TINY_ARTIFACTS")  # reuse a build across runs while iterating
-    if prebuilt:
-        return Path(prebuilt)
-    from graphs.build import ensure_artifacts
-    return Path(ensure_artifacts("tiny", tmp_path_factory.mktemp("cluster_artifacts")))
-
-
-def wait_ready(url: str, timeout_s: float = 240) -> None:
+def _deploy_failed() -> None:
     from ray import serve
 
-    deadline, last = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        app = serve.status().applications.get(APP)
-        if app is not None and app.status == "DEPLOY_FAILED":
-            raise RuntimeError(f"deploying {APP} failed: {app.message[-3000:]}")
-        try:
-            last = httpx.get(f"{url}/ready", timeout=5)
-            if last.status_code == 200:
-                return
-        except httpx.HTTPError as e:
-            last = e
-        time.sleep(1)
-    raise TimeoutError(f"{url}/ready not 200 within {timeout_s}s: last {last!r}; {serve.status()}")
+    app = serve.status().applications.get(APP)
+    if app is not None and app.status == "DEPLOY_FAILED":
+        raise RuntimeError(f"deploying {APP} failed: {app.message[-3000:]}")
 
 
 def _print_logs(directory: Path, lines: int = 40) -> None:
@@ -104,13 +88,13 @@ def _print_logs(directory: Path, lines: int = 40) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tiny_artifacts_dir):
     import ray
     from ray import serve
 
     if ray.is_initialized():
         pytest.fail("another test left a Ray session open in this process")
-    artifacts = tiny_artifacts(tmp_path_factory)
+    artifacts = tiny_artifacts_dir
     directory = Path(tempfile.mkdtemp(prefix="mmsc-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     saved_env = dict(os.environ)
     try:
@@ -127,7 +111,7 @@ def cluster(tmp_path_factory):
             http_port = BASE_PORT + 100
             local_cluster.deploy(info, directory, local_serve_config(http_port, str(artifacts), SCALE))
             url = f"http://127.0.0.1:{http_port}"
-            wait_ready(url)
+            wait_ready(url, 240, give_up=_deploy_failed)
         except BaseException:
             _print_logs(directory)  # shown with the setup error: the directory is gone after teardown
             raise
@@ -276,27 +260,18 @@ def _wait_at_min(timeout_s: float = 60) -> None:
     raise AssertionError(f"replicas not back at min before the burst: {running_replicas()}")
 
 
-def test_image_burst_scales_vision_not_decoder_then_back_down(cluster):
+@pytest.mark.parametrize("traffic,scales,stays", [("image", "VisionEncoder", "Decoder"),
+                                                   ("text", "Decoder", "VisionEncoder")])
+def test_a_burst_scales_its_own_stage_only_then_back_down(cluster, traffic, scales, stays):
+    """Image traffic scales vision and not the decoder; text-only traffic the decoder and not vision."""
     _wait_at_min()
+    body = {"image": image_body, "text": text_body}[traffic]
     timeline, codes = asyncio.run(_burst_then_idle(
-        cluster.url, image_body, LOAD_CLIENTS["image"], scaled=lambda c: c["VisionEncoder"] > 1,
-        settled=lambda c: c["VisionEncoder"] == 1, load_s=(15, 45), idle_s=60))
-    _print("image burst", timeline)
+        cluster.url, body, LOAD_CLIENTS[traffic], scaled=lambda c: c[scales] > 1,
+        settled=lambda c: c[scales] == 1, load_s=(15, 45), idle_s=60))
+    _print(f"{traffic} burst", timeline)
     assert codes and set(codes) == {200}
     load = [c for _, phase, c in timeline if phase == "load"]
-    assert max(c["VisionEncoder"] for c in load) > 1, "vision did not scale up under image traffic"
-    assert all(c["Decoder"] == 1 for _, _, c in timeline), "the decoder scaled on image traffic"
-    assert timeline[-1][1] == "idle" and timeline[-1][2]["VisionEncoder"] == 1, "vision did not scale back down"
-
-
-def test_text_burst_scales_decoder_not_vision_then_back_down(cluster):
-    _wait_at_min()
-    timeline, codes = asyncio.run(_burst_then_idle(
-        cluster.url, text_body, LOAD_CLIENTS["text"], scaled=lambda c: c["Decoder"] > 1,
-        settled=lambda c: c["Decoder"] == 1, load_s=(15, 45), idle_s=60))
-    _print("text burst", timeline)
-    assert codes and set(codes) == {200}
-    load = [c for _, phase, c in timeline if phase == "load"]
-    assert max(c["Decoder"] for c in load) > 1, "the decoder did not scale up under text traffic"
-    assert all(c["VisionEncoder"] == 1 for _, _, c in timeline), "vision scaled on text-only traffic"
-    assert timeline[-1][1] == "idle" and timeline[-1][2]["Decoder"] == 1, "the decoder did not scale back down"
+    assert max(c[scales] for c in load) > 1, f"{scales} did not scale up under {traffic} traffic"
+    assert all(c[stays] == 1 for _, _, c in timeline), f"{stays} scaled on {traffic} traffic"
+    assert timeline[-1][1] == "idle" and timeline[-1][2][scales] == 1, f"{scales} did not scale back down"

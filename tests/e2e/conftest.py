@@ -10,6 +10,8 @@ needs a differently configured application.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import os
 import socket
 import time
@@ -57,10 +59,13 @@ def e2e_args(artifacts: Path) -> dict:
     }
 
 
-def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+def wait_ready(url: str, timeout_s: float = 120.0, give_up: Callable[[], None] | None = None) -> None:
+    """Poll /ready until 200; `give_up` may raise first (e.g. the deploy already failed: no point waiting it out)."""
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
+        if give_up is not None:
+            give_up()
         try:
             last = httpx.get(f"{url}/ready", timeout=5)
             if last.status_code == 200:
