@@ -1,8 +1,8 @@
 """int8 weights, emitted directly by the graph builder (no post-hoc quantize_dynamic pass). Two schemes:
 
-`Int8Weights` (vision and decoder `cpu-int8`): symmetric int8 weights, one scale per output column (per-channel keeps
-the small columns of random or trained weights from being rounded to zero by one large column); activations
-quantized per tensor at run time to uint8 by the op itself, MLAS's fast u8s8 GEMM path (VNNI on this CPU).
+`Int8Weights` (vision and decoder `cpu-int8`): symmetric weights in 7 bits (WEIGHT_QMAX, below), one scale per
+output column (per-channel keeps the small columns of random or trained weights from being rounded to zero by one
+large column); activations quantized per tensor at run time to uint8 by the op itself, MLAS's fast u8s8 GEMM path.
 
     x (float) -> DynamicQuantizeMatMul(W int8, scale per column, bias) -> y (float)
 
@@ -26,11 +26,18 @@ import numpy as np
 from graphs.onnx_ops import MS_DOMAIN, GraphBuilder
 
 
+# Weights span 7 bits, [-63, 63] (ORT quantize_dynamic's `reduce_range`). Why: without VNNI (AVX2, or AVX-512
+# without VNNI) MLAS's u8s8 kernel adds pairs of u8*s8 products in a saturating int16 (vpmaddubsw), and
+# 255*127*2 > 32767 clips; 255*63*2 = 32130 never does. The artifacts are built once and served on whatever CPU a
+# node has, so they must be exact on every kernel path, not only the VNNI one (docs/performance.md has the cost).
+WEIGHT_QMAX = 63
+
+
 def quantize_per_column(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """w (in, out) float -> (int8 (in, out), scale (out,) float32) with w ~= q * scale."""
+    """w (in, out) float -> (int8 (in, out) in [-WEIGHT_QMAX, WEIGHT_QMAX], scale (out,) float32), w ~= q * scale."""
     amax = np.abs(w).max(axis=0)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    scale = np.where(amax > 0, amax / WEIGHT_QMAX, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
     return q, scale
 
 
