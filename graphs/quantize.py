@@ -1,8 +1,8 @@
 """int8 weights, emitted directly by the graph builder (no post-hoc quantize_dynamic pass). Two schemes:
 
-`Int8Weights` (vision and decoder `cpu-int8`): symmetric weights in 7 bits (WEIGHT_QMAX, below), one scale per
+`Int8Weights` (vision and decoder `cpu-int8`): symmetric 8-bit weights (stored as uint8, below), one scale per
 output column (per-channel keeps the small columns of random or trained weights from being rounded to zero by one
-large column); activations quantized per tensor at run time to uint8 by the op itself, MLAS's fast u8s8 GEMM path.
+large column); activations quantized per tensor at run time to uint8 by the op itself.
 
     x (float) -> DynamicQuantizeMatMul(W int8, scale per column, bias) -> y (float)
 
@@ -26,18 +26,25 @@ import numpy as np
 from graphs.onnx_ops import MS_DOMAIN, GraphBuilder
 
 
-# Weights span 7 bits, [-63, 63] (ORT quantize_dynamic's `reduce_range`). Why: without VNNI (AVX2, or AVX-512
-# without VNNI) MLAS's u8s8 kernel adds pairs of u8*s8 products in a saturating int16 (vpmaddubsw), and
-# 255*127*2 > 32767 clips; 255*63*2 = 32130 never does. The artifacts are built once and served on whatever CPU a
-# node has, so they must be exact on every kernel path, not only the VNNI one (docs/performance.md has the cost).
-WEIGHT_QMAX = 63
+# The int8 weights are stored as uint8 with zero point 128 (the same 8-bit values, shifted), which makes MLAS run its
+# u8u8 GEMM. Why not int8 (u8s8): without VNNI (AVX2, or AVX-512 without VNNI) MLAS's u8s8 kernel adds pairs of
+# u8*s8 products in a saturating int16 (vpmaddubsw) and 255*127*2 > 32767 clips; its u8u8 kernel widens to int16
+# first and never clips. The artifacts are built once and served on whatever CPU a node has, so they must be exact on
+# every kernel path (docs/performance.md has the figures). ORT's own answer, quantize_dynamic's reduce_range (7-bit
+# weights), halves the weights' resolution and failed the decoder's top-1 gate on the reference preset.
+WEIGHT_ZERO_POINT = 128
+
+
+def as_uint8(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights (in, out) -> (uint8 weights q + 128, zero points (out,) uint8 128) for the u8u8 kernel."""
+    return (q.astype(np.int16) + WEIGHT_ZERO_POINT).astype(np.uint8), np.full(q.shape[1], WEIGHT_ZERO_POINT, np.uint8)
 
 
 def quantize_per_column(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """w (in, out) float -> (int8 (in, out) in [-WEIGHT_QMAX, WEIGHT_QMAX], scale (out,) float32), w ~= q * scale."""
+    """w (in, out) float -> (int8 (in, out), scale (out,) float32) with w ~= q * scale."""
     amax = np.abs(w).max(axis=0)
-    scale = np.where(amax > 0, amax / WEIGHT_QMAX, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
     return q, scale
 
 
@@ -49,8 +56,9 @@ class Int8Weights:
             y = self.matmul(g, x, w, name, None)
             return g.op("Add", [y, g.weight(f"{name}.bias", bias)], f"{name}/Add")
         q, scale = quantize_per_column(w)
-        ins = [x, g.const(f"{name}.weight_int8", q), g.const(f"{name}.weight_scale", scale),
-               g.const(f"{name}.weight_zero_point", np.zeros_like(q[0]))]
+        qu, zp = as_uint8(q)
+        ins = [x, g.const(f"{name}.weight_uint8", qu), g.const(f"{name}.weight_scale", scale),
+               g.const(f"{name}.weight_zero_point", zp)]
         if bias is not None:
             ins.append(g.weight(f"{name}.bias", bias))
         return g.op("DynamicQuantizeMatMul", ins, f"{name}/DynamicQuantizeMatMul", domain=MS_DOMAIN)
@@ -67,9 +75,10 @@ class Int8Weights:
         qkv = []
         for i, part in enumerate("qkv"):
             q, scale = quantize_per_column(w[:, i * d:(i + 1) * d])
+            qu, zp = as_uint8(q)
             pname = f"{name}/{part}_proj"
-            ins = [xq, g.const(f"{pname}.weight_int8", q), x_scale, g.const(f"{pname}.weight_scale", scale), x_zp,
-                   g.const(f"{pname}.weight_zero_point", np.zeros_like(q[0])),
+            ins = [xq, g.const(f"{pname}.weight_uint8", qu), x_scale, g.const(f"{pname}.weight_scale", scale), x_zp,
+                   g.const(f"{pname}.weight_zero_point", zp),
                    g.weight(f"{pname}.bias", b[i * d:(i + 1) * d])]
             qkv.append(g.op("MatMulIntegerToFloat", ins, f"{pname}/MatMulIntegerToFloat", domain=MS_DOMAIN))
         return g.op("MultiHeadAttention", qkv, f"{name}/MultiHeadAttention", domain=MS_DOMAIN, num_heads=heads)
