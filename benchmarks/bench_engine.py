@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serve_app.engine import Engine, EngineConfig, NullMetrics, load_engine
-from serve_app.stages.messages import DecodeRequest
+from serve_app.engine.types import DecodeRequest
 
 IMAGE_POSITIONS, TEXT_POSITIONS = 196, 32  # 228-position contexts: one 224px image (14x14 patches) + a prompt
 

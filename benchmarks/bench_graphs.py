@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from standard_recipe import build_standard  # noqa: E402
 
 from graphs.build import ensure_artifacts  # noqa: E402
-from graphs.config import get_preset  # noqa: E402
+from graphs.families.own.config import get_preset  # noqa: E402
 from graphs.manifest import Manifest  # noqa: E402
 from graphs.ort_runner import CachedDecoder, cpu_session  # noqa: E402
-from graphs.weights import load_model  # noqa: E402
+from graphs.families.own.weights import load_model  # noqa: E402
 
 CONTEXT = 228  # 196 image tokens + a 32-token prompt
 TARGETS = {("vision", "cpu-int8", 8): 40.0, ("decoder", "cpu-int8", 8, 200): 1.5, ("decoder", "cpu-int8", 1, 200): 1.2}

@@ -21,18 +21,18 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from graphs.config import ModelConfig, get_preset
+from graphs.families.own.config import ModelConfig, get_preset
 from graphs.manifest import CPU_EP, MANIFEST, GraphEntry, Manifest, TensorSpec, TokenizerEntry, Variant
-from graphs.tokenizer import EOS, ROLE_TOKENS, build_tokenizer, load_tokenizer, token_id
-from graphs.variants import VARIANTS, file_name, fusion_counts, ort_optimized_counts
+from graphs.families.own.tokenizer import EOS, ROLE_TOKENS, build_tokenizer, load_tokenizer, token_id
+from graphs.families.own.variants import VARIANTS, file_name, fusion_counts, ort_optimized_counts
 
 Progress = Callable[[str], None]
 DEMO_ASSETS = Path(__file__).parent / "assets" / "demo"
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 TOKENIZER = "tokenizer.json"
-# Sources whose change changes the artifacts: their hash is part of ensure_artifacts' cache key.
-_BUILD_SOURCES = ("build.py", "config.py", "decoder_graph.py", "model.py", "onnx_ops.py", "parity.py",
-                  "quantize.py", "tokenizer.py", "variants.py", "verify.py", "vision_graph.py", "weights.py")
+# Sources whose change changes the artifacts (every module of graphs/ but the demo's training code and the CLI):
+# their hash is part of ensure_artifacts' cache key.
+_NOT_BUILD_SOURCES = ("demo", "cli.py")
 
 
 class BuildError(RuntimeError):
@@ -54,7 +54,7 @@ def _default_inputs(preset: str, weights, tokenizer) -> tuple[Path | None, Path 
 
 def _check_weights_file(weights: Path | None) -> None:
     if weights is not None and not weights.is_file():
-        from graphs.weights import WeightsError  # imports torch; a cache hit should not pay for it
+        from graphs.families.own.weights import WeightsError  # imports torch; a cache hit should not pay for it
 
         raise WeightsError(f"{weights}: weights file not found")
 
@@ -124,7 +124,7 @@ def _versions() -> dict[str, str]:
 def _write_artifacts(cfg: ModelConfig, weights: Path | None, tokenizer: Path | None, tmp: Path,
                      progress: Progress) -> Manifest:
     from graphs.parity import run_parity_gate  # torch: imported only when a build actually runs
-    from graphs.weights import load_model
+    from graphs.families.own.weights import load_model
 
     progress("load weights")
     model = load_model(cfg, weights)
@@ -203,8 +203,11 @@ def build_artifacts(preset: str, out_dir: str | Path, weights: str | Path | None
 
 def build_code_version() -> str:
     h = hashlib.sha256()
-    for name in _BUILD_SOURCES:
-        h.update((Path(__file__).parent / name).read_bytes())
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] not in _NOT_BUILD_SOURCES:
+            h.update(str(rel).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 

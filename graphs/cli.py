@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from graphs.config import PRESETS
+from graphs.families.own.config import PRESETS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ class _ProgressLine:
 def _build(args) -> int:
     from graphs.build import BuildError, build_artifacts
     from graphs.verify import ParityError
-    from graphs.weights import WeightsError
+    from graphs.families.own.weights import WeightsError
 
     try:
         manifest = build_artifacts(args.preset, args.out, args.weights, args.tokenizer, _ProgressLine(args.quiet))

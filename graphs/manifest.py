@@ -87,7 +87,7 @@ class TokenizerEntry(BaseModel):
 class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     preset: str
-    model: dict = Field(description="graphs.config.ModelConfig as a dict")
+    model: dict = Field(description="graphs.families.own.config.ModelConfig as a dict")
     num_image_tokens: int
     image_size: int
     tokenizer: TokenizerEntry

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from graphs import verify
-from graphs.variants import VARIANTS
+from graphs.families.own.variants import VARIANTS
 
 FP32_PARTNER = "cpu-fp32"  # the other graph used for end-to-end greedy checks
 

@@ -16,7 +16,7 @@ from ray.serve import Application
 
 from graphs.manifest import Manifest
 from serve_app.config import AppArgs, parse_args, resolve_artifacts
-from serve_app.ingress import Ingress
+from serve_app.api.ingress import Ingress
 from serve_app.stages.decoder import Decoder
 from serve_app.stages.preprocess import Preprocess
 from serve_app.stages.vision import VisionEncoder

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from graphs.config import PRESETS
+from graphs.families.own.config import PRESETS
 from serve_app.stages.decoder import DecoderOptions
 from serve_app.stages.preprocess import PreprocessOptions
 from serve_app.stages.vision import VisionOptions

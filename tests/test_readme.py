@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from serve_app.chat import parse_request
+from serve_app.api.chat import parse_request
 from serve_app.stages.preprocess import PreprocessOptions, preprocess_image
 from tests.serve_app.image_samples import encode, gradient_rgb
 

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from graphs.demo.render import render_seed
 from graphs.demo.scenes import all_captions
-from graphs.tokenizer import EOS, build_tokenizer, encode_chat, token_id
+from graphs.families.own.tokenizer import EOS, build_tokenizer, encode_chat, token_id
 
 TRAIN_SEEDS = range(0, 1_000_000_000)
 HELDOUT_START = 1_000_000_000  # held-out seeds: HELDOUT_START, HELDOUT_START + 1, ...

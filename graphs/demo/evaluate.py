@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graphs.config import get_preset
+from graphs.families.own.config import get_preset
 from graphs.demo.dataset import PROMPTS, decode_caption, heldout_seeds
 from graphs.demo.render import render_seed
 from graphs.manifest import Manifest
-from graphs.model import MultimodalModel
+from graphs.families.own.model import MultimodalModel
 from graphs.ort_runner import CachedDecoder, cpu_session
-from graphs.tokenizer import EOS, encode_chat, load_tokenizer, token_id
+from graphs.families.own.tokenizer import EOS, encode_chat, load_tokenizer, token_id
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
 MAX_NEW_TOKENS = 32  # the longest caption of the grammar is 15 tokens with <|end|>
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokenizer", type=Path, default=ASSETS / "tokenizer.json")
     p.add_argument("--artifacts", type=Path, help="built demo artifact dir: also score its cpu-fp32 and cpu-int8")
     a = p.parse_args(argv)
-    from graphs.weights import load_model
+    from graphs.families.own.weights import load_model
 
     cfg = get_preset("demo")
     images, truth = heldout(a.n, cfg.vision.image_size)

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from graphs.config import get_preset
+from graphs.families.own.config import get_preset
 from graphs.demo.dataset import HELDOUT_START, IGNORE, PROMPTS, demo_tokenizer, make_batch
-from graphs.model import MultimodalModel
-from graphs.weights import load_model, save_weights
+from graphs.families.own.model import MultimodalModel
+from graphs.families.own.weights import load_model, save_weights
 
 
 DEFAULT_STEPS = 1500

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from graphs.manifest import CPU_EP, Manifest
-from graphs.tokenizer import load_tokenizer
+from graphs.families.own.tokenizer import load_tokenizer
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import Engine
 from serve_app.engine.metrics import EngineMetrics
-from serve_app.engine.runner import OrtDecoderRunner
-from serve_app.ort_session import open_session
-from serve_app.profiling import ProfilableSession
+from serve_app.runtime.kv_runner import OrtDecoderRunner
+from serve_app.runtime.ort_session import open_session
+from serve_app.runtime.profiling import ProfilableSession
 
 DEFAULT_VARIANTS = ["cpu-int8", "cpu-fp32"]
 

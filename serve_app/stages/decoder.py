@@ -14,7 +14,7 @@ Reproducibility: a seeded (or greedy) request gives the same tokens alone or in 
 `cpu-int8-rowwise`, where no op lets one row of a step touch another's logits. The default `cpu-int8` quantizes each
 MatMul's activations with one scale per tensor, so the other rows of a step nudge a row's logits and a seeded sample
 can differ with the load; list `cpu-int8-rowwise` first in prefer_variants where replay under load matters more than
-about 15-25% of decode speed (graphs/quantize.py has the figures). Image requests add the vision stage, whose int8
+about 15-25% of decode speed (graphs/emit/quantize.py has the figures). Image requests add the vision stage, whose int8
 batches share a scale too: an image's features can differ in the last bits with its batch, unless vision
 `max_batch_size` is 1 (each image encoded alone: on CPU about 15% more vision time at 8 images).
 
@@ -31,11 +31,11 @@ from pydantic import Field, model_validator
 from ray import serve
 
 from serve_app.engine import EngineConfig, load_engine
-from serve_app.ep_metrics import report_active_ep
-from serve_app.metrics import StageMetrics
-from serve_app.profiling import ProfileSettings
-from serve_app.stages.decoder_metrics import RayEngineMetrics
-from serve_app.stages.messages import DecodeChunk, DecodeRequest
+from serve_app.observability.ep_metrics import report_active_ep
+from serve_app.observability.metrics import StageMetrics
+from serve_app.runtime.profiling import ProfileSettings
+from serve_app.observability.decoder_metrics import RayEngineMetrics
+from serve_app.engine.types import DecodeChunk, DecodeRequest
 
 
 MAX_ONGOING_REQUESTS = 512  # >= slots + max_queue, checked below, so every request reaches the engine

@@ -23,9 +23,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from serve_app.errors import InvalidImage
-from serve_app.metrics import ImageMetrics, StageMetrics
-from serve_app.stages.messages import PreprocessedImage
+from serve_app.api.errors import InvalidImage
+from serve_app.observability.metrics import ImageMetrics, StageMetrics
+from serve_app.engine.types import PreprocessedImage
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),(?P<data>.*)$", re.DOTALL)

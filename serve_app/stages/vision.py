@@ -28,13 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ray import serve
 
 from graphs.manifest import TENSORRT_EP, Manifest
-from serve_app.ep_metrics import report_active_ep
-from serve_app.metrics import StageMetrics
-from serve_app.ort_session import OpenedSession, open_stage_session
-from serve_app.profiling import ProfilableSession, ProfileSettings
-from serve_app.providers import BatchProfile, ProviderSpec, batch_profile, default_vision_providers, parse_providers
-from serve_app.stages.messages import PreprocessedImage
-from serve_app.warmup import warm_up
+from serve_app.observability.ep_metrics import report_active_ep
+from serve_app.observability.metrics import StageMetrics
+from serve_app.runtime.ort_session import OpenedSession, open_stage_session
+from serve_app.runtime.profiling import ProfilableSession, ProfileSettings
+from serve_app.runtime.providers import BatchProfile, ProviderSpec, batch_profile, default_vision_providers, parse_providers
+from serve_app.engine.types import PreprocessedImage
+from serve_app.runtime.warmup import warm_up
 
 log = logging.getLogger("ray.serve")
 

@@ -78,7 +78,7 @@ def test_gpu_config_is_a_valid_serve_config_with_valid_app_args():
     from ray.serve.schema import ServeDeploySchema
 
     from serve_app.config import parse_args
-    from serve_app.ingress import Ingress
+    from serve_app.api.ingress import Ingress
     from serve_app.stages.decoder import Decoder
     from serve_app.stages.preprocess import Preprocess
     from serve_app.stages.vision import VisionEncoder

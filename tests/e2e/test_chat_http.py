@@ -77,10 +77,10 @@ def reference_text(served, image_url: str | None, text: str, max_tokens: int) ->
     """Greedy text from the PyTorch model on the same pixels and prompt ids, detokenized like the server does."""
     import torch
 
-    from graphs.config import get_preset
+    from graphs.families.own.config import get_preset
     from graphs.manifest import Manifest
-    from graphs.tokenizer import encode_chat, load_tokenizer
-    from graphs.weights import load_model
+    from graphs.families.own.tokenizer import encode_chat, load_tokenizer
+    from graphs.families.own.weights import load_model
     from serve_app.engine.detokenize import IncrementalDetokenizer
     from serve_app.stages.preprocess import PreprocessOptions, preprocess_image
 
@@ -117,7 +117,7 @@ def test_greedy_equals_reference_generation(served, with_image):
 
 
 def _prompt_ids(served, text):
-    from graphs.tokenizer import encode_chat, load_tokenizer
+    from graphs.families.own.tokenizer import encode_chat, load_tokenizer
     return encode_chat(load_tokenizer(served.artifacts / "tokenizer.json"), [("user", text)])
 
 

@@ -9,7 +9,7 @@ import httpx
 from PIL import Image
 from ray import serve
 
-from graphs.config import get_preset
+from graphs.families.own.config import get_preset
 from graphs.demo.evaluate import accuracy, heldout
 from tests.e2e.conftest import auth_headers, start_app, wait_ready
 

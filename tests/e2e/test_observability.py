@@ -217,7 +217,7 @@ def test_profiling_switch_writes_a_trace_for_n_calls_then_stops(obs, tmp_path):
     assert sorted(glob.glob(str(tmp_path / "*.json"))) == sorted(vision + decoder)
     assert model_runs(vision[0]) == 2
 
-    summary = subprocess.run([sys.executable, "-m", "serve_app.profile_summary", vision[0], "--json"],
+    summary = subprocess.run([sys.executable, "-m", "serve_app.observability.profile_summary", vision[0], "--json"],
                              capture_output=True, text=True, check=True)
     parsed = json.loads(summary.stdout)
     assert parsed["model_runs"] == 2 and parsed["kernel_us"] > 0

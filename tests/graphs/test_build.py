@@ -10,10 +10,10 @@ from safetensors.torch import save_file
 
 from graphs.build import BuildError, build_artifacts, ensure_artifacts
 from graphs.cli import main
-from graphs.config import PRESETS
+from graphs.families.own.config import PRESETS
 from graphs.manifest import CPU_EP, TENSORRT_EP, Manifest
-from graphs.model import MultimodalModel
-from graphs.weights import WeightsError, save_weights
+from graphs.families.own.model import MultimodalModel
+from graphs.families.own.weights import WeightsError, save_weights
 
 TINY = PRESETS["tiny"]
 
@@ -165,7 +165,7 @@ def test_two_processes_ensuring_at_once_build_once(tmp_path):
 
 
 def test_given_tokenizer_is_copied_and_checked(tmp_path):
-    from graphs.tokenizer import build_tokenizer
+    from graphs.families.own.tokenizer import build_tokenizer
 
     tok_path = tmp_path / "tok.json"
     build_tokenizer(TINY.decoder.vocab_size, corpus=["a different corpus gives different merges"]).save(str(tok_path))
@@ -187,7 +187,7 @@ def test_rebuilding_replaces_an_existing_artifact_dir(tmp_path):
 
 
 def test_demo_preset_uses_shipped_weights_and_tokenizer_by_default(tmp_path, monkeypatch):
-    from graphs.tokenizer import build_tokenizer
+    from graphs.families.own.tokenizer import build_tokenizer
 
     demo = PRESETS["demo"]
     assets = tmp_path / "assets"

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from graphs import variants as variants_module
+from graphs.families.own import variants as variants_module
 from graphs import verify
 from graphs.build import build_artifacts
-from graphs.quantize import quantize_per_column
-from graphs.variants import VariantSpec
-from graphs.vision_graph import build_vision
+from graphs.emit.quantize import quantize_per_column
+from graphs.families.own.variants import VariantSpec
+from graphs.families.own.vision_graph import build_vision
 from graphs.verify import ParityError, check
 
 

@@ -3,10 +3,10 @@ for each CPU graph variant of its build (issue target: >= 95% on 200 images)."""
 
 import pytest
 
-from graphs.config import get_preset
+from graphs.families.own.config import get_preset
 from graphs.demo.evaluate import ASSETS, accuracy, heldout, onnx_captions, reference_captions
-from graphs.tokenizer import load_tokenizer
-from graphs.weights import load_model
+from graphs.families.own.tokenizer import load_tokenizer
+from graphs.families.own.weights import load_model
 
 TARGET = 0.95
 N = 200

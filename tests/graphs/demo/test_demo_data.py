@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from graphs.config import get_preset
+from graphs.families.own.config import get_preset
 from graphs.demo.dataset import HELDOUT_START, PROMPTS, caption_ids, decode_caption, demo_tokenizer, heldout_seeds
 from graphs.demo.render import render_seed
 from graphs.demo.scenes import all_captions

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from graphs.config import get_preset
+from graphs.families.own.config import get_preset
 from graphs.manifest import Manifest
 
 
@@ -16,7 +16,7 @@ def tiny_artifacts(tiny_artifacts_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_reference(tiny_artifacts):
     """The PyTorch model with the artifacts' weights: the greedy token reference."""
-    from graphs.weights import load_model
+    from graphs.families.own.weights import load_model
 
     manifest = Manifest.read(tiny_artifacts)
     assert manifest.weights_sha256 is None, "tiny artifacts are expected to use seeded weights"

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from graphs.tokenizer import EOS, build_tokenizer, token_id
+from graphs.families.own.tokenizer import EOS, build_tokenizer, token_id
 
 VOCAB, WIDTH = 512, 16
 

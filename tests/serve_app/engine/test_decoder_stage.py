@@ -9,7 +9,7 @@ import ray
 from ray import serve
 
 from serve_app.stages.decoder import Decoder, DecoderOptions
-from serve_app.stages.messages import DecodeRequest, Overloaded
+from serve_app.engine.types import DecodeRequest, Overloaded
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from graphs.tokenizer import build_tokenizer
+from graphs.families.own.tokenizer import build_tokenizer
 from serve_app.engine.detokenize import IncrementalDetokenizer
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from serve_app.engine import EngineConfig, load_engine
-from serve_app.stages.messages import DecodeRequest
+from serve_app.engine.types import DecodeRequest
 
 FP32 = ["cpu-fp32"]  # token identity with the fp32 reference is the claim; int8 parity is the build's gate
 

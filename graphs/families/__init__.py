@@ -1,0 +1,1 @@
+"""Model families: one folder per family (its source loading, reference, graph variants, tokenizer and prompt)."""

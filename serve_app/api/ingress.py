@@ -1,0 +1,143 @@
+"""The HTTP front door: OpenAI wire format, auth, validation, and the orchestration of the stages.
+
+Routes:
+    GET  /health                liveness: the ingress answers (no auth)
+    GET  /ready                 readiness: every stage deployment has a running replica (no auth); when ready,
+                                also the EP a vision replica runs on and why it fell back, if it did
+    GET  /v1/models             the served model
+    POST /v1/chat/completions   text + image_url parts; stream true (SSE) or false
+
+Everything a route uses is defined above the class: `serve.ingress` serializes the app as the class is decorated.
+
+Three outcomes per request, as in vLLM's router: an error -> JSON error with its status; a full response -> JSON;
+otherwise SSE. Every error goes through `errors.to_error`.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures (request: Request) at runtime.
+import asyncio
+import hmac
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from graphs.manifest import Manifest
+from graphs.families.own.tokenizer import load_tokenizer
+from serve_app.api import chat
+from serve_app.api.completions import CompletionMeta, collect, stream_chunks
+from serve_app.config import IngressOptions
+from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized
+from serve_app.observability.metrics import StageMetrics, outcome_of_status
+from serve_app.api.protocol import ModelCard, ModelList, completion_id
+from serve_app.api.sse import error_response, sse_response
+
+app = FastAPI(title="mmserve", docs_url=None, redoc_url=None)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Unknown routes and wrong methods answer in the OpenAI error format too.
+    err = NotFound(f"{request.method} {request.url.path}: {exc.detail}", code="not_found")
+    err.status = exc.status_code
+    return error_response(err)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    return error_response(InvalidRequest(f"{where}: {first['msg']}" if where else first["msg"], where or None,
+                                         "invalid_value"))
+
+
+def stages_without_replica() -> list[str]:
+    """Deployments of this application with no RUNNING replica (empty = ready)."""
+    app_name = serve.get_replica_context().app_name
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        return ["<application>"]
+    return sorted(name for name, d in status.deployments.items()
+                  if int(d.replica_states.get("RUNNING", 0)) < 1)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+@serve.ingress(app)
+class Ingress:
+    """Lifecycle: load the tokenizer and model limits from the manifest -> per request: auth -> parse -> validate
+    against the context -> preprocess -> vision -> decoder -> JSON or SSE. CPU only, light."""
+
+    def __init__(self, artifacts_dir: str, model_name: str, options: IngressOptions | dict,
+                 preprocess, vision, decoder):
+        self.options = IngressOptions.model_validate(options)
+        manifest = Manifest.read(artifacts_dir)
+        self.tokenizer = load_tokenizer(f"{artifacts_dir}/{manifest.tokenizer.file}")
+        self.limits = chat.ModelLimits(image_tokens=manifest.num_image_tokens,
+                                       max_positions=int(manifest.model["decoder"]["max_positions"]),
+                                       max_images=self.options.max_images_per_request)
+        self.model_name = model_name
+        self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s)
+        self.keys = self.options.keys()
+        self.metrics = StageMetrics("ingress")
+
+    def _authorize(self, request: Request) -> None:
+        if not self.keys:
+            return
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        # compare_digest against every key: timing does not reveal how much of a key matched
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.encode(), k.encode()) for k in self.keys):
+            raise Unauthorized()
+
+    @app.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(self) -> Response:
+        not_ready = await asyncio.to_thread(stages_without_replica)
+        if not_ready:
+            return JSONResponse({"status": "not ready", "waiting_for": not_ready}, status_code=503)
+        return JSONResponse({"status": "ready", "vision": await self._vision_ep()})
+
+    async def _vision_ep(self) -> dict:
+        """ORT falls back from TensorRT/CUDA silently: readiness says where vision really runs."""
+        info = await asyncio.wait_for(self.stages.vision.info.remote(), self.options.stage_timeout_s)
+        return {key: info[key] for key in ("provider", "variant", "fallbacks")}
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+        except APIError as e:
+            return error_response(e)
+        return JSONResponse(ModelList(data=[ModelCard(id=self.model_name)]).model_dump())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        # Counted when the status is known; a stream that fails later still counts as its 200 here (the decoder
+        # stage counts its own outcome). Ray's proxy has set X-Request-Id already: it is in every stage's logs.
+        response = await self._chat_completions(request)
+        self.metrics.count(outcome_of_status(response.status_code), response.status_code)
+        return response
+
+    async def _chat_completions(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            req = chat.parse_request(await request.body())
+            if req.model is not None and req.model != self.model_name:
+                raise NotFound(f"model {req.model!r} does not exist; this server serves {self.model_name!r}",
+                               "model", "model_not_found")
+            prepared = chat.prepare(req, self.tokenizer, self.limits)
+            features = await chat.image_features(self.stages, prepared.images)
+        except Exception as e:  # noqa: BLE001 -- one error path for all: to_error picks the status
+            return error_response(e)
+        rid = completion_id()
+        meta = CompletionMeta(rid, self.model_name, prepared.prompt_tokens(self.limits), req.include_usage())
+        tokens = chat.decode_stream(self.stages, chat.decode_request(rid, req, prepared, features))
+        if req.stream:
+            return await sse_response(stream_chunks(meta, tokens))
+        try:
+            return JSONResponse((await collect(meta, tokens)).model_dump())
+        except Exception as e:  # noqa: BLE001
+            return error_response(e)

@@ -1,0 +1,153 @@
+"""The ingress's orchestration on fake stage handles: validation against the model, image order, stage calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from graphs.families.own.tokenizer import build_tokenizer, encode_chat
+from serve_app.api import chat
+from serve_app.api.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.api.protocol import ChatCompletionRequest
+from serve_app.engine.types import DecodeChunk, PreprocessedImage
+
+TOK = build_tokenizer(512)
+LIMITS = chat.ModelLimits(image_tokens=16, max_positions=128, max_images=2)
+
+
+def request(*parts, role="user", **kw) -> ChatCompletionRequest:
+    content = [{"type": "text", "text": p} if not p.startswith("data:") else
+               {"type": "image_url", "image_url": {"url": p}} for p in parts]
+    return ChatCompletionRequest.model_validate({"messages": [{"role": role, "content": content}], **kw})
+
+
+def test_prompt_is_the_chat_format_and_images_counted():
+    p = chat.prepare(request("data:a", "describe", max_tokens=10), TOK, LIMITS)
+    assert p.prompt_ids == encode_chat(TOK, [("user", "describe")])
+    assert [i.url for i in p.images] == ["data:a"] and p.images[0].param == "messages.0.content.0.image_url"
+    assert p.prompt_tokens(LIMITS) == 16 + len(p.prompt_ids) and p.max_tokens == 10
+
+
+def test_no_max_tokens_fills_the_context():
+    p = chat.prepare(request("hi"), TOK, LIMITS)
+    assert p.max_tokens == 128 - len(p.prompt_ids)
+
+
+def test_context_overflow_counts_images():
+    text_only = chat.prepare(request("hi"), TOK, LIMITS)
+    room = 128 - len(text_only.prompt_ids)
+    assert chat.prepare(request("hi", max_tokens=room), TOK, LIMITS).max_tokens == room
+    with pytest.raises(ContextLengthExceeded):
+        chat.prepare(request("hi", max_tokens=room + 1), TOK, LIMITS)
+    with pytest.raises(ContextLengthExceeded):
+        chat.prepare(request("data:a", "hi", max_tokens=room - 15), TOK, LIMITS)
+
+
+def test_too_many_images_and_images_outside_user_turns():
+    with pytest.raises(InvalidRequest) as e:
+        chat.prepare(request("data:a", "data:b", "data:c", "x"), TOK, LIMITS)
+    assert e.value.code == "too_many_images"
+    with pytest.raises(InvalidRequest) as e:
+        chat.prepare(request("data:a", role="assistant"), TOK, LIMITS)
+    assert e.value.code == "image_not_allowed"
+
+
+class FakeCall:
+    """Mimics a deployment handle method: .remote(...) returns an awaitable."""
+
+    def __init__(self, fn, log):
+        self.fn, self.log = fn, log
+
+    def remote(self, *args):
+        self.log.append(args)
+
+        async def run():
+            return self.fn(*args)
+        return run()
+
+
+class FakeStages:
+    def __init__(self):
+        self.calls = {"pre": [], "vis": []}
+        self.preprocess = type("P", (), {"process": FakeCall(self._pre, self.calls["pre"])})()
+        self.vision = type("V", (), {"encode": FakeCall(self._vis, self.calls["vis"])})()
+
+    @staticmethod
+    def _pre(url, param):
+        v = int(url[-1])
+        return PreprocessedImage(np.full((3, 4, 4), v, np.uint8), str(v), 1, 16)
+
+    @staticmethod
+    def _vis(img):
+        return np.full((16, 8), float(img.pixels[0, 0, 0]), np.float32)  # (P,D)
+
+
+def test_image_features_in_order_and_text_only_skips_stages():
+    fake = FakeStages()
+    stages = chat.Stages(fake.preprocess, fake.vision, None)
+    refs = [chat.ImageRef("data:1", "p1"), chat.ImageRef("data:2", "p2")]
+    feats = asyncio.run(chat.image_features(stages, refs))
+    assert feats.shape == (32, 8) and feats[0, 0] == 1 and feats[16, 0] == 2
+    assert [c[1] for c in fake.calls["pre"]] == ["p1", "p2"]
+    assert asyncio.run(chat.image_features(stages, [])) is None
+    assert len(fake.calls["pre"]) == 2 and len(fake.calls["vis"]) == 2
+
+
+class FakeStream:
+    def __init__(self, chunks):
+        self.chunks, self.cancelled = chunks, False
+
+    def __aiter__(self):
+        return self._gen()
+
+    async def _gen(self):
+        for c in self.chunks:
+            yield c
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class FakeDecoder:
+    def __init__(self, stream):
+        self.stream, self.got = stream, None
+
+    def options(self, stream):
+        assert stream is True
+        return self
+
+    @property
+    def generate(self):
+        return self
+
+    def remote(self, req):
+        self.got = req
+        return self.stream
+
+
+def test_decode_stream_passes_request_and_cancels_when_abandoned():
+    chunks = [DecodeChunk("a", [1]), DecodeChunk("b", [2], "stop")]
+    req = request("hi", max_tokens=5, temperature=0.5, top_p=0.9, seed=4, stop=["x"], ignore_eos=True)
+    prepared = chat.prepare(req, TOK, LIMITS)
+    dreq = chat.decode_request("id1", req, prepared, None)
+    assert (dreq.max_tokens, dreq.temperature, dreq.top_p, dreq.seed, dreq.stop, dreq.ignore_eos) == \
+        (5, 0.5, 0.9, 4, ["x"], True)
+
+    async def full():
+        dec = FakeDecoder(FakeStream(chunks))
+        got = [c.text async for c in chat.decode_stream(chat.Stages(None, None, dec), dreq)]
+        return got, dec
+
+    got, dec = asyncio.run(full())
+    assert got == ["a", "b"] and dec.got is dreq and not dec.stream.cancelled
+
+    async def abandoned():
+        dec = FakeDecoder(FakeStream(chunks))
+        gen = chat.decode_stream(chat.Stages(None, None, dec), dreq)
+        await anext(gen)
+        await gen.aclose()
+        return dec
+
+    assert asyncio.run(abandoned()).stream.cancelled

@@ -1,0 +1,52 @@
+"""How stage calls are counted: each way a call can end maps to one outcome and status, and `track` counts once
+and lets the exception through. (The values on Ray's metrics endpoint are checked in the e2e observability tests.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.api.errors import InvalidImage, Unauthorized
+from serve_app.observability.metrics import StageMetrics, classify, outcome_of_status
+from serve_app.engine.types import Overloaded
+
+
+class RayWrapped(Exception):
+    """Stands in for RayTaskError: Ray keeps the stage's exception as `.cause`."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (None, ("ok", 200)),
+    (InvalidImage("bad", "image_url"), ("rejected", 400)),
+    (RayWrapped(InvalidImage("bad")), ("rejected", 400)),
+    (Unauthorized(), ("rejected", 401)),
+    (RayWrapped(Overloaded("full", 2.0)), ("overloaded", 503)),
+    (asyncio.CancelledError(), ("cancelled", 499)),
+    (GeneratorExit(), ("cancelled", 499)),
+    (RuntimeError("boom"), ("error", 500)),
+])
+def test_each_ending_has_one_outcome(exc, expected):
+    assert classify(exc) == expected
+
+
+@pytest.mark.parametrize("status, outcome", [(200, "ok"), (400, "rejected"), (404, "rejected"),
+                                             (503, "overloaded"), (500, "error")])
+def test_response_status_outcome(status, outcome):
+    assert outcome_of_status(status) == outcome
+
+
+def test_track_counts_once_and_reraises(monkeypatch):
+    counted = []
+    metrics = StageMetrics("unit")
+    monkeypatch.setattr(metrics, "count", lambda outcome, status: counted.append((outcome, status)))
+    with metrics.track():
+        pass
+    with pytest.raises(InvalidImage):
+        with metrics.track():
+            raise InvalidImage("bad")
+    assert counted == [("ok", 200), ("rejected", 400)]

@@ -1,0 +1,129 @@
+"""Vision stage on a real ORT session over a small hand-made graph (pixels -> features is a cast + reshape, so
+expected outputs are exact): variant choice, dynamic batching, the content-hash cache, live reconfiguration."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from graphs.manifest import CPU_EP, GraphEntry, Manifest, TensorSpec, TokenizerEntry, Variant
+from serve_app.engine.types import PreprocessedImage
+from serve_app.stages.vision import FeatureCache, VisionEncoder, VisionOptions, open_vision
+
+S, P, D = 4, 4, 12  # image side, patches, feature width: 3*4*4 = 4*12
+
+
+def write_graph(path, scale: float) -> None:
+    nodes = [helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["f", "scale"], ["g"]),
+             helper.make_node("Reshape", ["g", "shape"], ["image_features"])]
+    graph = helper.make_graph(
+        nodes, "vision",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", 3, S, S])],
+        [helper.make_tensor_value_info("image_features", TensorProto.FLOAT, ["batch", P, D])],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+         helper.make_tensor("shape", TensorProto.INT64, [3], [0, P, D])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vision_artifacts")
+    write_graph(d / "vision.cpu-fp32.onnx", 1.0)
+    write_graph(d / "vision.cpu-int8.onnx", 2.0)  # a different scale tells which variant ran
+    variants = {name: Variant(file=f"vision.{name}.onnx", sha256="0", providers=[CPU_EP], precision=prec)
+                for name, prec in (("cpu-fp32", "fp32"), ("cpu-int8", "int8"))}
+    spec_in = [TensorSpec(name="pixels", dtype="uint8", shape=["batch", 3, S, S])]
+    spec_out = [TensorSpec(name="image_features", dtype="float32", shape=["batch", P, D])]
+    Manifest(preset="fake", model={}, num_image_tokens=P, image_size=S,
+             tokenizer=TokenizerEntry(file="tokenizer.json", eos_token_id=1, pad_token_id=0, role_token_ids={}),
+             token_embeddings=TensorSpec(name="token_embeddings.npy", dtype="float32", shape=[8, D]),
+             graphs={"vision": GraphEntry(inputs=spec_in, outputs=spec_out, variants=variants)}).write(d)
+    return str(d)
+
+
+@pytest.fixture(autouse=True)
+def replica_context(monkeypatch):
+    """serve.batch reads the replica's deployment config (to warn when batches cannot fill): stand in for it."""
+    from types import SimpleNamespace
+
+    from ray import serve
+    ctx = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=32), app_name="a",
+                          deployment="VisionEncoder", replica_tag="r", servable_object=None)
+    monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
+
+
+def image(v: int) -> PreprocessedImage:
+    px = (np.arange(3 * S * S, dtype=np.int64).reshape(3, S, S) + v).astype(np.uint8)
+    return PreprocessedImage(px, f"hash{v}", 10, S * S)
+
+
+def make(artifacts, **opts) -> VisionEncoder:
+    return VisionEncoder.func_or_class(artifacts, VisionOptions(**opts).model_dump())
+
+
+def test_variant_follows_preference(artifacts):
+    _, name, provider = open_vision(artifacts, VisionOptions(prefer_variants=["cpu-fp32"]))
+    assert (name, provider) == ("cpu-fp32", CPU_EP)
+    _, name, _ = open_vision(artifacts, VisionOptions())
+    assert name == "cpu-int8"
+
+
+def test_unavailable_provider_falls_back_to_cpu_variant(artifacts):
+    _, name, provider = open_vision(artifacts, VisionOptions(providers=["CUDAExecutionProvider", CPU_EP],
+                                                             prefer_variants=["cpu-fp32"]))
+    assert provider == CPU_EP and name == "cpu-fp32"
+
+
+def test_concurrent_requests_form_one_batch_with_exact_outputs(artifacts):
+    enc = make(artifacts, prefer_variants=["cpu-fp32"], max_batch_size=4, batch_wait_timeout_s=0.2)
+    sizes = []
+    run = enc._run
+    enc._run = lambda px: (sizes.append(px.shape[0]), run(px))[1]
+
+    async def go():
+        return await asyncio.gather(*(enc.encode(image(v)) for v in range(4)))
+    feats = asyncio.run(go())
+    assert sizes == [4]
+    for v, f in enumerate(feats):
+        assert f.shape == (P, D) and f.dtype == np.float32
+        np.testing.assert_array_equal(f, image(v).pixels.astype(np.float32).reshape(P, D))
+
+
+def test_cache_by_content_hash_skips_the_session(artifacts):
+    enc = make(artifacts, prefer_variants=["cpu-fp32"], batch_wait_timeout_s=0.0)
+    calls = []
+    run = enc._run
+    enc._run = lambda px: (calls.append(1), run(px))[1]
+
+    async def go():
+        a = await enc.encode(image(1))
+        b = await enc.encode(image(1))
+        return a, b
+    a, b = asyncio.run(go())
+    np.testing.assert_array_equal(a, b)
+    assert len(calls) == 1 and len(enc.cache) == 1
+
+
+def test_reconfigure_sets_batching_and_cache(artifacts):
+    enc = make(artifacts)
+    enc.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.05, "cache_size": 0})
+    info = asyncio.run(enc.info())
+    assert info["max_batch_size"] == 16 and info["batch_wait_timeout_s"] == 0.05 and enc.cache.capacity == 0
+    with pytest.raises(Exception, match="max_batch_size"):
+        enc.reconfigure({"max_batch_size": 0})
+
+
+def test_lru_cache_evicts_least_recent():
+    c = FeatureCache(2)
+    for k in "abc":
+        c.put(k, np.zeros(1))
+        if k == "b":
+            c.get("a")  # a becomes most recent: b is evicted next
+    assert c.get("b") is None and c.get("a") is not None and c.get("c") is not None
