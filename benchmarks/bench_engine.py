@@ -167,7 +167,7 @@ class InstantRunner:
 
 async def engine_ceiling(args, concurrency: int) -> str:
     real = load_engine(args.artifacts, EngineConfig(slots=concurrency, max_queue=concurrency), prefer=[args.variant])
-    engine = Engine(InstantRunner(real.runner), real.embeddings, real.tokenizer, real.eos_id,
+    engine = Engine(InstantRunner(real.runner), real.embeddings, real.tokenizer, real.eos_ids,
                     EngineConfig(slots=concurrency, max_queue=concurrency))
     now = time.perf_counter()
     result = LoadResult(start=now + 0.5, end=now + 2.5)

@@ -16,18 +16,15 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 
-from graphs.families.own.config import ModelConfig, get_preset
-from graphs.manifest import CPU_EP, MANIFEST, GraphEntry, Manifest, TensorSpec, TokenizerEntry, Variant
-from graphs.families.own.tokenizer import EOS, ROLE_TOKENS, build_tokenizer, load_tokenizer, token_id
-from graphs.families.own.variants import VARIANTS, file_name, fusion_counts, ort_optimized_counts
+from graphs.emit.inspect import file_name, fusion_counts, ort_optimized_counts
+from graphs.families import family_for_source
+from graphs.families.base import Family, Progress, Source, SourceError
+from graphs.manifest import CPU_EP, MANIFEST, GraphEntry, Manifest, ManifestError, TensorSpec, Variant
 
-Progress = Callable[[str], None]
-DEMO_ASSETS = Path(__file__).parent / "assets" / "demo"
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 TOKENIZER = "tokenizer.json"
 # Sources whose change changes the artifacts (every module of graphs/ but the demo's training code and the CLI):
@@ -43,42 +40,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _default_inputs(preset: str, weights, tokenizer) -> tuple[Path | None, Path | None]:
-    """The demo preset ships trained weights and its tokenizer; use them unless others are given."""
-    if preset == "demo" and weights is None and (DEMO_ASSETS / "model.safetensors").is_file():
-        weights = DEMO_ASSETS / "model.safetensors"
-        if tokenizer is None and (DEMO_ASSETS / TOKENIZER).is_file():
-            tokenizer = DEMO_ASSETS / TOKENIZER
-    return (None if weights is None else Path(weights)), (None if tokenizer is None else Path(tokenizer))
-
-
-def _check_weights_file(weights: Path | None) -> None:
-    if weights is not None and not weights.is_file():
+def _resolve(preset: str, weights, tokenizer) -> tuple[Family, Source]:
+    try:
+        family = family_for_source(preset)
+    except ValueError as e:
+        raise BuildError(str(e)) from None
+    source = family.resolve(preset, None if weights is None else Path(weights),
+                            None if tokenizer is None else Path(tokenizer))
+    if source.weights is not None and not source.weights.is_file():
         from graphs.families.own.weights import WeightsError  # imports torch; a cache hit should not pay for it
 
-        raise WeightsError(f"{weights}: weights file not found")
-
-
-def _write_tokenizer(cfg: ModelConfig, src: Path | None, dst: Path) -> TokenizerEntry:
-    if src is None:
-        dst.write_text(build_tokenizer(cfg.decoder.vocab_size).to_str(pretty=True))
-    else:
-        if not src.is_file():
-            raise BuildError(f"{src}: tokenizer file not found")
-        shutil.copyfile(src, dst)
-    try:
-        tok = load_tokenizer(dst)
-    except Exception as e:  # the tokenizers library raises a plain Exception on bad JSON
-        raise BuildError(f"{src}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
-    if tok.get_vocab_size() != cfg.decoder.vocab_size:
-        raise BuildError(f"{src}: tokenizer has {tok.get_vocab_size()} tokens, preset {cfg.name} decoder "
-                         f"vocab_size is {cfg.decoder.vocab_size}")
-    try:
-        roles = {role: token_id(tok, t) for role, t in ROLE_TOKENS.items()}
-        return TokenizerEntry(file=TOKENIZER, eos_token_id=token_id(tok, EOS), pad_token_id=token_id(tok, "<|pad|>"),
-                              role_token_ids=roles)
-    except ValueError as e:
-        raise BuildError(f"{src}: {e}") from None
+        raise WeightsError(f"{source.weights}: weights file not found")
+    return family, source
 
 
 def _specs(values) -> list[TensorSpec]:
@@ -88,9 +61,9 @@ def _specs(values) -> list[TensorSpec]:
                        shape=dims(t)) for t in values]
 
 
-def _build_graphs(model, tmp: Path, progress: Progress) -> dict[str, dict[str, onnx.ModelProto]]:
+def _build_graphs(family: Family, model, tmp: Path, progress: Progress) -> dict[str, dict[str, onnx.ModelProto]]:
     built: dict[str, dict[str, onnx.ModelProto]] = {}
-    for graph, variants in VARIANTS.items():
+    for graph, variants in family.variants.items():
         for name, spec in variants.items():
             progress(f"emit {graph} {name}")
             proto = spec.build(model)
@@ -99,13 +72,16 @@ def _build_graphs(model, tmp: Path, progress: Progress) -> dict[str, dict[str, o
     return built
 
 
-def _graph_entries(built, tmp: Path, parity: dict) -> dict[str, GraphEntry]:
+def _graph_entries(family: Family, built, tmp: Path, parity: dict) -> dict[str, GraphEntry]:
     entries = {}
     for graph, protos in built.items():
         first = next(iter(protos.values()))
         variants = {}
         for name, proto in protos.items():
-            spec, f = VARIANTS[graph][name], file_name(graph, name)
+            spec, f = family.variants[graph][name], file_name(graph, name)
+            if _specs(proto.graph.input) != _specs(first.graph.input) or \
+                    _specs(proto.graph.output) != _specs(first.graph.output):
+                raise BuildError(f"{f}: inputs/outputs differ from the other {graph} variants'")
             ort_counts = ort_optimized_counts(tmp / f) if CPU_EP in spec.providers else {}
             variants[name] = Variant(file=f, sha256=_sha256(tmp / f), providers=list(spec.providers),
                                      precision=spec.precision, fusions=fusion_counts(proto),
@@ -121,25 +97,24 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def _write_artifacts(cfg: ModelConfig, weights: Path | None, tokenizer: Path | None, tmp: Path,
-                     progress: Progress) -> Manifest:
-    from graphs.parity import run_parity_gate  # torch: imported only when a build actually runs
-    from graphs.families.own.weights import load_model
-
+def _write_artifacts(family: Family, source: Source, tmp: Path, progress: Progress) -> Manifest:
     progress("load weights")
-    model = load_model(cfg, weights)
+    model = family.load(source)
     progress("tokenizer")
-    tok_entry = _write_tokenizer(cfg, tokenizer, tmp / TOKENIZER)
-    wte = model.decoder.wte.weight.detach().numpy().astype(np.float32)  # (V, D)
+    try:
+        family.write_tokenizer(source, model, tmp / TOKENIZER)
+    except SourceError as e:
+        raise BuildError(str(e)) from None
+    wte = family.embeddings(model)  # (V, D)
     np.save(tmp / TOKEN_EMBEDDINGS, wte)
-    built = _build_graphs(model, tmp, progress)
-    parity = run_parity_gate(model, {g: {n: p.SerializeToString() for n, p in ps.items()} for g, ps in built.items()},
-                             progress)
+    specs = family.specs(source, model, tmp / TOKENIZER, TOKEN_EMBEDDINGS)
+    built = _build_graphs(family, model, tmp, progress)
+    parity = family.parity_gate(model, {g: {n: p.SerializeToString() for n, p in ps.items()}
+                                        for g, ps in built.items()}, specs.decoder, progress)
     manifest = Manifest(
-        preset=cfg.name, model=cfg.to_dict(), num_image_tokens=cfg.num_image_tokens, image_size=cfg.vision.image_size,
-        tokenizer=tok_entry, token_embeddings=TensorSpec(name=TOKEN_EMBEDDINGS, dtype="float32", shape=list(wte.shape)),
-        graphs=_graph_entries(built, tmp, parity), versions=_versions(),
-        weights_sha256=None if weights is None else _sha256(weights))
+        family=family.name, preset=source.name, decoder=specs.decoder, vision=specs.vision, prompt=specs.prompt,
+        tokenizer_file=TOKENIZER, graphs=_graph_entries(family, built, tmp, parity), source=specs.source,
+        versions=_versions(), weights_sha256=None if source.weights is None else _sha256(source.weights))
     manifest.write(tmp)
     return Manifest.read(tmp)  # exactly what serving will read back (JSON turns tuples into lists)
 
@@ -182,17 +157,12 @@ def build_artifacts(preset: str, out_dir: str | Path, weights: str | Path | None
     """Build every variant of `preset` into out_dir. Raises BuildError/WeightsError/ParityError with one-line
     messages; on any failure out_dir is left as it was."""
     progress = progress or (lambda _msg: None)
-    try:
-        cfg = get_preset(preset)
-    except ValueError as e:
-        raise BuildError(str(e)) from None
-    weights, tokenizer = _default_inputs(preset, weights, tokenizer)
-    _check_weights_file(weights)
+    family, source = _resolve(preset, weights, tokenizer)
     out = Path(out_dir).absolute()
     _check_replaceable(out)
     tmp = _make_temp_dir(out)
     try:
-        manifest = _write_artifacts(cfg, weights, tokenizer, tmp, progress)
+        manifest = _write_artifacts(family, source, tmp, progress)
         progress("write")
         _move_into_place(tmp, out)
         return manifest
@@ -214,11 +184,9 @@ def build_code_version() -> str:
 def _is_complete(directory: Path) -> bool:
     try:
         manifest = Manifest.read(directory)
-    except (FileNotFoundError, ValueError):  # absent, or written by another format version: rebuild
+    except (FileNotFoundError, ManifestError):  # absent, or written by another format version: rebuild
         return False
-    files = [manifest.tokenizer.file, manifest.token_embeddings.name]
-    files += [v.file for g in manifest.graphs.values() for v in g.variants.values()]
-    return all((directory / f).is_file() for f in files)
+    return all((directory / f).is_file() for f in manifest.files())
 
 
 def ensure_artifacts(preset: str, cache_dir: str | Path, weights: str | Path | None = None,
@@ -226,12 +194,8 @@ def ensure_artifacts(preset: str, cache_dir: str | Path, weights: str | Path | N
     """A complete artifact dir for (preset, weights, tokenizer, build code): cached, or built now under a lock."""
     from filelock import FileLock
 
-    try:
-        get_preset(preset)
-    except ValueError as e:
-        raise BuildError(str(e)) from None
-    weights, tokenizer = _default_inputs(preset, weights, tokenizer)
-    _check_weights_file(weights)
+    _, source = _resolve(preset, weights, tokenizer)
+    weights, tokenizer = source.weights, source.tokenizer
     if tokenizer is not None and not tokenizer.is_file():
         raise BuildError(f"{tokenizer}: tokenizer file not found")
     key = {"preset": preset, "code": build_code_version(),
@@ -243,5 +207,5 @@ def ensure_artifacts(preset: str, cache_dir: str | Path, weights: str | Path | N
     target = cache / f"{preset}-{digest}"
     with FileLock(str(cache / f"{preset}-{digest}.lock")):
         if not _is_complete(target):
-            build_artifacts(preset, target, weights, tokenizer, progress)
+            build_artifacts(preset, target, source.weights, source.tokenizer, progress)
     return target

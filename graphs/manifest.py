@@ -1,28 +1,28 @@
-"""The artifact manifest: the whole contract between graphs/ (which writes it) and serve_app/ (which reads only it
-and the files it names).
+"""The artifact manifest (format 2): the whole contract between graphs/ (which writes it) and serve_app/ (which reads
+only it and the files it names). Every stage takes its model's shape from here, never from a family's code.
 
 An artifact directory holds:
     manifest.json            this schema
     tokenizer.json           Hugging Face tokenizers file; vocabulary == decoder vocab_size
-    token_embeddings.npy     (V, Dd) float32: the decoder stage embeds prompt tokens itself, so image features and
+    <decoder.embeddings>     (V, Dd) table: the decoder stage embeds prompt tokens itself, so image features and
                              token embeddings meet as one `inputs_embeds` tensor
     vision.<variant>.onnx    one file per vision variant
     decoder.<variant>.onnx   one file per decoder variant
 
-Graph signatures (symbolic dims in quotes):
+Graph signatures (symbolic dims in quotes); the names are data (`GraphEntry.inputs/outputs`, `DecoderSpec.cache_names`):
   vision
     in   pixels            uint8   ("batch", 3, H, W)            raw RGB; normalization is folded into the graph
-    out  image_features    float32 ("batch", P, Dd)             P = (H/p)*(W/p) patches, already in decoder width
+    out  image_features    float32 ("batch", P, Dd)             P = features per image, already in decoder width
   decoder  (GroupQueryAttention with past and present sharing one preallocated buffer per layer)
     in   inputs_embeds     float32 ("batch", "seq", Dd)
-    in   position_ids      int64   ("batch", "seq")              absolute positions (learned position table)
+    in   position_ids      int64   ("batch", "seq")              learned positions only; a rotary decoder has none
     in   seqlens_k         int32   ("batch",)                    per row: tokens in the cache after this call, minus 1
     in   total_sequence_length int32 ()                          max over rows of seqlens_k + 1
-    in   past_key.{i}      float32 ("batch", nh, "max_cache", hs) one per layer; bind the same memory as present_key.{i}
-    in   past_value.{i}    float32 ("batch", nh, "max_cache", hs)
+    in   past_key.{i}      cache   ("batch", kv_heads, "max_cache", head_dim) one per layer; bound to present_key.{i}
+    in   past_value.{i}    cache   ("batch", kv_heads, "max_cache", head_dim)
     out  logits            float32 ("batch", V)                  next-token logits at each row's last position
-    out  present_key.{i}   float32 ("batch", nh, "max_cache", hs) the updated cache, in place when bound to past
-    out  present_value.{i} float32 ("batch", nh, "max_cache", hs)
+    out  present_key.{i}   cache   ("batch", kv_heads, "max_cache", head_dim) updated in place when bound to past
+    out  present_value.{i} cache   ("batch", kv_heads, "max_cache", head_dim)
   A prefill is a call with seq = prompt length on an empty cache row; a decode step is seq = 1 for every active row,
   each row at its own length. The cache is never copied between steps: callers bind past and present to one buffer.
 """
@@ -33,23 +33,31 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 TENSORRT_EP = "TensorrtExecutionProvider"
 
 
-class TensorSpec(BaseModel):
+class ManifestError(ValueError):
+    """An artifact directory serving cannot use; the one-line message names the file and the field."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Spec):
     name: str
     dtype: str = Field(description="numpy dtype name, e.g. 'float32', 'uint8', 'int64'")
     shape: list[int | str] = Field(description="ints are fixed dims, strings are symbolic")
 
 
-class Variant(BaseModel):
+class Variant(_Spec):
     file: str = Field(description="file name inside the artifact directory")
     sha256: str
     providers: list[str] = Field(description="execution providers this variant is built for, best first")
@@ -62,10 +70,16 @@ class Variant(BaseModel):
                                                       "(CPU EP, all levels); empty for non-CPU variants")
 
 
-class GraphEntry(BaseModel):
+class GraphEntry(_Spec):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     variants: dict[str, Variant]
+
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
 
     def variant_for(self, provider: str, prefer: list[str] | None = None) -> tuple[str, Variant]:
         """The variant to run on `provider` (the EP that actually loaded); `prefer` orders candidate names."""
@@ -77,32 +91,139 @@ class GraphEntry(BaseModel):
         raise LookupError(f"no variant for {provider}; have {sorted(self.variants)}")
 
 
-class TokenizerEntry(BaseModel):
-    file: str
-    eos_token_id: int
-    pad_token_id: int
-    role_token_ids: dict[str, int]
+class Positions(_Spec):
+    """How the decoder encodes positions: a learned table (a `position_ids` input) or rotary inside attention."""
+    scheme: Literal["learned", "rotary"]
+    theta: float | None = Field(default=None, description="rotary base; None for learned")
+    scaling: dict[str, float | str] | None = Field(default=None, description="rotary scaling (HF rope_scaling)")
 
 
-class Manifest(BaseModel):
+class DecoderIO(_Spec):
+    """The decoder graph's tensor names. `position_ids` is None for a decoder without a position input (rotary
+    positions come from seqlens_k inside GroupQueryAttention)."""
+    inputs_embeds: str = "inputs_embeds"
+    position_ids: str | None = "position_ids"
+    seqlens_k: str = "seqlens_k"
+    total_sequence_length: str = "total_sequence_length"
+    logits: str = "logits"
+    past_key: str = "past_key.{i}"
+    past_value: str = "past_value.{i}"
+    present_key: str = "present_key.{i}"
+    present_value: str = "present_value.{i}"
+
+
+class DecoderSpec(_Spec):
+    layers: int = Field(ge=1)
+    heads: int = Field(ge=1, description="query heads")
+    kv_heads: int = Field(ge=1, description="key/value heads (== heads without grouped-query attention)")
+    head_dim: int = Field(ge=1)
+    hidden_size: int = Field(ge=1, description="width of inputs_embeds")
+    vocab_size: int = Field(ge=1)
+    max_positions: int = Field(ge=1, description="the longest context a sequence may reach")
+    positions: Positions
+    eos_token_ids: list[int] = Field(min_length=1, description="any of them ends a completion")
+    pad_token_id: int | None = None
+    embeddings: TensorSpec = Field(description="token embedding table (V, hidden_size); name is the .npy file")
+    cache_dtype: str = Field(default="float32", description="numpy dtype of the KV cache buffers")
+    io: DecoderIO = Field(default_factory=DecoderIO, description="tensor names; per-layer ones with {i} for the "
+                                                                  "layer (ORT GenAI's name templates)")
+
+
+class Preprocessing(_Spec):
+    """What the preprocess stage does to a decoded RGB image before the vision graph sees uint8 (3,H,W) pixels."""
+    resize: Literal["crop", "pad", "resize"] = Field(description="crop: fit the short side, center-crop; pad: fit "
+                                                     "the long side, pad to square; resize: stretch")
+    resample: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    pad_color: tuple[int, int, int] = Field(default=(0, 0, 0), description="RGB fill for `pad`")
+    mean: tuple[float, float, float] = Field(description="normalization folded into the vision graph (for reference: "
+                                             "serving passes raw pixels)")
+    std: tuple[float, float, float]
+
+
+class VisionIO(_Spec):
+    pixels: str = "pixels"
+    features: str = "image_features"
+
+
+class VisionSpec(_Spec):
+    image_size: int = Field(ge=1, description="square input side, pixels")
+    patch_size: int = Field(ge=1)
+    features_per_image: int = Field(ge=1, description="P: rows of image_features per image")
+    feature_dim: int = Field(ge=1, description="width of each feature row (the decoder's hidden size)")
+    preprocessing: Preprocessing
+    io: VisionIO = Field(default_factory=VisionIO)
+
+
+class PromptSpec(_Spec):
+    """How chat messages become prompt segments: a Jinja chat template (rendered as `transformers` renders
+    `chat_template`) whose output marks each image with `image_token`, which expands to that image's features."""
+    chat_template: str
+    image_token: str = Field(description="the placeholder text the template writes where an image goes")
+    image_features: int = Field(ge=1, description="feature rows one placeholder expands to")
+    bos_token: str = ""
+    eos_token: str = ""
+
+
+class Manifest(_Spec):
     format_version: int = FORMAT_VERSION
-    preset: str
-    model: dict = Field(description="graphs.families.own.config.ModelConfig as a dict")
-    num_image_tokens: int
-    image_size: int
-    tokenizer: TokenizerEntry
-    token_embeddings: TensorSpec = Field(description="name is the .npy file name")
+    family: str = Field(description="graphs.families registry name the artifacts were built by")
+    preset: str = Field(description="the source's name (preset or checkpoint), for the served model id")
+    decoder: DecoderSpec
+    vision: VisionSpec
+    prompt: PromptSpec
+    tokenizer_file: str
     graphs: dict[str, GraphEntry] = Field(description="'vision' and 'decoder'")
+    source: dict = Field(default_factory=dict, description="the family's own description of its source (provenance; "
+                                                           "serving never reads it)")
     versions: dict[str, str] = Field(default_factory=dict, description="torch/onnx/onnxruntime used to build")
     weights_sha256: str | None = Field(default=None, description="sha256 of the weights file; None = seeded random")
+
+    def files(self) -> list[str]:
+        """Every file the manifest names, relative to its directory."""
+        return [self.tokenizer_file, self.decoder.embeddings.name,
+                *(v.file for g in self.graphs.values() for v in g.variants.values())]
 
     def write(self, directory: Path) -> None:
         (directory / MANIFEST).write_text(self.model_dump_json(indent=2))
 
     @classmethod
     def read(cls, directory: str | Path) -> "Manifest":
+        """The manifest of an artifact directory; ManifestError (one line: file and field) for any other version,
+        a missing or malformed field. FileNotFoundError when there is none."""
         path = Path(directory) / MANIFEST
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no manifest; build artifacts with `mmserve build`") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{path}: not JSON ({e}); rebuild with `mmserve build`") from None
+        version = data.get("format_version", 1) if isinstance(data, dict) else None
+        if version != FORMAT_VERSION:
+            raise ManifestError(f"{path}: format_version {version}, this mmserve reads {FORMAT_VERSION}; rebuild "
+                                f"with `mmserve build`")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "<manifest>"
+            raise ManifestError(f"{path}: {where}: {err['msg']}") from None
+
+
+def check_session_io(path: str | Path, entry: GraphEntry, session) -> None:
+    """The graph file must take and give exactly the tensors the manifest declares (names and dtypes), so no stage
+    meets a surprise at its first request. `session` is an ORT InferenceSession of that file."""
+    ort_types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+                 "tensor(int8)": "int8", "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
+    for kind, declared, actual in (("inputs", entry.inputs, session.get_inputs()),
+                                   ("outputs", entry.outputs, session.get_outputs())):
+        have = {a.name: ort_types.get(a.type, a.type) for a in actual}
+        want = {t.name: t.dtype for t in declared}
+        if have == want:
+            continue
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        wrong = sorted(n for n in set(want) & set(have) if want[n] != have[n])
+        what = (f"declares {missing[0]!r}, the graph has no such tensor" if missing else
+                f"the graph has {extra[0]!r}, the manifest does not declare it" if extra else
+                f"{wrong[0]!r} is {have[wrong[0]]} in the graph, {want[wrong[0]]} in the manifest")
+        raise ManifestError(f"{path}: graph {kind}: {what}")

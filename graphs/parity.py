@@ -12,25 +12,28 @@ from typing import Callable
 
 from graphs import verify
 from graphs.families.own.variants import VARIANTS
+from graphs.manifest import DecoderSpec
 
 FP32_PARTNER = "cpu-fp32"  # the other graph used for end-to-end greedy checks
 
 
-def _figures(model, graph: str, name: str, built: dict[str, dict[str, bytes]], greedy_ref: dict) -> dict:
+def _figures(model, decoder: DecoderSpec, graph: str, name: str, built: dict[str, dict[str, bytes]],
+             greedy_ref: dict) -> dict:
     spec = VARIANTS[graph][name]
     mine = built[graph][name]
     if graph == "vision":
         figures = verify.vision_figures(model, mine)
         if spec.precision == "fp32":
-            figures |= verify.greedy_figures(model, greedy_ref, mine, built["decoder"][FP32_PARTNER])
+            figures |= verify.greedy_figures(model, decoder, greedy_ref, mine, built["decoder"][FP32_PARTNER])
     else:
-        figures = verify.top1_figures(model, mine)
+        figures = verify.top1_figures(model, decoder, mine)
         if spec.precision == "fp32":
-            figures |= verify.greedy_figures(model, greedy_ref, built["vision"][FP32_PARTNER], mine)
+            figures |= verify.greedy_figures(model, decoder, greedy_ref, built["vision"][FP32_PARTNER], mine)
     return figures
 
 
-def run_parity_gate(model, built: dict[str, dict[str, bytes]], progress: Callable[[str], None]) -> dict:
+def run_parity_gate(model, built: dict[str, dict[str, bytes]], progress: Callable[[str], None],
+                    decoder: DecoderSpec) -> dict:
     """Figures per graph and variant; raises verify.ParityError at the first variant past tolerance."""
     results: dict[str, dict[str, dict]] = {}
     progress("parity reference greedy decoding")
@@ -38,7 +41,7 @@ def run_parity_gate(model, built: dict[str, dict[str, bytes]], progress: Callabl
     for graph, variants in built.items():
         for name in variants:
             progress(f"parity {graph} {name}")
-            figures = _figures(model, graph, name, built, greedy_ref)
+            figures = _figures(model, decoder, graph, name, built, greedy_ref)
             verify.check(graph, name, VARIANTS[graph][name].precision, figures)
             results.setdefault(graph, {})[name] = figures
     return results

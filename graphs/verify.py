@@ -22,7 +22,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from graphs.ort_runner import CachedDecoder, cpu_session
+from graphs.manifest import DecoderSpec
+from serve_app.runtime.kv_runner import OrtDecoderRunner
+from serve_app.runtime.ort_session import cpu_session
 
 FP32_MAX_ABS = 1e-4
 FP16_MIN_COSINE = 0.999
@@ -63,9 +65,9 @@ def vision_figures(model, onnx_bytes: bytes) -> dict:
     return {"feature_max_abs_err": float(np.abs(got - ref).max()), "feature_cosine": cosine(got, ref)}
 
 
-def _cached_decoder(model, onnx_bytes: bytes, slots: int) -> CachedDecoder:
-    d = model.cfg.decoder
-    return CachedDecoder(cpu_session(onnx_bytes), d.layers, d.heads, d.head_dim, slots, d.max_positions)
+def _runner(spec: DecoderSpec, onnx_bytes: bytes, slots: int) -> OrtDecoderRunner:
+    """The serving engine's runner, so the gate proves the path serving runs."""
+    return OrtDecoderRunner(cpu_session(onnx_bytes), spec, slots, spec.max_positions)
 
 
 def greedy_reference(model) -> dict:
@@ -80,26 +82,28 @@ def greedy_reference(model) -> dict:
     return {"pixels": pixels, "prompt": prompt, "tokens": tokens, "logits": logits[-steps - 1:-1]}
 
 
-def greedy_ort(model, vision_bytes: bytes, decoder_bytes: bytes, pixels: np.ndarray, prompt: list[int],
-               steps: int) -> tuple[list[int], np.ndarray]:
+def greedy_ort(model, spec: DecoderSpec, vision_bytes: bytes, decoder_bytes: bytes, pixels: np.ndarray,
+               prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
     """Greedy decoding through the ONNX graphs: prefill image + prompt, then one decode step per token.
     Returns the tokens and the logits that chose each one (steps, V)."""
-    feats = cpu_session(vision_bytes).run(None, {"pixels": pixels})[0]
+    feats = cpu_session(vision_bytes).run(None, {"pixels": pixels})[0]  # (1,P,D)
     wte = model.decoder.wte.weight.detach().numpy()
-    dec = _cached_decoder(model, decoder_bytes, 1)
-    logits = dec.prefill(0, np.concatenate([feats, wte[prompt][None]], axis=1))
+    dec = _runner(spec, decoder_bytes, 1)
+    embeds = np.concatenate([feats[0], wte[prompt]])  # (S,D)
+    logits, length = dec.prefill(0, embeds), embeds.shape[0]  # (V,)
     tokens, seen = [], []
     for _ in range(steps):
-        seen.append(logits[0])
-        tokens.append(int(logits[0].argmax()))
-        logits = dec.step(0, wte[[tokens[-1]]][None])
+        seen.append(logits.copy())  # decode() returns a view the next step overwrites
+        tokens.append(int(logits.argmax()))
+        logits = dec.decode(1, wte[[tokens[-1]]], np.array([length]))[0]
+        length += 1
     return tokens, np.stack(seen)
 
 
-def greedy_figures(model, reference: dict, vision_bytes: bytes, decoder_bytes: bytes) -> dict:
+def greedy_figures(model, spec: DecoderSpec, reference: dict, vision_bytes: bytes, decoder_bytes: bytes) -> dict:
     """Image + prompt, GREEDY_TOKENS greedy tokens: identical to MultimodalModel.generate_greedy?"""
     expected = reference["tokens"]
-    got, logits = greedy_ort(model, vision_bytes, decoder_bytes, reference["pixels"], reference["prompt"],
+    got, logits = greedy_ort(model, spec, vision_bytes, decoder_bytes, reference["pixels"], reference["prompt"],
                              len(expected))
     same = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), len(expected))
     # Logits are comparable only while both sides decode the same sequence.
@@ -117,22 +121,25 @@ def _forced_contexts(model) -> tuple[list[list[int]], np.ndarray]:
     return seqs, feats
 
 
-def top1_figures(model, decoder_bytes: bytes) -> dict:
+def top1_figures(model, spec: DecoderSpec, decoder_bytes: bytes) -> dict:
     """Teacher-forced next-token agreement: each row prefilled alone, then FORCED_STEPS batched decode steps with
     rows at different lengths (the continuous-batching path), compared at every step with the reference argmax."""
     seqs, feats = _forced_contexts(model)
     wte = model.decoder.wte.weight.detach().numpy()
-    dec = _cached_decoder(model, decoder_bytes, CONTEXTS)
+    dec = _runner(spec, decoder_bytes, CONTEXTS)
     refs, got = [], [[] for _ in seqs]
+    lengths = np.zeros(CONTEXTS, np.int64)
     with torch.no_grad():
         for r, seq in enumerate(seqs):
             x = model.embed_prompt(feats if r == 0 else None, torch.tensor([seq]))
             refs.append(model.decoder(x, torch.arange(x.shape[1])[None])[0][0].numpy())  # (S,V)
-            got[r].append(dec.prefill(r, x[:, :x.shape[1] - FORCED_STEPS].numpy())[0])
+            lengths[r] = x.shape[1] - FORCED_STEPS
+            got[r].append(dec.prefill(r, x[0, :lengths[r]].numpy()))
     for t in range(FORCED_STEPS - 1):
         tok = [seq[len(seq) - FORCED_STEPS + t] for seq in seqs]
-        for r, row in enumerate(dec.step(0, wte[tok][:, None])):
-            got[r].append(row)
+        for r, row in enumerate(dec.decode(CONTEXTS, wte[tok], lengths)):
+            got[r].append(row.copy())
+        lengths += 1
     ref = np.concatenate([r[-FORCED_STEPS - 1:-1] for r in refs])  # (N,V) logits predicting each forced token
     mine = np.concatenate([np.stack(g) for g in got])
     top2 = np.sort(ref, axis=-1)[:, -2:]

@@ -51,6 +51,15 @@ def served_model(config: dict) -> tuple[str, int]:
     return name, int((config.get("http_options") or {}).get("port", 8000))
 
 
+def build_first(config: dict) -> None:
+    """Build the served preset here, before `serve run`, so its progress lines show on this console; the replicas
+    then find it in this machine's cache (each replica resolves its model itself: serve_app/artifacts.py)."""
+    from serve_app.artifacts import ModelSource, resolve_model
+
+    model = ((config["applications"][0].get("args") or {}).get("model")) or {}
+    resolve_model(ModelSource.model_validate(model))
+
+
 def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -69,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file (default: configs/local.yaml)")
     p.add_argument("--ready-timeout-s", type=float, default=1800, help="first start builds the model: be patient")
     args = p.parse_args(argv)
-    model, port = served_model(yaml.safe_load(Path(args.config).read_text()))
+    config = yaml.safe_load(Path(args.config).read_text())
+    model, port = served_model(config)
+    build_first(config)
     proc = subprocess.Popen(["serve", "run", args.config])
     try:
         base = f"http://127.0.0.1:{port}"

@@ -7,40 +7,15 @@ these args hold what the code needs to know: which model, limits on requests, an
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from graphs.families.own.config import PRESETS
+from serve_app.artifacts import DEFAULT_CACHE_DIR, ModelSource  # noqa: F401 -- part of the args
 from serve_app.stages.decoder import DecoderOptions
 from serve_app.stages.preprocess import PreprocessOptions
 from serve_app.stages.vision import VisionOptions
 
-DEFAULT_CACHE_DIR = "~/.cache/mmserve"
 API_KEYS_ENV = "MMSERVE_API_KEYS"
-
-
-class ModelSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    preset: str = Field(default="demo", description="model preset; its artifacts are built into cache_dir if missing")
-    artifacts_dir: str | None = Field(default=None,
-                                      description="a built artifact directory; overrides preset/cache_dir")
-    cache_dir: str = Field(default=DEFAULT_CACHE_DIR, description="where artifacts for a preset are built and kept")
-    served_name: str | None = Field(default=None,
-                                    description="model id in /v1/models and responses; default mmserve-<preset of the "
-                                                "artifacts>")
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, v: str) -> str:
-        if v not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; choose one of: {', '.join(sorted(PRESETS))}")
-        return v
-
-    def name(self, built_preset: str | None = None) -> str:
-        """The model id clients send; by default named after the preset the artifacts were built from."""
-        return self.served_name or f"mmserve-{built_preset or self.preset}"
 
 
 class IngressOptions(BaseModel):
@@ -83,18 +58,3 @@ def parse_args(args: dict | AppArgs | None) -> AppArgs:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<args>'}: {err['msg']}"
                              for err in e.errors())
         raise ConfigError(f"invalid mmserve application args: {problems}") from None
-
-
-def resolve_artifacts(source: ModelSource) -> Path:
-    """The artifact directory to serve: the given one (must have a manifest), or the preset's, built if missing."""
-    if source.artifacts_dir:
-        path = Path(source.artifacts_dir).expanduser()
-        if not (path / "manifest.json").is_file():
-            raise ConfigError(f"model.artifacts_dir: {path} has no manifest.json; build it with `mmserve build`")
-        return path
-    from graphs.build import ensure_artifacts  # imports torch only when a build may be needed
-
-    def progress(step: str) -> None:  # the first start builds for a while: show where it is
-        print(f"mmserve: building {source.preset} artifacts: {step}", flush=True)
-
-    return Path(ensure_artifacts(source.preset, Path(source.cache_dir).expanduser(), progress=progress))

@@ -1,1 +1,37 @@
-"""Model families: one folder per family (its source loading, reference, graph variants, tokenizer and prompt)."""
+"""Model families, by name: each a folder with its source loading, reference, graph variants, tokenizer and prompt
+format (graphs/families/base.py).
+
+A family's package (`__init__.py`) stays light: it names the sources it builds (`SOURCES`), which serving's config
+check imports. Its `family` module defines `FAMILY` and is imported only by a build.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> package; a new family adds one line here and its own folder.
+FAMILIES: dict[str, str] = {
+    "own": "graphs.families.own",
+}
+
+
+def get_family(name: str):
+    """The Family (graphs.families.base.Family) registered as `name`; imports its build code."""
+    try:
+        package = FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; choose one of: {', '.join(sorted(FAMILIES))}") from None
+    return importlib.import_module(f"{package}.family").FAMILY
+
+
+def source_names() -> dict[str, str]:
+    """Every buildable source (preset) name -> its family's name, without importing any build code."""
+    return {src: name for name, package in FAMILIES.items() for src in importlib.import_module(package).SOURCES}
+
+
+def family_for_source(source: str):
+    """The Family that builds `source` (a preset name)."""
+    names = source_names()
+    if source not in names:
+        raise ValueError(f"unknown preset {source!r}; choose one of: {', '.join(sorted(names))}")
+    return get_family(names[source])

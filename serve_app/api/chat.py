@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
-from tokenizers import Tokenizer
 
-from graphs.families.own.tokenizer import encode_chat
+from graphs.manifest import Manifest
 from serve_app.api.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.api.prompt import ImageSlot, PromptPiece, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
-from serve_app.engine.types import DecodeChunk, DecodeRequest
+from serve_app.engine.types import DecodeChunk, DecodeRequest, FeatureSegment, TokenSegment
 
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
@@ -35,6 +35,13 @@ class ModelLimits:
     image_tokens: int  # P: features per image
     max_positions: int  # the longest context: image tokens + prompt + completion
     max_images: int
+
+    @classmethod
+    def of(cls, manifest: Manifest, max_context: int | None, max_images: int) -> "ModelLimits":
+        """The context is what the decoder stage's cache holds: its max_context when set, else the model's."""
+        positions = manifest.decoder.max_positions if max_context is None else \
+            min(max_context, manifest.decoder.max_positions)
+        return cls(manifest.prompt.image_features, positions, max_images)
 
 
 @dataclass(frozen=True)
@@ -69,27 +76,25 @@ def plan_tokens(prompt_len: int, req: ChatCompletionRequest, limits: ModelLimits
     wanted = req.token_limit()
     if room < 1 or (wanted is not None and wanted > room):
         asked = f" + max_tokens {wanted}" if wanted is not None else ""
-        raise ContextLengthExceeded(f"prompt ({prompt_len} tokens, images included){asked} exceeds the model's "
+        raise ContextLengthExceeded(f"prompt ({prompt_len} tokens, images included){asked} exceeds the "
                                     f"context of {limits.max_positions} tokens")
     return wanted if wanted is not None else room
 
 
 @dataclass
 class PreparedChat:
-    prompt_ids: list[int]
+    pieces: list[PromptPiece]  # token ids and image slots, in prompt order
     images: list[ImageRef]
     max_tokens: int
-
-    def prompt_tokens(self, limits: ModelLimits) -> int:
-        return len(self.images) * limits.image_tokens + len(self.prompt_ids)
+    prompt_len: int  # positions, images included
 
 
-def prepare(req: ChatCompletionRequest, tokenizer: Tokenizer, limits: ModelLimits) -> PreparedChat:
+def prepare(req: ChatCompletionRequest, prompt: PromptRenderer, limits: ModelLimits) -> PreparedChat:
     """Everything checkable before a stage is called: a bad request never costs image decoding."""
     images = collect_images(req, limits)
-    prompt_ids = encode_chat(tokenizer, [(m.role, m.text()) for m in req.messages])
-    prompt_len = len(images) * limits.image_tokens + len(prompt_ids)
-    return PreparedChat(prompt_ids, images, plan_tokens(prompt_len, req, limits))
+    pieces = prompt.pieces(req.messages, len(images))
+    prompt_len = prompt.length(pieces)
+    return PreparedChat(pieces, images, plan_tokens(prompt_len, req, limits), prompt_len)
 
 
 @dataclass
@@ -101,21 +106,21 @@ class Stages:
     timeout_s: float = 60.0
 
 
-async def image_features(stages: Stages, images: list[ImageRef]) -> np.ndarray | None:
-    """-> (n_images * P, D) float32 in message order, or None for a text-only request."""
+async def image_features(stages: Stages, images: list[ImageRef]) -> list[np.ndarray]:
+    """-> one (P, D) float32 block per image, in message order; [] for a text-only request (no stage called)."""
     if not images:
-        return None
+        return []
     pre = [stages.preprocess.process.remote(ref.url, ref.param) for ref in images]
     pixels = await asyncio.wait_for(asyncio.gather(*pre), stages.timeout_s)
-    feats = await asyncio.wait_for(asyncio.gather(*(stages.vision.encode.remote(p) for p in pixels)),
-                                   stages.timeout_s)
-    return np.concatenate(feats, axis=0)  # (n*P, D)
+    return list(await asyncio.wait_for(asyncio.gather(*(stages.vision.encode.remote(p) for p in pixels)),
+                                       stages.timeout_s))
 
 
 def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedChat,
-                   features: np.ndarray | None) -> DecodeRequest:
-    return DecodeRequest(request_id=request_id, prompt_ids=chat.prompt_ids, image_features=features,
-                         max_tokens=chat.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                   features: list[np.ndarray]) -> DecodeRequest:
+    segments = [FeatureSegment(features[p.index]) if isinstance(p, ImageSlot) else TokenSegment(p)
+                for p in chat.pieces]
+    return DecodeRequest(request_id=request_id, segments=segments, max_tokens=chat.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
                          stop=req.stop_list(), ignore_eos=req.ignore_eos)
 
 

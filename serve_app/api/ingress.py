@@ -23,11 +23,14 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tokenizers import Tokenizer
+
 from graphs.manifest import Manifest
-from graphs.families.own.tokenizer import load_tokenizer
 from serve_app.api import chat
+from serve_app.api.prompt import PromptRenderer
 from serve_app.api.completions import CompletionMeta, collect, stream_chunks
-from serve_app.config import IngressOptions
+from serve_app.artifacts import resolve_model
+from serve_app.config import IngressOptions, ModelSource
 from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized
 from serve_app.observability.metrics import StageMetrics, outcome_of_status
 from serve_app.api.protocol import ModelCard, ModelList, completion_id
@@ -68,15 +71,16 @@ class Ingress:
     """Lifecycle: load the tokenizer and model limits from the manifest -> per request: auth -> parse -> validate
     against the context -> preprocess -> vision -> decoder -> JSON or SSE. CPU only, light."""
 
-    def __init__(self, artifacts_dir: str, model_name: str, options: IngressOptions | dict,
+    def __init__(self, model: ModelSource | dict, options: IngressOptions | dict, max_context: int | None,
                  preprocess, vision, decoder):
+        """`max_context`: the Decoder's cache length (its args' max_context; None = the model's)."""
         self.options = IngressOptions.model_validate(options)
-        manifest = Manifest.read(artifacts_dir)
-        self.tokenizer = load_tokenizer(f"{artifacts_dir}/{manifest.tokenizer.file}")
-        self.limits = chat.ModelLimits(image_tokens=manifest.num_image_tokens,
-                                       max_positions=int(manifest.model["decoder"]["max_positions"]),
-                                       max_images=self.options.max_images_per_request)
-        self.model_name = model_name
+        source = ModelSource.model_validate(model)
+        artifacts = resolve_model(source)
+        manifest = Manifest.read(artifacts)
+        self.prompt = PromptRenderer(manifest.prompt, Tokenizer.from_file(str(artifacts / manifest.tokenizer_file)))
+        self.limits = chat.ModelLimits.of(manifest, max_context, self.options.max_images_per_request)
+        self.model_name = source.name(manifest.preset)
         self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
@@ -128,12 +132,12 @@ class Ingress:
             if req.model is not None and req.model != self.model_name:
                 raise NotFound(f"model {req.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", "model_not_found")
-            prepared = chat.prepare(req, self.tokenizer, self.limits)
+            prepared = chat.prepare(req, self.prompt, self.limits)
             features = await chat.image_features(self.stages, prepared.images)
         except Exception as e:  # noqa: BLE001 -- one error path for all: to_error picks the status
             return error_response(e)
         rid = completion_id()
-        meta = CompletionMeta(rid, self.model_name, prepared.prompt_tokens(self.limits), req.include_usage())
+        meta = CompletionMeta(rid, self.model_name, prepared.prompt_len, req.include_usage())
         tokens = chat.decode_stream(self.stages, chat.decode_request(rid, req, prepared, features))
         if req.stream:
             return await sse_response(stream_chunks(meta, tokens))

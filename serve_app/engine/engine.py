@@ -28,21 +28,21 @@ from serve_app.engine.sampling import SamplingParams
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.stepper import StepLoop, StepReport
-from serve_app.engine.types import DecodeChunk, DecodeRequest
+from serve_app.engine.types import DecodeChunk, DecodeRequest, TokenSegment
 
 
 class Engine:
-    def __init__(self, runner: StepRunner, token_embeddings: np.ndarray, tokenizer: Tokenizer, eos_id: int,
+    def __init__(self, runner: StepRunner, token_embeddings: np.ndarray, tokenizer: Tokenizer, eos_ids: list[int],
                  config: EngineConfig, metrics: EngineMetrics | None = None, variant: str = "custom"):
         self.runner = runner
         self.variant = variant  # the decoder graph variant the runner executes
         self.embeddings = token_embeddings  # (V,D) float32
         self.tokenizer = tokenizer
-        self.eos_id = eos_id
+        self.eos_ids = frozenset(eos_ids)  # any of them ends a completion (unless ignore_eos)
         self.config = config
         self.metrics = metrics or NullMetrics()
         self.scheduler = Scheduler(runner, config)
-        self._steps = StepLoop(runner, token_embeddings, eos_id, self.scheduler, self._publish)
+        self._steps = StepLoop(runner, token_embeddings, self.eos_ids, self.scheduler, self._publish)
         self._started = False
         self.cancelled = 0  # streams that went away before their sequence finished
 
@@ -142,12 +142,14 @@ class Engine:
             raise ValueError(f"prompt of {n} positions exceeds the decoder context of {limit}")
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        ids = np.asarray(request.prompt_ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.embeddings.shape[0]):
-            raise ValueError(f"prompt token ids must be in [0, {self.embeddings.shape[0]})")
-        feats = request.image_features
-        if feats is not None and (feats.ndim != 2 or feats.shape[1] != self.embeddings.shape[1]):
-            raise ValueError(f"image_features must be (n, {self.embeddings.shape[1]}), got {feats.shape}")
+        vocab, width = self.embeddings.shape
+        for seg in request.segments:
+            if isinstance(seg, TokenSegment):
+                ids = np.asarray(seg.ids, dtype=np.int64)
+                if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+                    raise ValueError(f"prompt token ids must be in [0, {vocab})")
+            elif seg.features.ndim != 2 or seg.features.shape[1] != width:
+                raise ValueError(f"image features must be (n, {width}), got {seg.features.shape}")
 
     # ---- delivery: step thread -> event loop -----------------------------------------------------------------
 

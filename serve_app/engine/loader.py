@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from graphs.manifest import CPU_EP, Manifest
-from graphs.families.own.tokenizer import load_tokenizer
+from tokenizers import Tokenizer
+
+from graphs.manifest import CPU_EP, Manifest, ManifestError, check_session_io
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import Engine
 from serve_app.engine.metrics import EngineMetrics
-from serve_app.runtime.kv_runner import OrtDecoderRunner
+from serve_app.runtime.kv_runner import OrtDecoderRunner, open_kv_runner
 from serve_app.runtime.ort_session import open_session
 from serve_app.runtime.profiling import ProfilableSession
 
@@ -24,18 +25,16 @@ def open_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 
     """The decoder runner with its cache allocated, the variant name it runs, and the manifest."""
     root = Path(artifacts_dir)
     manifest = Manifest.read(root)
-    dec = manifest.model["decoder"]
-    max_pos = int(dec["max_positions"])
-    max_context = config.max_context or max_pos
-    if max_context > max_pos:
-        raise ValueError(f"max_context {max_context} exceeds the model's {max_pos} positions")
-    name, variant = manifest.graphs["decoder"].variant_for(CPU_EP, prefer or DEFAULT_VARIANTS)
+    spec = manifest.decoder
+    max_context = config.max_context or spec.max_positions
+    if max_context > spec.max_positions:
+        raise ValueError(f"max_context {max_context} exceeds the model's {spec.max_positions} positions")
+    entry = manifest.graphs["decoder"]
+    name, variant = entry.variant_for(CPU_EP, prefer or DEFAULT_VARIANTS)
     opened = open_session(str(root / variant.file), [CPU_EP], threads=threads)
+    check_session_io(root / variant.file, entry, opened.session)  # at replica start, not at the first request
     session = ProfilableSession(opened.session, root / variant.file, threads, stage="decoder")  # profiling switch
-    width, heads = int(dec["width"]), int(dec["heads"])
-    runner = OrtDecoderRunner(session, layers=int(dec["layers"]), heads=heads, head_dim=width // heads,
-                              width=width, vocab_size=int(dec["vocab_size"]), slots=config.slots,
-                              max_context=max_context)
+    runner = open_kv_runner(session, spec, config.slots, max_context)
     return runner, name, manifest
 
 
@@ -43,6 +42,10 @@ def load_engine(artifacts_dir: str | Path, config: EngineConfig, threads: int = 
                 metrics: EngineMetrics | None = None) -> Engine:
     root = Path(artifacts_dir)
     runner, variant, manifest = open_runner(root, config, threads, prefer)
-    embeddings = np.load(root / manifest.token_embeddings.name).astype(np.float32, copy=False)  # (V,D)
-    tokenizer = load_tokenizer(root / manifest.tokenizer.file)
-    return Engine(runner, embeddings, tokenizer, manifest.tokenizer.eos_token_id, config, metrics, variant)
+    spec = manifest.decoder
+    embeddings = np.load(root / spec.embeddings.name).astype(np.float32, copy=False)  # (V,D)
+    if list(embeddings.shape) != [spec.vocab_size, spec.hidden_size]:
+        raise ManifestError(f"{root / spec.embeddings.name}: decoder.embeddings: shape {list(embeddings.shape)}, "
+                            f"the manifest declares {[spec.vocab_size, spec.hidden_size]}")
+    tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer_file))
+    return Engine(runner, embeddings, tokenizer, spec.eos_token_ids, config, metrics, variant)

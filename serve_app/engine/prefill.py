@@ -19,6 +19,7 @@ import numpy as np
 from serve_app.runtime.kv_runner import StepRunner
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence
+from serve_app.engine.types import TokenSegment
 
 Prefilled = list[tuple[Sequence, np.ndarray]]  # sequences whose prompt is now cached, with last-position logits (V,)
 
@@ -33,11 +34,10 @@ class Prefiller:
         self._staged_embeds: np.ndarray | None = None  # (S,D) the staged prompt
 
     def prompt_embeds(self, seq: Sequence) -> np.ndarray:
-        req = seq.request
-        embeds = self.embeddings[np.asarray(req.prompt_ids, dtype=np.int64)]  # (S_text,D)
-        if req.image_features is not None:
-            embeds = np.concatenate([np.asarray(req.image_features, np.float32), embeds])  # (S,D)
-        return embeds
+        """The prompt's segments in order, each token embedded, each image block as is -> (S,D)."""
+        parts = [self.embeddings[np.asarray(s.ids, dtype=np.int64)] if isinstance(s, TokenSegment)
+                 else np.asarray(s.features, np.float32) for s in seq.request.segments]
+        return np.concatenate(parts)
 
     def step(self, budget: int, report) -> Prefilled:
         """Spend up to `budget` prompt positions: the staged prompt first, then arrivals in order."""

@@ -37,11 +37,11 @@ class StepReport:
 
 
 class StepLoop:
-    def __init__(self, runner: StepRunner, embeddings: np.ndarray, eos_id: int, scheduler: Scheduler,
+    def __init__(self, runner: StepRunner, embeddings: np.ndarray, eos_ids: frozenset[int], scheduler: Scheduler,
                  publish: Callable[[StepReport], None]):
         self.runner = runner
         self.embeddings = embeddings  # (V,D)
-        self.eos_id = eos_id
+        self.eos_ids = eos_ids
         self.scheduler = scheduler
         self.prefiller = Prefiller(runner, embeddings, scheduler)
         self.publish = publish
@@ -149,7 +149,7 @@ class StepLoop:
         seq.generated += 1
         seq.last_token = token
         req = seq.request
-        if token == self.eos_id and not req.ignore_eos:
+        if token in self.eos_ids and not req.ignore_eos:
             seq.finished = "stop"
         elif seq.generated >= req.max_tokens or seq.length >= self.runner.max_context:
             seq.finished = "length"

@@ -1,5 +1,8 @@
-"""What the ingress hands each stage and gets back. Plain dataclasses of numpy arrays and ints: they cross process
-boundaries through Ray's object store, where numpy arrays travel without copies into Python lists."""
+"""The engine's I/O types, and what the ingress hands the image stages. Plain dataclasses of numpy arrays and ints:
+they cross process boundaries through Ray's object store, where numpy arrays travel without copies into lists.
+
+A prompt is a list of segments in the order the chat template put them: token ids, and image feature blocks where
+the template placed each image's placeholder (several images, images in earlier turns, text before an image)."""
 
 from __future__ import annotations
 
@@ -17,10 +20,28 @@ class PreprocessedImage:
 
 
 @dataclass
+class TokenSegment:
+    ids: list[int]  # token ids, embedded by the decoder stage from the manifest's embedding table
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class FeatureSegment:
+    features: np.ndarray  # (P, D) float32: one image's features, already in the decoder's width
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+Segment = TokenSegment | FeatureSegment
+
+
+@dataclass
 class DecodeRequest:
     request_id: str
-    prompt_ids: list[int]  # chat-formatted prompt, after any image features
-    image_features: np.ndarray | None  # (n_images * P, D) float32, prepended to the prompt embeddings; None = text only
+    segments: list[Segment]  # the prompt, in order
     max_tokens: int
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
@@ -30,8 +51,7 @@ class DecodeRequest:
 
     @property
     def prompt_len(self) -> int:
-        n_img = 0 if self.image_features is None else int(self.image_features.shape[0])
-        return n_img + len(self.prompt_ids)
+        return sum(len(s) for s in self.segments)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The decoder graph over a preallocated KV cache: prefill one slot, decode a batch of slots, move a slot.
 
-Cache layout, one buffer per layer and per K/V: (slots + 1, nh, max_context, hs); the extra row stages a long prompt
+Cache layout, one buffer per layer and per K/V: (slots + 1, kv_heads, max_context, head_dim); the extra row stages a long prompt
 prefilled in chunks while the decode slots keep stepping. The slot axis is outermost, so the
 rows of slots lo..hi-1 are one contiguous memory range and `cache[lo:hi]` can be bound to the graph without a copy.
 GroupQueryAttention reads past_key and writes present_key through the same pointer: the cache is updated in place
@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
+
+from graphs.manifest import DecoderSpec
 
 
 class StepRunner(Protocol):
@@ -38,43 +40,71 @@ class StepRunner(Protocol):
 
 
 class OrtDecoderRunner:
-    def __init__(self, session: ort.InferenceSession, layers: int, heads: int, head_dim: int, width: int,
-                 vocab_size: int, slots: int, max_context: int):
+    """The one KV-cache runner: the build's parity gate, the benchmarks and the serving engine all run this.
+
+    Names and shapes come from the manifest's DecoderSpec: (layers, kv_heads, head_dim, cache dtype) size the cache,
+    `spec.io` names every tensor, and `position_ids` is bound only when the graph has one (a rotary decoder takes
+    its positions from seqlens_k). The cache lives on `device` ("cpu", or "cuda" with `device_id`) as OrtValues;
+    rows are bound by address, so a slice of slots is bound without a copy on any device. The small per-step
+    inputs and the logits stay in host memory (ORT copies them to the device and back).
+    """
+
+    def __init__(self, session: ort.InferenceSession, spec: DecoderSpec, slots: int, max_context: int,
+                 device: str = "cpu", device_id: int = 0):
         self.session = session
-        self.slots, self.max_context, self.vocab_size = slots, max_context, vocab_size
-        self._layers = layers
-        shape = (slots + 1, heads, max_context, head_dim)
-        self._key = [np.zeros(shape, np.float32) for _ in range(layers)]  # (slots+1,nh,T,hs) each
-        self._value = [np.zeros(shape, np.float32) for _ in range(layers)]
+        self.slots, self.max_context, self.vocab_size = slots, max_context, spec.vocab_size
+        self.device, self.device_id = device, device_id
+        self._io = spec.io
+        self._layers = spec.layers
+        self._dtype = np.dtype(spec.cache_dtype)
+        self._positions_bound = spec.io.position_ids is not None and spec.io.position_ids in {
+            i.name for i in session.get_inputs()}
+        shape = [slots + 1, spec.kv_heads, max_context, spec.head_dim]  # (slots+1,kv,T,hs) per layer and K/V
+        self._row_bytes = int(np.prod(shape[1:])) * self._dtype.itemsize
+        self._cache = [[ort.OrtValue.ortvalue_from_shape_and_type(shape, self._dtype, device, device_id)
+                        for _ in range(spec.layers)] for _kind in ("key", "value")]
+        if device == "cpu":  # zeroed like a fresh buffer, and host views for move()
+            self._host = [[v.numpy() for v in kind] for kind in self._cache]
+            for kind in self._host:
+                for arr in kind:
+                    arr[...] = 0
+        width = spec.hidden_size
         self._embeds = np.zeros((slots, 1, width), np.float32)  # (n,1,D) prefix bound per step
         self._positions = np.zeros((slots, 1), np.int64)  # (n,1)
         self._seqlens = np.zeros((slots,), np.int32)  # (n,)
         self._total = np.zeros((), np.int32)
-        self._logits = np.zeros((slots, vocab_size), np.float32)  # (n,V)
+        self._logits = np.zeros((slots, spec.vocab_size), np.float32)  # (n,V)
         self._decode_bindings: dict[int, ort.IOBinding] = {}
 
     def _bind_cache(self, io: ort.IOBinding, lo: int, hi: int) -> None:
+        names = self._io
         for i in range(self._layers):
-            for kind, buf in (("key", self._key[i]), ("value", self._value[i])):
-                rows = buf[lo:hi]  # contiguous: slot axis outermost
-                ptr, shp = rows.ctypes.data, list(rows.shape)
-                io.bind_input(f"past_{kind}.{i}", "cpu", 0, np.float32, shp, ptr)
-                io.bind_output(f"present_{kind}.{i}", "cpu", 0, np.float32, shp, ptr)
+            for (past, present), values in zip(((names.past_key, names.present_key),
+                                                (names.past_value, names.present_value)), self._cache):
+                value = values[i]
+                shp = [hi - lo, *value.shape()[1:]]
+                ptr = value.data_ptr() + lo * self._row_bytes  # rows lo..hi-1: contiguous, slot axis outermost
+                io.bind_input(past.format(i=i), self.device, self.device_id, self._dtype, shp, ptr)
+                io.bind_output(present.format(i=i), self.device, self.device_id, self._dtype, shp, ptr)
 
     @staticmethod
     def _bind_array(io: ort.IOBinding, name: str, arr: np.ndarray, output: bool = False) -> None:
         bind = io.bind_output if output else io.bind_input
         bind(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
 
+    def _bind_step_inputs(self, io: ort.IOBinding, embeds, positions, seqlens, total) -> None:
+        self._bind_array(io, self._io.inputs_embeds, embeds)
+        if self._positions_bound:
+            self._bind_array(io, self._io.position_ids, positions)
+        self._bind_array(io, self._io.seqlens_k, seqlens)
+        self._bind_array(io, self._io.total_sequence_length, total)
+
     def _decode_binding(self, n: int) -> ort.IOBinding:
         io = self._decode_bindings.get(n)
         if io is None:
             io = self.session.io_binding()
-            self._bind_array(io, "inputs_embeds", self._embeds[:n])
-            self._bind_array(io, "position_ids", self._positions[:n])
-            self._bind_array(io, "seqlens_k", self._seqlens[:n])
-            self._bind_array(io, "total_sequence_length", self._total)
-            self._bind_array(io, "logits", self._logits[:n], output=True)
+            self._bind_step_inputs(io, self._embeds[:n], self._positions[:n], self._seqlens[:n], self._total)
+            self._bind_array(io, self._io.logits, self._logits[:n], output=True)
             self._bind_cache(io, 0, n)
             self._decode_bindings[n] = io
         return io
@@ -89,10 +119,8 @@ class OrtDecoderRunner:
         seqlens = np.array([start + s - 1], np.int32)  # cached after this call, minus one
         total = np.array(start + s, np.int32)
         logits = np.empty((1, self.vocab_size), np.float32)
-        for name, arr in (("inputs_embeds", x), ("position_ids", pos), ("seqlens_k", seqlens),
-                          ("total_sequence_length", total)):
-            self._bind_array(io, name, arr)
-        self._bind_array(io, "logits", logits, output=True)
+        self._bind_step_inputs(io, x, pos, seqlens, total)
+        self._bind_array(io, self._io.logits, logits, output=True)
         self._bind_cache(io, slot, slot + 1)
         self.session.run_with_iobinding(io)
         return logits[0]
@@ -106,5 +134,16 @@ class OrtDecoderRunner:
         return self._logits[:n]
 
     def move(self, src: int, dst: int, length: int) -> None:
-        for buf in (*self._key, *self._value):
-            buf[dst, :, :length] = buf[src, :, :length]  # (nh,length,hs)
+        if self.device != "cpu":  # needs a device-side copy (a Memcpy graph or the EP's stream): not built yet
+            raise NotImplementedError(f"moving cached rows on {self.device} is not implemented; prefill prompts "
+                                      "whole (chunked prefill needs it)")
+        for kind in self._host:
+            for buf in kind:
+                buf[dst, :, :length] = buf[src, :, :length]  # (kv,length,hs)
+
+
+def open_kv_runner(session: ort.InferenceSession, spec: DecoderSpec, slots: int,
+                   max_context: int | None = None) -> OrtDecoderRunner:
+    """The runner for a session, its cache on the device of the session's first EP (CPU unless CUDA loaded)."""
+    device = "cuda" if session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+    return OrtDecoderRunner(session, spec, slots, max_context or spec.max_positions, device)

@@ -50,6 +50,16 @@ def session_options(threads: int, profile_dir: str | None = None) -> ort.Session
     return so
 
 
+def cpu_session(path_or_bytes, threads: int = 1, profile_prefix: str | None = None) -> ort.InferenceSession:
+    """A CPU-EP session with the serving stages' options: what the parity gate, the benchmarks and tests run."""
+    so = session_options(threads)
+    so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
+
+
 def open_session(path: str, providers: list, threads: int = 1) -> OpenedSession:
     """`providers` is ORT's list form: names, or (name, options) tuples, best first."""
     available = set(ort.get_available_providers())

@@ -27,18 +27,19 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 from ray import serve
 
 from serve_app.engine import EngineConfig, load_engine
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
+from serve_app.artifacts import ModelSource, resolve_model
 from serve_app.runtime.profiling import ProfileSettings
 from serve_app.observability.decoder_metrics import RayEngineMetrics
 from serve_app.engine.types import DecodeChunk, DecodeRequest
 
 
-MAX_ONGOING_REQUESTS = 512  # >= slots + max_queue, checked below, so every request reaches the engine
+MAX_ONGOING_REQUESTS = 512  # the code default; a config file may replace it, so the replica checks what is deployed
 
 
 class DecoderOptions(EngineConfig):
@@ -65,16 +66,21 @@ class DecoderOptions(EngineConfig):
                                          description="ORT profiling of the next N decoder calls (prefills and "
                                                      "steps; live)")
 
-    @model_validator(mode="after")
-    def _fits_the_deployment(self) -> "DecoderOptions":
-        if self.slots + self.max_queue > MAX_ONGOING_REQUESTS:
-            raise ValueError(f"slots + max_queue = {self.slots + self.max_queue} exceeds the Decoder deployment's "
-                             f"max_ongoing_requests {MAX_ONGOING_REQUESTS}: Serve would queue the excess outside "
-                             f"the engine, where it is neither batched nor refused with 503")
-        return self
+    def check_admission(self, max_ongoing_requests: int) -> None:
+        """Every request must reach the engine: with slots + max_queue over the deployment's
+        max_ongoing_requests, Serve would queue the excess outside it, neither batched nor refused with 503."""
+        if self.slots + self.max_queue > max_ongoing_requests:
+            raise ValueError(f"decoder.slots + decoder.max_queue = {self.slots + self.max_queue} exceeds the Decoder "
+                             f"deployment's max_ongoing_requests {max_ongoing_requests}: raise it in the config "
+                             f"file's deployments entry or lower them")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(**self.model_dump(include=set(EngineConfig.model_fields)))
+
+
+def deployed_max_ongoing_requests() -> int:
+    """This replica's max_ongoing_requests as deployed (the config file's value when it sets one)."""
+    return serve.get_replica_context()._deployment_config.max_ongoing_requests
 
 
 LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s", "stream_interval_s", "max_chunk_rate",
@@ -83,12 +89,14 @@ LIVE_FIELDS = frozenset({"max_queue", "prefill_token_budget", "retry_after_s", "
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=MAX_ONGOING_REQUESTS)
 class Decoder:
-    def __init__(self, artifacts_dir: str, options: DecoderOptions | dict | None = None):
+    def __init__(self, model: ModelSource | dict, options: DecoderOptions | dict | None = None):
         self.options = DecoderOptions.model_validate(options or {}) if not isinstance(options, DecoderOptions) \
             else options
+        self.max_ongoing_requests = deployed_max_ongoing_requests()
+        self.options.check_admission(self.max_ongoing_requests)
         self.metrics = StageMetrics("decoder")
         self.engine_metrics = RayEngineMetrics(self.metrics)
-        self.engine = load_engine(artifacts_dir, self.options.engine_config(), threads=self.options.threads,
+        self.engine = load_engine(resolve_model(ModelSource.model_validate(model)), self.options.engine_config(), threads=self.options.threads,
                                   prefer=self.options.prefer_variants, metrics=self.engine_metrics)
         self._warm_up()
         self.engine.runner.session.arm(self.options.ort_profile)  # a profile in the args starts with the replica
@@ -109,7 +117,9 @@ class Decoder:
         if fixed:
             raise ValueError(f"Decoder user_config: {', '.join(fixed)} cannot change on a running replica; "
                              f"live fields are {', '.join(sorted(LIVE_FIELDS))}")
-        self.options = DecoderOptions.model_validate({**self.options.model_dump(), **user_config})
+        options = DecoderOptions.model_validate({**self.options.model_dump(), **user_config})
+        options.check_admission(self.max_ongoing_requests)
+        self.options = options
         self.engine.update_config(self.options.engine_config())
         self.engine.runner.session.arm(self.options.ort_profile)
 

@@ -1,8 +1,9 @@
 """Preprocess stage: an image URL from a chat message -> model-ready uint8 pixels and a content hash.
 
-Lifecycle: construct (options, model image size) -> per request: fetch bytes (data: URL, or http(s) when allowed)
--> check the byte limit -> read the header only and check the pixel limit (a decompression bomb is refused before
-its pixels are decoded) -> decode -> EXIF orientation -> RGB -> resize the short side + center crop -> (3,S,S) uint8.
+Lifecycle: construct (options; the manifest's vision spec, read at replica start) -> per request: fetch bytes
+(data: URL, or http(s) when allowed) -> check the byte limit -> read the header only and check the pixel limit (a
+decompression bomb is refused before its pixels are decoded) -> decode -> EXIF orientation -> RGB -> the spec's
+resize (crop: short side + center crop; pad: long side + pad to square; resize: stretch) -> (3,S,S) uint8.
 Resources: CPU only, a fraction of a core; stateless, so it scales out freely.
 """
 
@@ -23,7 +24,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from graphs.manifest import Manifest, VisionSpec
 from serve_app.api.errors import InvalidImage
+from serve_app.artifacts import ModelSource, resolve_model
 from serve_app.observability.metrics import ImageMetrics, StageMetrics
 from serve_app.engine.types import PreprocessedImage
 
@@ -167,16 +170,39 @@ def decode(raw: bytes, param: str, opts: PreprocessOptions) -> tuple[Image.Image
     return to_rgb(img), source_pixels
 
 
-def resize_crop(img: Image.Image, size: int) -> np.ndarray:
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "nearest": Image.Resampling.NEAREST}
+
+
+def _chw(img: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))  # (H,W,3) -> (3,H,W)
+
+
+def resize_crop(img: Image.Image, size: int, resample: str = "bicubic") -> np.ndarray:
     """Resize the short side to `size`, center-crop the long side -> (3,size,size) uint8."""
-    fitted = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
-    return np.ascontiguousarray(np.asarray(fitted, dtype=np.uint8).transpose(2, 0, 1))  # (H,W,3) -> (3,H,W)
+    return _chw(ImageOps.fit(img, (size, size), method=_RESAMPLE[resample], centering=(0.5, 0.5)))
 
 
-def preprocess_image(url: str, image_size: int, opts: PreprocessOptions, param: str = "image_url") -> PreprocessedImage:
+def resize_pad(img: Image.Image, size: int, resample: str = "bicubic", color=(0, 0, 0)) -> np.ndarray:
+    """Resize the long side to `size`, pad the short side evenly -> (3,size,size) uint8."""
+    return _chw(ImageOps.pad(img, (size, size), method=_RESAMPLE[resample], color=tuple(color)))
+
+
+def to_pixels(img: Image.Image, vision: VisionSpec) -> np.ndarray:
+    """An RGB image -> (3,S,S) uint8 the way the manifest's vision spec says."""
+    pre, size = vision.preprocessing, vision.image_size
+    if pre.resize == "crop":
+        return resize_crop(img, size, pre.resample)
+    if pre.resize == "pad":
+        return resize_pad(img, size, pre.resample, pre.pad_color)
+    return _chw(img.resize((size, size), _RESAMPLE[pre.resample]))
+
+
+def preprocess_image(url: str, vision: VisionSpec, opts: PreprocessOptions,
+                     param: str = "image_url") -> PreprocessedImage:
     raw = image_bytes(url, param, opts)
     img, source_pixels = decode(raw, param, opts)
-    pixels = resize_crop(img, image_size)  # (3,S,S)
+    pixels = to_pixels(img, vision)  # (3,S,S)
     return PreprocessedImage(pixels=pixels, content_hash=hashlib.sha256(pixels.tobytes()).hexdigest(),
                              source_bytes=len(raw), source_pixels=source_pixels)
 
@@ -185,8 +211,8 @@ def preprocess_image(url: str, image_size: int, opts: PreprocessOptions, param: 
 class Preprocess:
     """Stateless CPU stage. In: an image URL string. Out: PreprocessedImage with pixels (3,S,S) uint8."""
 
-    def __init__(self, image_size: int, options: PreprocessOptions | dict | None = None):
-        self.image_size = image_size
+    def __init__(self, model: ModelSource | dict, options: PreprocessOptions | dict | None = None):
+        self.vision = Manifest.read(resolve_model(ModelSource.model_validate(model))).vision
         self.options = PreprocessOptions.model_validate(options or {})
         self.metrics, self.image_metrics = StageMetrics("preprocess"), ImageMetrics()
         # Decoding is CPU-bound: one image per replica at a time. The wait for this slot is the stage's queue wait;
@@ -199,7 +225,7 @@ class Preprocess:
             async with self._slot:
                 self.metrics.observe_queue_wait(time.perf_counter() - arrived)
                 with self.metrics.timed_compute():
-                    image = await asyncio.to_thread(preprocess_image, url, self.image_size, self.options, param)
+                    image = await asyncio.to_thread(preprocess_image, url, self.vision, self.options, param)
             self.image_metrics.add(image.source_bytes, image.source_pixels)
             return image
 

@@ -27,7 +27,8 @@ import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray import serve
 
-from graphs.manifest import TENSORRT_EP, Manifest
+from graphs.manifest import Manifest, check_session_io
+from serve_app.artifacts import ModelSource, resolve_model
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
 from serve_app.runtime.ort_session import OpenedSession, open_stage_session
@@ -48,7 +49,8 @@ class VisionOptions(BaseModel):
                                                       "workspace_bytes; CUDA: device_id, gpu_mem_limit)")
     strict: bool = Field(default=False, description="fail the replica's start unless the first provider loads "
                                                     "(otherwise: warn, fall back, report the active EP)")
-    prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32", "portable"],
+    prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32", "portable-fp16",
+                                                                "portable-fp32"],
                                        description="graph variant names in order of preference for the loaded EP")
     threads: int = Field(default=1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
     max_batch_size: int = Field(default=8, ge=1, description="largest batch one session call runs; the "
@@ -73,6 +75,10 @@ class VisionOptions(BaseModel):
             raise ValueError(f"batch_profile_max ({self.batch_profile_max}) < max_batch_size "
                              f"({self.max_batch_size})")
         return self
+
+    def batching(self) -> dict:
+        """The live batching knobs, as the deployment's user_config."""
+        return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s}
 
     def profile(self, manifest: Manifest) -> BatchProfile:
         """TensorRT profile over the `pixels` batch dim: min 1, opt max_batch_size, max batch_profile_max."""
@@ -110,15 +116,19 @@ class FeatureCache:
         return len(self._items)
 
 
-def open_vision_session(artifacts_dir: str, options: VisionOptions) -> OpenedSession:
-    """The session on the first provider that really loads, with that provider's variant (see ort_session)."""
+def open_vision_session(artifacts_dir: str | Path, options: VisionOptions) -> OpenedSession:
+    """The session on the first provider that really loads, with that provider's variant (see ort_session), its
+    inputs and outputs checked against the manifest."""
     manifest = Manifest.read(artifacts_dir)
-    return open_stage_session(artifacts_dir, manifest.graphs["vision"], options.providers, strict=options.strict,
-                              threads=options.threads, profile=options.profile(manifest),
-                              prefer=options.prefer_variants, stage="vision")
+    entry = manifest.graphs["vision"]
+    opened = open_stage_session(str(artifacts_dir), entry, options.providers, strict=options.strict,
+                                threads=options.threads, profile=options.profile(manifest),
+                                prefer=options.prefer_variants, stage="vision")
+    check_session_io(Path(artifacts_dir) / entry.variants[opened.variant].file, entry, opened.session)
+    return opened
 
 
-def open_vision(artifacts_dir: str, options: VisionOptions) -> tuple[ort.InferenceSession, str, str]:
+def open_vision(artifacts_dir: str | Path, options: VisionOptions) -> tuple[ort.InferenceSession, str, str]:
     """-> (session, variant name, provider that loaded)."""
     opened = open_vision_session(artifacts_dir, options)
     return opened.session, opened.variant, opened.provider
@@ -126,8 +136,9 @@ def open_vision(artifacts_dir: str, options: VisionOptions) -> tuple[ort.Inferen
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class VisionEncoder:
-    def __init__(self, artifacts_dir: str, options: VisionOptions | dict | None = None):
+    def __init__(self, model: ModelSource | dict, options: VisionOptions | dict | None = None):
         self.options = VisionOptions.model_validate(options or {})
+        artifacts_dir = resolve_model(ModelSource.model_validate(model))
         opened = open_vision_session(artifacts_dir, self.options)
         self.variant, self.provider = opened.variant, opened.provider
         manifest = Manifest.read(artifacts_dir)
@@ -138,7 +149,7 @@ class VisionEncoder:
         self.fallbacks = list(opened.fallbacks)
         report_active_ep("vision", self.provider, self.variant)
         self.profile = self.options.profile(manifest)
-        self.image_size = manifest.image_size
+        self.io = manifest.vision.io
         self.cache = FeatureCache(self.options.cache_size)
         # A batcher per instance, not a decorated method: serve.batch keeps its queue on the function object, which
         # a method decorator shares across every instance in the process (and across event loops in tests).
@@ -153,10 +164,11 @@ class VisionEncoder:
     def reconfigure(self, user_config: dict) -> None:
         """Live knobs: max_batch_size, batch_wait_timeout_s, cache_size, ort_profile."""
         options = VisionOptions.model_validate({**self.options.model_dump(), **(user_config or {})})
-        if self.provider == TENSORRT_EP and options.max_batch_size > self.profile.max_batch:
-            # outside the engine's profile TensorRT would rebuild the engine mid-traffic
-            raise ValueError(f"max_batch_size {options.max_batch_size} exceeds the TensorRT profile's max "
-                             f"{self.profile.max_batch}; raise batch_profile_max and redeploy")
+        if options.max_batch_size > self.profile.max_batch:
+            # outside the profile TensorRT would rebuild its engine mid-traffic, and no EP was warmed up there
+            raise ValueError(f"VisionEncoder user_config: max_batch_size {options.max_batch_size} exceeds "
+                             f"{self.profile.max_batch}, the batch profile fixed at start (vision.max_batch_size / "
+                             f"vision.batch_profile_max in the args); raise it there and redeploy")
         self.options = options
         self._apply_batching(self.options)
         self.cache.resize(self.options.cache_size)
@@ -167,7 +179,7 @@ class VisionEncoder:
         self._encode_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(["image_features"], {"pixels": pixels})[0]  # (B,3,H,W) -> (B,P,D)
+        return self.session.run([self.io.features], {self.io.pixels: pixels})[0]  # (B,3,H,W) -> (B,P,D)
 
     async def _run_batch(self, batch: list[np.ndarray], enqueued_at: list[float]) -> list[np.ndarray]:
         start = time.perf_counter()

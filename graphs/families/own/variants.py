@@ -6,28 +6,14 @@ it comes first (cpu-int8 before cpu-fp32 before the portable graphs, which list 
 
 from __future__ import annotations
 
-import tempfile
-from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnx
 
+from graphs.families.base import VariantSpec
 from graphs.families.own.decoder_graph import build_decoder
 from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
-from graphs.emit.onnx_ops import MS_DOMAIN
 from graphs.families.own.vision_graph import build_vision
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    graph: str  # "vision" or "decoder"
-    precision: str  # "fp32" | "fp16" | "int8"
-    providers: tuple[str, ...]
-    build: Callable  # (MultimodalModel) -> onnx.ModelProto
-    contrib: bool  # may use com.microsoft ops (False: standard domain only, checked by tests)
 
 
 def _quantized(builder: Callable, scheme: str = "Int8Weights") -> Callable:
@@ -57,31 +43,3 @@ VARIANTS: dict[str, dict[str, VariantSpec]] = {
         "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), build_decoder, contrib=True),
     },
 }
-
-# Op types worth counting in a saved graph: every contrib op, plus the standard ones that are themselves fusions
-# or quantization.
-_COUNTED_STANDARD_OPS = {"LayerNormalization", "MatMulInteger", "DynamicQuantizeLinear", "ConvInteger"}
-
-
-def fusion_counts(model: onnx.ModelProto) -> dict[str, int]:
-    counts = Counter(n.op_type for n in model.graph.node
-                     if n.domain == MS_DOMAIN or n.op_type in _COUNTED_STANDARD_OPS)
-    return dict(sorted(counts.items()))
-
-
-def ort_optimized_counts(path: Path) -> dict[str, int]:
-    """What ORT's own optimizer makes of a saved graph on the CPU EP: every op type, counted after optimization."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        so.log_severity_level = 3  # it warns that the saved file is hardware specific: known, it is only counted
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
-    return dict(sorted(Counter(n.op_type for n in optimized.graph.node).items()))
-
-
-def file_name(graph: str, variant: str) -> str:
-    return f"{graph}.{variant}.onnx"

@@ -18,7 +18,7 @@ MODEL = FakeModel()
 def make_engine(slots=8, max_context=64, eos=None, **cfg) -> Engine:
     # Decode calls take time and release the GIL, like ORT's, so the streams keep up with the step thread.
     runner = FakeRunner(MODEL, slots, max_context, cfg.pop("fail_on_batch", None), cfg.pop("step_delay_s", 0.001))
-    return Engine(runner, TABLE, TOK, eos if eos is not None else eos_id(TOK),
+    return Engine(runner, TABLE, TOK, [eos if eos is not None else eos_id(TOK)],
                   EngineConfig(slots=slots, max_context=max_context, **cfg))
 
 

@@ -1,0 +1,77 @@
+"""What a model family provides to the family-agnostic build (graphs/build.py).
+
+    source (preset name, weights file, tokenizer file)
+      --load--> reference model (PyTorch, or whatever the family's parity gate compares against)
+      --variants--> ONNX protos per graph and variant name        (graphs.emit has the shared emitters)
+      --tokenizer / specs--> tokenizer.json + the manifest's decoder, vision and prompt specs
+      --parity_gate--> figures per variant, or ParityError at the first one past tolerance
+
+A family lives in its own folder under graphs/families/ and is registered by name in graphs/families/__init__.py;
+nothing outside its folder knows its model's code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from graphs.manifest import DecoderSpec, PromptSpec, VisionSpec
+
+Progress = Callable[[str], None]
+
+
+class SourceError(ValueError):
+    """A source input a family cannot use (a tokenizer file, a setting); the message names the file or field.
+    The build reports it as a BuildError."""
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    graph: str  # "vision" or "decoder"
+    precision: str  # "fp32" | "fp16" | "int8"
+    providers: tuple[str, ...]
+    build: Callable  # (reference model) -> onnx.ModelProto
+    contrib: bool  # may use com.microsoft ops (False: standard domain only, checked by tests)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to build: the family's source name (a preset) and optional input files."""
+    name: str
+    weights: Path | None = None
+    tokenizer: Path | None = None
+
+
+@dataclass(frozen=True)
+class Specs:
+    decoder: DecoderSpec
+    vision: VisionSpec
+    prompt: PromptSpec
+    source: dict  # the family's own description of its source, recorded for provenance
+
+
+class Family(Protocol):
+    name: str
+    variants: dict[str, dict[str, VariantSpec]]  # graph -> variant name -> spec; order = fallback order
+
+    def resolve(self, name: str, weights: Path | None, tokenizer: Path | None) -> Source:
+        """The source with the family's defaults filled in (e.g. shipped weights); BuildError if unusable."""
+
+    def load(self, source: Source):
+        """The reference model (WeightsError naming the file and tensor on a bad weights file)."""
+
+    def write_tokenizer(self, source: Source, model, dst: Path) -> None:
+        """tokenizer.json for the model at dst (BuildError naming the file on a bad one)."""
+
+    def embeddings(self, model) -> np.ndarray:
+        """The decoder's token embedding table (V, D) float32."""
+
+    def specs(self, source: Source, model, tokenizer_path: Path, embeddings_file: str) -> Specs:
+        """The manifest's decoder, vision and prompt specs."""
+
+    def parity_gate(self, model, built: dict[str, dict[str, bytes]], decoder: DecoderSpec,
+                    progress: Progress) -> dict:
+        """Figures per graph and variant; raises ParityError at the first variant past tolerance."""
