@@ -12,6 +12,7 @@ from pathlib import Path
 
 from serve_app.api.chat import parse_request
 from serve_app.stages.preprocess import PreprocessOptions, preprocess_image
+from tests.fake_manifest import vision_spec
 from tests.serve_app.image_samples import encode, gradient_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def test_curl_example_is_a_valid_request():
     req = parse_request(body.encode())
     assert req.stream and req.model == "mmserve-demo"
     (url,) = req.messages[0].image_urls()
-    assert preprocess_image(url, 48, PreprocessOptions()).pixels.shape == (3, 48, 48)
+    assert preprocess_image(url, vision_spec(48), PreprocessOptions()).pixels.shape == (3, 48, 48)
 
 
 def test_python_example_compiles():

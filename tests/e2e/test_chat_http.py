@@ -89,7 +89,7 @@ def reference_text(served, image_url: str | None, text: str, max_tokens: int) ->
     tok = load_tokenizer(served.artifacts / manifest.tokenizer.file)
     pixels = None
     if image_url is not None:
-        px = preprocess_image(image_url, manifest.image_size, PreprocessOptions()).pixels  # (3,S,S)
+        px = preprocess_image(image_url, manifest.vision, PreprocessOptions()).pixels  # (3,S,S)
         pixels = torch.from_numpy(px).unsqueeze(0)  # (1,3,S,S)
     ids = load_model(get_preset("tiny")).generate_greedy(pixels, encode_chat(tok, [("user", text)]), max_tokens,
                                                          eos_id=manifest.tokenizer.eos_token_id)
@@ -180,7 +180,8 @@ def test_concurrent_image_requests_share_vision_batches_and_cache(served):
 def test_features_are_float32_image_tokens(served):
     from ray import serve
 
+    from graphs.manifest import Manifest
     from serve_app.stages.preprocess import PreprocessOptions, preprocess_image
-    img = preprocess_image(png_url(), 32, PreprocessOptions())
+    img = preprocess_image(png_url(), Manifest.read(served.artifacts).vision, PreprocessOptions())
     feats = serve.get_deployment_handle("VisionEncoder", APP_NAME).encode.remote(img).result()
     assert feats.dtype == np.float32 and feats.shape == (16, 64)

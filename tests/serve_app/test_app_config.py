@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from serve_app.config import API_KEYS_ENV, AppArgs, ConfigError, IngressOptions, ModelSource, parse_args, \
-    resolve_artifacts
+from serve_app.artifacts import ArtifactsError, resolve_model
+from serve_app.config import API_KEYS_ENV, AppArgs, ConfigError, IngressOptions, ModelSource, parse_args
+from serve_app.stages.decoder import DecoderOptions
 
 
 def all_fields(model: type[BaseModel], prefix=""):
@@ -52,5 +53,14 @@ def test_api_keys_from_config_and_env(monkeypatch):
 
 
 def test_artifacts_dir_without_manifest_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="model.artifacts_dir"):
-        resolve_artifacts(ModelSource(artifacts_dir=str(tmp_path)))
+    with pytest.raises(ArtifactsError, match="model.artifacts_dir"):
+        resolve_model(ModelSource(artifacts_dir=str(tmp_path)))
+
+
+def test_decoder_admission_is_checked_against_the_deployed_max_ongoing_requests():
+    # A config file may raise the Decoder's max_ongoing_requests: the args alone cannot refuse 1000 + 64 ...
+    opts = DecoderOptions(slots=1000, max_queue=64)
+    opts.check_admission(2048)
+    # ... and a lowered one must refuse what the code default would have let through.
+    with pytest.raises(ValueError, match="max_ongoing_requests 8"):
+        DecoderOptions(slots=4, max_queue=8).check_admission(8)

@@ -8,13 +8,28 @@ import numpy as np
 import pytest
 
 from graphs.families.own.tokenizer import build_tokenizer, encode_chat
+from graphs.manifest import PromptSpec
 from serve_app.api import chat
 from serve_app.api.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.api.prompt import ImageSlot, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
-from serve_app.engine.types import DecodeChunk, PreprocessedImage
+from serve_app.engine.types import DecodeChunk, FeatureSegment, PreprocessedImage, TokenSegment
+from tests.fake_manifest import fake_manifest
 
 TOK = build_tokenizer(512)
 LIMITS = chat.ModelLimits(image_tokens=16, max_positions=128, max_images=2)
+MANIFEST = fake_manifest({}, image_size=4, features=16, width=8, max_positions=128)
+PROMPT = PromptRenderer(MANIFEST.prompt, TOK)
+# A template that puts each image where its message has it (as LLaVA's do), to check segment order.
+INLINE = PromptRenderer(PromptSpec(chat_template="{% for m in messages %}<|{{ m.role }}|>{% if m.content is string %}"
+                                                 "{{ m.content }}{% else %}{% for p in m.content %}"
+                                                 "{% if p.type == 'image' %}<image>{% else %}{{ p.text }}{% endif %}"
+                                                 "{% endfor %}{% endif %}<|end|>{% endfor %}<|assistant|>",
+                                   image_token="<image>", image_features=16), TOK)
+
+
+def ids_of(prepared) -> list[int]:
+    return [t for p in prepared.pieces if not isinstance(p, ImageSlot) for t in p]
 
 
 def request(*parts, role="user", **kw) -> ChatCompletionRequest:
@@ -24,33 +39,65 @@ def request(*parts, role="user", **kw) -> ChatCompletionRequest:
 
 
 def test_prompt_is_the_chat_format_and_images_counted():
-    p = chat.prepare(request("data:a", "describe", max_tokens=10), TOK, LIMITS)
-    assert p.prompt_ids == encode_chat(TOK, [("user", "describe")])
+    p = chat.prepare(request("data:a", "describe", max_tokens=10), PROMPT, LIMITS)
+    assert p.pieces[0] == ImageSlot(0) and ids_of(p) == encode_chat(TOK, [("user", "describe")])  # image first
     assert [i.url for i in p.images] == ["data:a"] and p.images[0].param == "messages.0.content.0.image_url"
-    assert p.prompt_tokens(LIMITS) == 16 + len(p.prompt_ids) and p.max_tokens == 10
+    assert p.prompt_len == 16 + len(ids_of(p)) and p.max_tokens == 10
+
+
+def test_multi_turn_images_land_at_their_placeholders():
+    req = ChatCompletionRequest.model_validate({"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "first"},
+                                     {"type": "image_url", "image_url": {"url": "data:1"}}]},
+        {"role": "assistant", "content": "a circle"},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:2"}},
+                                     {"type": "text", "text": "and this?"}]}]})
+    p = chat.prepare(req, INLINE, LIMITS)
+    kinds = ["img" if isinstance(x, ImageSlot) else "txt" for x in p.pieces]
+    assert kinds == ["txt", "img", "txt", "img", "txt"]
+    assert [x.index for x in p.pieces if isinstance(x, ImageSlot)] == [0, 1]
+    assert TOK.decode(p.pieces[2], skip_special_tokens=False).endswith("<|user|>")
+    feats = [np.full((16, 8), 1.0, np.float32), np.full((16, 8), 2.0, np.float32)]
+    dreq = chat.decode_request("id", req, p, feats)
+    assert [type(s) for s in dreq.segments] == [TokenSegment, FeatureSegment, TokenSegment, FeatureSegment,
+                                                TokenSegment]
+    assert dreq.segments[1].features[0, 0] == 1.0 and dreq.segments[3].features[0, 0] == 2.0
+    assert dreq.prompt_len == p.prompt_len == 32 + len(ids_of(p))
+
+
+def test_text_with_the_placeholder_is_refused():
+    with pytest.raises(InvalidRequest, match="image placeholder"):
+        chat.prepare(request("look: <image>"), PROMPT, LIMITS)
+
+
+def test_the_context_is_the_decoders_max_context_when_smaller():
+    limits = chat.ModelLimits.of(MANIFEST, max_context=40, max_images=2)
+    assert limits.max_positions == 40 and chat.ModelLimits.of(MANIFEST, None, 2).max_positions == 128
+    with pytest.raises(ContextLengthExceeded, match="context of 40 tokens"):
+        chat.prepare(request("data:a", "hi", max_tokens=20), PROMPT, limits)
 
 
 def test_no_max_tokens_fills_the_context():
-    p = chat.prepare(request("hi"), TOK, LIMITS)
-    assert p.max_tokens == 128 - len(p.prompt_ids)
+    p = chat.prepare(request("hi"), PROMPT, LIMITS)
+    assert p.max_tokens == 128 - len(ids_of(p))
 
 
 def test_context_overflow_counts_images():
-    text_only = chat.prepare(request("hi"), TOK, LIMITS)
-    room = 128 - len(text_only.prompt_ids)
-    assert chat.prepare(request("hi", max_tokens=room), TOK, LIMITS).max_tokens == room
+    text_only = chat.prepare(request("hi"), PROMPT, LIMITS)
+    room = 128 - len(ids_of(text_only))
+    assert chat.prepare(request("hi", max_tokens=room), PROMPT, LIMITS).max_tokens == room
     with pytest.raises(ContextLengthExceeded):
-        chat.prepare(request("hi", max_tokens=room + 1), TOK, LIMITS)
+        chat.prepare(request("hi", max_tokens=room + 1), PROMPT, LIMITS)
     with pytest.raises(ContextLengthExceeded):
-        chat.prepare(request("data:a", "hi", max_tokens=room - 15), TOK, LIMITS)
+        chat.prepare(request("data:a", "hi", max_tokens=room - 15), PROMPT, LIMITS)
 
 
 def test_too_many_images_and_images_outside_user_turns():
     with pytest.raises(InvalidRequest) as e:
-        chat.prepare(request("data:a", "data:b", "data:c", "x"), TOK, LIMITS)
+        chat.prepare(request("data:a", "data:b", "data:c", "x"), PROMPT, LIMITS)
     assert e.value.code == "too_many_images"
     with pytest.raises(InvalidRequest) as e:
-        chat.prepare(request("data:a", role="assistant"), TOK, LIMITS)
+        chat.prepare(request("data:a", role="assistant"), PROMPT, LIMITS)
     assert e.value.code == "image_not_allowed"
 
 
@@ -89,9 +136,9 @@ def test_image_features_in_order_and_text_only_skips_stages():
     stages = chat.Stages(fake.preprocess, fake.vision, None)
     refs = [chat.ImageRef("data:1", "p1"), chat.ImageRef("data:2", "p2")]
     feats = asyncio.run(chat.image_features(stages, refs))
-    assert feats.shape == (32, 8) and feats[0, 0] == 1 and feats[16, 0] == 2
+    assert [f.shape for f in feats] == [(16, 8), (16, 8)] and feats[0][0, 0] == 1 and feats[1][0, 0] == 2
     assert [c[1] for c in fake.calls["pre"]] == ["p1", "p2"]
-    assert asyncio.run(chat.image_features(stages, [])) is None
+    assert asyncio.run(chat.image_features(stages, [])) == []
     assert len(fake.calls["pre"]) == 2 and len(fake.calls["vis"]) == 2
 
 
@@ -130,8 +177,8 @@ class FakeDecoder:
 def test_decode_stream_passes_request_and_cancels_when_abandoned():
     chunks = [DecodeChunk("a", [1]), DecodeChunk("b", [2], "stop")]
     req = request("hi", max_tokens=5, temperature=0.5, top_p=0.9, seed=4, stop=["x"], ignore_eos=True)
-    prepared = chat.prepare(req, TOK, LIMITS)
-    dreq = chat.decode_request("id1", req, prepared, None)
+    prepared = chat.prepare(req, PROMPT, LIMITS)
+    dreq = chat.decode_request("id1", req, prepared, [])
     assert (dreq.max_tokens, dreq.temperature, dreq.top_p, dreq.seed, dreq.stop, dreq.ignore_eos) == \
         (5, 0.5, 0.9, 4, ["x"], True)
 

@@ -9,7 +9,7 @@ import ray
 from ray import serve
 
 from serve_app.stages.decoder import Decoder, DecoderOptions
-from serve_app.engine.types import DecodeRequest, Overloaded
+from serve_app.engine.types import DecodeRequest, Overloaded, TokenSegment
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def ray_serve():
 
 def deploy(artifacts, name="decoder", user_config=None, **options):
     opts = DecoderOptions(prefer_variants=["cpu-fp32"], **options)
-    app = Decoder.options(name="Decoder", user_config=user_config).bind(str(artifacts), opts)
+    app = Decoder.options(name="Decoder", user_config=user_config).bind({"artifacts_dir": str(artifacts)}, opts)
     return serve.run(app, name=name, route_prefix=None)
 
 
@@ -47,19 +47,19 @@ def test_streamed_greedy_tokens_match_the_reference(ray_serve, tiny_artifacts, t
     handle = deploy(tiny_artifacts, slots=4)
     from graphs.manifest import Manifest
 
-    eos = Manifest.read(tiny_artifacts).tokenizer.eos_token_id
+    eos = Manifest.read(tiny_artifacts).decoder.eos_token_ids[0]
     for seed in range(3):
-        req = DecodeRequest(f"g{seed}", prompt(seed), None, max_tokens=20, temperature=0.0)
+        req = DecodeRequest(f"g{seed}", [TokenSegment(prompt(seed))], max_tokens=20, temperature=0.0)
         chunks = list(handle.options(stream=True).generate.remote(req))
         tokens = [t for c in chunks for t in c.token_ids]
-        assert tokens == tiny_reference.generate_greedy(None, req.prompt_ids, 20, eos)
+        assert tokens == tiny_reference.generate_greedy(None, prompt(seed), 20, eos)
         assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].completion_tokens == len(tokens)
 
 
 def test_cancelled_stream_frees_its_slot(ray_serve, tiny_artifacts):
     handle = deploy(tiny_artifacts, slots=32, max_queue=0)
     def long(i):
-        return DecodeRequest(f"long{i}", prompt(i), None, max_tokens=120, temperature=0.0, ignore_eos=True)
+        return DecodeRequest(f"long{i}", [TokenSegment(prompt(i))], max_tokens=120, temperature=0.0, ignore_eos=True)
     # 31 others in the batch make each step slow enough that the cancel lands mid-sequence
     others = [handle.options(stream=True).generate.remote(long(i)) for i in range(1, 32)]
     gen = handle.options(stream=True).generate.remote(long(0))
@@ -69,13 +69,13 @@ def test_cancelled_stream_frees_its_slot(ray_serve, tiny_artifacts):
     for stream in others:  # the rest run to the end, unaffected
         assert sum(len(c.token_ids) for c in stream) == 120
     assert wait_until(lambda: handle.info.remote().result()["active"] == 0, timeout_s=10)
-    short = DecodeRequest("short", prompt(2), None, max_tokens=3, temperature=0.0, ignore_eos=True)
+    short = DecodeRequest("short", [TokenSegment(prompt(2))], max_tokens=3, temperature=0.0, ignore_eos=True)
     assert sum(len(c.token_ids) for c in handle.options(stream=True).generate.remote(short)) == 3
 
 
 def test_full_queue_is_refused_with_overloaded_not_a_hang(ray_serve, tiny_artifacts):
     handle = deploy(tiny_artifacts, slots=1, max_queue=2, retry_after_s=2.5)
-    reqs = [DecodeRequest(f"r{i}", prompt(i), None, max_tokens=120, temperature=0.0, ignore_eos=True)
+    reqs = [DecodeRequest(f"r{i}", [TokenSegment(prompt(i))], max_tokens=120, temperature=0.0, ignore_eos=True)
             for i in range(12)]
     started = time.monotonic()
     streams = [handle.options(stream=True).generate.remote(r) for r in reqs]  # all in flight at once
@@ -101,11 +101,15 @@ def test_live_knobs_change_through_user_config_and_fixed_ones_are_refused(ray_se
 
 def test_reconfigure_names_a_field_that_cannot_change_live(tiny_artifacts):
     decoder = Decoder.func_or_class.__new__(Decoder.func_or_class)
-    decoder.options = DecoderOptions(slots=2)
+    decoder.options, decoder.max_ongoing_requests = DecoderOptions(slots=2), 512
     with pytest.raises(ValueError, match="slots cannot change"):
         decoder.reconfigure({"slots": 4})
 
 
-def test_options_that_serve_would_queue_outside_the_engine_are_refused():
-    with pytest.raises(ValueError, match="max_ongoing_requests"):
-        DecoderOptions(slots=400, max_queue=200)
+def test_a_deployed_max_ongoing_requests_below_slots_plus_queue_fails_the_replica_start(ray_serve, tiny_artifacts):
+    # The config file's value, not the code default, is what Serve admits: slots 2 + max_queue 4 > 4
+    opts = DecoderOptions(prefer_variants=["cpu-fp32"], slots=2, max_queue=4)
+    app = Decoder.options(name="Decoder", max_ongoing_requests=4).bind({"artifacts_dir": str(tiny_artifacts)}, opts)
+    with pytest.raises(RuntimeError, match="max_ongoing_requests 4"):
+        serve.run(app, name="admission", route_prefix=None)
+    serve.delete("admission")

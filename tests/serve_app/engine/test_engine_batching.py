@@ -8,7 +8,7 @@ import pytest
 from engine_fakes import FakeModel, FakeRunner, eos_id, make_embeddings, make_tokenizer
 
 from serve_app.engine import Engine, EngineConfig
-from serve_app.engine.types import DecodeRequest, Overloaded
+from serve_app.engine.types import DecodeRequest, FeatureSegment, Overloaded, TokenSegment
 
 TOK = make_tokenizer()
 TABLE = make_embeddings()
@@ -23,16 +23,18 @@ def make_engine(slots=8, max_context=64, eos=None, **cfg) -> Engine:
 
 
 def request(i, prompt_len, max_tokens, n_image=0, **kw) -> DecodeRequest:
+    """Image features, when any, sit after the first two tokens: segments keep the template's order."""
     rng = np.random.default_rng(100 + i)
-    feats = rng.standard_normal((n_image, TABLE.shape[1])).astype(np.float32) if n_image else None
     ids = rng.integers(10, 500, prompt_len).tolist()
-    return DecodeRequest(f"r{i}", ids, feats, max_tokens, temperature=kw.pop("temperature", 0.0), **kw)
+    segments = [TokenSegment(ids)]
+    if n_image:
+        feats = rng.standard_normal((n_image, TABLE.shape[1])).astype(np.float32)
+        segments = [TokenSegment(ids[:2]), FeatureSegment(feats), TokenSegment(ids[2:])]
+    return DecodeRequest(f"r{i}", segments, max_tokens, temperature=kw.pop("temperature", 0.0), **kw)
 
 
 def reference(req: DecodeRequest, eos=None) -> list[int]:
-    embeds = TABLE[req.prompt_ids]
-    if req.image_features is not None:
-        embeds = np.concatenate([req.image_features, embeds])
+    embeds = np.concatenate([TABLE[s.ids] if isinstance(s, TokenSegment) else s.features for s in req.segments])
     return MODEL.greedy(embeds, TABLE, req.max_tokens, eos)
 
 
@@ -261,7 +263,8 @@ def test_a_bug_outside_graph_calls_fails_the_streams_instead_of_hanging_them():
 def test_bad_requests_are_refused_with_clear_errors():
     engine = make_engine(max_context=16)
     cases = [(request(0, 17, 3), "exceeds the decoder context"), (request(0, 0, 3), "empty prompt"),
-             (request(0, 4, 0), "max_tokens"), (DecodeRequest("x", [9999], None, 3), "token ids")]
+             (request(0, 4, 0), "max_tokens"), (DecodeRequest("x", [TokenSegment([9999])], 3), "token ids"),
+             (DecodeRequest("x", [FeatureSegment(np.zeros((2, 3), np.float32))], 3), "image features")]
     for req, message in cases:
         with pytest.raises(ValueError, match=message):
             engine.submit(req)

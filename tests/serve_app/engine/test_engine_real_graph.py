@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from serve_app.engine import EngineConfig, load_engine
-from serve_app.engine.types import DecodeRequest
+from serve_app.engine.types import DecodeRequest, FeatureSegment, TokenSegment
 
 FP32 = ["cpu-fp32"]  # token identity with the fp32 reference is the claim; int8 parity is the build's gate
 
@@ -27,9 +27,14 @@ def make_requests(model, n=8):
     for i in range(n):
         ids = np.random.default_rng(i).integers(10, 400, 2 + 5 * i).tolist()
         px, feats = image_features(model, seed=i) if i % 2 == 0 else (None, None)
-        reqs.append(DecodeRequest(f"r{i}", ids, feats, max_tokens=6 + 4 * ((5 * i) % n), temperature=0.0))
+        segments = ([FeatureSegment(feats)] if feats is not None else []) + [TokenSegment(ids)]  # images first
+        reqs.append(DecodeRequest(f"r{i}", segments, max_tokens=6 + 4 * ((5 * i) % n), temperature=0.0))
         pixels.append(px)
     return reqs, pixels
+
+
+def token_ids(req: DecodeRequest) -> list[int]:
+    return [t for s in req.segments if isinstance(s, TokenSegment) for t in s.ids]
 
 
 async def run_all(engine, reqs):
@@ -54,7 +59,7 @@ def test_batched_greedy_streams_match_the_single_sequence_reference(tiny_artifac
     assert moves or slots == 8  # with 3 slots, retirements mid-batch compacted the cache
     for req, px, chunks in zip(reqs, pixels, results):
         tokens = [t for c in chunks for t in c.token_ids]
-        expected = tiny_reference.generate_greedy(px, req.prompt_ids, req.max_tokens, min(engine.eos_ids))
+        expected = tiny_reference.generate_greedy(px, token_ids(req), req.max_tokens, min(engine.eos_ids))
         assert tokens == expected, req.request_id
         assert chunks[-1].finish_reason == ("stop" if expected[-1] in engine.eos_ids else "length")
 
@@ -63,7 +68,7 @@ def test_batched_greedy_streams_match_the_single_sequence_reference(tiny_artifac
 def test_seeded_sample_is_the_same_alone_and_in_a_full_batch(tiny_artifacts, variant):
     def sampled(i, seed):
         ids = np.random.default_rng(i).integers(10, 400, 4 + 3 * i).tolist()
-        return DecodeRequest(f"s{i}", ids, None, max_tokens=24, temperature=1.0, top_p=0.95, seed=seed,
+        return DecodeRequest(f"s{i}", [TokenSegment(ids)], max_tokens=24, temperature=1.0, top_p=0.95, seed=seed,
                              ignore_eos=True)
 
     def text_of(chunks):

@@ -11,7 +11,8 @@ import pytest
 import onnx
 from onnx import TensorProto, helper
 
-from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP, GraphEntry, Manifest, TensorSpec, TokenizerEntry, Variant
+from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP, GraphEntry, TensorSpec, Variant
+from tests.fake_manifest import write_fake_manifest
 
 IMAGE = 8  # tiny square image: the graphs only need the vision signature, not a model
 PORTABLE_SCALE, CPU_SCALE = 2.0, 1.0  # each variant scales differently, so outputs tell which file ran
@@ -67,10 +68,8 @@ def vision_dir(tmp_path) -> tuple[Path, GraphEntry]:
 @pytest.fixture
 def vision_artifacts(tmp_path) -> str:
     """An artifact directory with a manifest whose only graph is the two-variant vision graph."""
-    Manifest(preset="fake", model={}, num_image_tokens=3 * IMAGE * IMAGE, image_size=IMAGE,
-             tokenizer=TokenizerEntry(file="tokenizer.json", eos_token_id=1, pad_token_id=0, role_token_ids={}),
-             token_embeddings=TensorSpec(name="token_embeddings.npy", dtype="float32", shape=[8, 4]),
-             graphs={"vision": vision_graph(tmp_path)}).write(tmp_path)
+    write_fake_manifest(tmp_path, {"vision": vision_graph(tmp_path)}, image_size=IMAGE, features=3 * IMAGE,
+                        width=IMAGE)
     return str(tmp_path)
 
 

@@ -22,7 +22,7 @@ def replica_context(monkeypatch):
 
 
 def make(artifacts, **opts) -> VisionEncoder:
-    return VisionEncoder.func_or_class(artifacts, VisionOptions(**opts).model_dump())
+    return VisionEncoder.func_or_class({"artifacts_dir": artifacts}, VisionOptions(**opts).model_dump())
 
 
 def test_default_order_is_tensorrt_cuda_cpu_and_cpu_host_falls_back(vision_artifacts):
@@ -58,6 +58,6 @@ def test_tensorrt_replica_keeps_batches_inside_the_profile(vision_artifacts, mon
     enc = make(vision_artifacts, max_batch_size=4)  # batch_profile_max None: the profile ends at 4
     enc.reconfigure({"max_batch_size": 2})
     assert enc.options.max_batch_size == 2
-    with pytest.raises(ValueError, match="exceeds the TensorRT profile's max 4"):
+    with pytest.raises(ValueError, match="max_batch_size 5 exceeds 4, the batch profile"):
         enc.reconfigure({"max_batch_size": 5})
     assert enc.options.max_batch_size == 2

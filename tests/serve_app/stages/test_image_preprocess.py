@@ -11,6 +11,7 @@ from PIL import Image
 
 from serve_app.api.errors import InvalidImage
 from serve_app.stages.preprocess import PreprocessOptions, open_header, preprocess_image, resize_crop
+from tests.fake_manifest import vision_spec
 from tests.serve_app.image_samples import bomb_png, data_url, encode, gradient_rgb, png_url
 
 SIZE = 16
@@ -18,7 +19,7 @@ OPTS = PreprocessOptions()
 
 
 def run(url: str, opts: PreprocessOptions = OPTS):
-    return preprocess_image(url, SIZE, opts, param="messages.0.content.1.image_url")
+    return preprocess_image(url, vision_spec(SIZE), opts, param="messages.0.content.1.image_url")
 
 
 def code_of(url: str, opts: PreprocessOptions = OPTS) -> str:
@@ -169,3 +170,21 @@ def test_remote_url_fetched_when_allowed_with_the_same_limits(image_server):
     assert code_of(f"{base}/cat.png", PreprocessOptions(allow_remote_urls=True, max_image_bytes=size - 1)) == \
         "image_too_large"
     assert code_of(f"{base}/missing.png", allowed) == "image_fetch_failed"
+
+
+@pytest.mark.parametrize("resize", ["crop", "pad", "resize"])
+def test_the_manifests_resize_mode_is_applied(resize):
+    # a 32x16 image, left half red and right half blue: crop keeps the middle, pad keeps all of it with black bars
+    # above and below, resize stretches it over the whole square
+    a = np.zeros((16, 32, 3), np.uint8)
+    a[:, :16, 0] = 255
+    a[:, 16:, 2] = 255
+    px = preprocess_image(data_url(encode(Image.fromarray(a))), vision_spec(SIZE, resize=resize), OPTS).pixels  # (3,S,S)
+    assert px.shape == (3, SIZE, SIZE)
+    top, middle = px[:, 0, SIZE // 8], px[:, SIZE // 2, SIZE // 8]  # (3,) near the left edge
+    if resize == "pad":
+        assert top.tolist() == [0, 0, 0] and middle[0] > 200  # a black bar, then the red half
+    else:
+        assert top[0] > 200 and middle[0] > 200  # red from the top
+    left_blue = px[2, SIZE // 2, SIZE // 8]
+    assert left_blue < 50  # the left edge is red in every mode: crop takes the middle 16 of 32 columns

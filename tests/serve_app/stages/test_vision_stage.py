@@ -8,11 +8,13 @@ import asyncio
 import numpy as np
 import onnx
 import pytest
+
 from onnx import TensorProto, helper
 
-from graphs.manifest import CPU_EP, GraphEntry, Manifest, TensorSpec, TokenizerEntry, Variant
+from graphs.manifest import CPU_EP, GraphEntry, TensorSpec, Variant
 from serve_app.engine.types import PreprocessedImage
 from serve_app.stages.vision import FeatureCache, VisionEncoder, VisionOptions, open_vision
+from tests.fake_manifest import write_fake_manifest
 
 S, P, D = 4, 4, 12  # image side, patches, feature width: 3*4*4 = 4*12
 
@@ -41,10 +43,8 @@ def artifacts(tmp_path_factory):
                 for name, prec in (("cpu-fp32", "fp32"), ("cpu-int8", "int8"))}
     spec_in = [TensorSpec(name="pixels", dtype="uint8", shape=["batch", 3, S, S])]
     spec_out = [TensorSpec(name="image_features", dtype="float32", shape=["batch", P, D])]
-    Manifest(preset="fake", model={}, num_image_tokens=P, image_size=S,
-             tokenizer=TokenizerEntry(file="tokenizer.json", eos_token_id=1, pad_token_id=0, role_token_ids={}),
-             token_embeddings=TensorSpec(name="token_embeddings.npy", dtype="float32", shape=[8, D]),
-             graphs={"vision": GraphEntry(inputs=spec_in, outputs=spec_out, variants=variants)}).write(d)
+    write_fake_manifest(d, {"vision": GraphEntry(inputs=spec_in, outputs=spec_out, variants=variants)},
+                        image_size=S, features=P, width=D)
     return str(d)
 
 
@@ -65,7 +65,7 @@ def image(v: int) -> PreprocessedImage:
 
 
 def make(artifacts, **opts) -> VisionEncoder:
-    return VisionEncoder.func_or_class(artifacts, VisionOptions(**opts).model_dump())
+    return VisionEncoder.func_or_class({"artifacts_dir": artifacts}, VisionOptions(**opts).model_dump())
 
 
 def test_variant_follows_preference(artifacts):
@@ -112,12 +112,21 @@ def test_cache_by_content_hash_skips_the_session(artifacts):
 
 
 def test_reconfigure_sets_batching_and_cache(artifacts):
-    enc = make(artifacts)
+    enc = make(artifacts, max_batch_size=8, batch_profile_max=16)
     enc.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.05, "cache_size": 0})
     info = asyncio.run(enc.info())
     assert info["max_batch_size"] == 16 and info["batch_wait_timeout_s"] == 0.05 and enc.cache.capacity == 0
     with pytest.raises(Exception, match="max_batch_size"):
         enc.reconfigure({"max_batch_size": 0})
+
+
+def test_a_live_batch_size_past_the_profile_fixed_at_start_is_refused_on_any_ep(artifacts):
+    # The args' batch size fixed the profile the replica warmed up over; a user_config past it (a config file's
+    # second place for the same knob) is refused naming both, on the CPU EP too, and nothing changes.
+    enc = make(artifacts, max_batch_size=4)
+    with pytest.raises(ValueError, match="max_batch_size 16 exceeds 4.*vision.max_batch_size"):
+        enc.reconfigure({"max_batch_size": 16})
+    assert asyncio.run(enc.info())["max_batch_size"] == 4
 
 
 def test_lru_cache_evicts_least_recent():
