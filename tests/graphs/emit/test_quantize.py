@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphs.families.own.config import PRESETS
 from graphs.emit.onnx_ops import IR_VERSION, MS_DOMAIN
-from graphs.ort_runner import CachedDecoder, cpu_session
+from serve_app.runtime.kv_runner import OrtDecoderRunner
+from serve_app.runtime.ort_session import cpu_session
 from graphs.emit.quantize import BLOCK, quantize_blocks
 
 TINY = PRESETS["tiny"]
@@ -48,19 +49,19 @@ def _row_alone_together_crowded(tiny_artifacts, variant: str, threads: int) -> t
     out, manifest = tiny_artifacts
     d = TINY.decoder
     sess = cpu_session(str(out / manifest.graphs["decoder"].variants[variant].file), threads)
-    dec = CachedDecoder(sess, d.layers, d.heads, d.head_dim, slots=4, max_cache=d.max_positions)
+    dec = OrtDecoderRunner(sess, manifest.decoder, slots=4, max_context=d.max_positions)
     rng = np.random.default_rng(0)
+    lengths = np.array([3 + 2 * slot for slot in range(4)])
     for slot in range(4):
-        dec.prefill(slot, rng.standard_normal((1, 3 + 2 * slot, d.width)).astype(np.float32))
-    x = rng.standard_normal((4, 1, d.width)).astype(np.float32)
-    together = dec.step(0, x)
-    dec.lengths -= 1  # the same position again, for row 0 alone and then beside very different rows
-    alone = dec.step(0, x[:1])
-    dec.lengths[0] -= 1
+        dec.prefill(slot, rng.standard_normal((lengths[slot], d.width)).astype(np.float32))
+    x = rng.standard_normal((4, d.width)).astype(np.float32)
+    # the same position each time (the step rewrites it): together, row 0 alone, row 0 beside very different rows
+    together = dec.decode(4, x, lengths)[0].copy()
+    alone = dec.decode(1, x[:1], lengths[:1])[0].copy()
     loud = x.copy()
     loud[1:] *= 50.0  # a per-tensor activation scale would coarsen row 0 by 50x here
-    crowded = dec.step(0, loud)
-    return together[0], alone[0], crowded[0]
+    crowded = dec.decode(4, loud, lengths)[0].copy()
+    return together, alone, crowded
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -11,7 +11,7 @@ import pytest
 
 from onnx import TensorProto, helper
 
-from graphs.manifest import CPU_EP, GraphEntry, TensorSpec, Variant
+from graphs.manifest import CPU_EP, GraphEntry, ManifestError, TensorSpec, Variant
 from serve_app.engine.types import PreprocessedImage
 from serve_app.stages.vision import FeatureCache, VisionEncoder, VisionOptions, open_vision
 from tests.fake_manifest import write_fake_manifest
@@ -127,6 +127,18 @@ def test_a_live_batch_size_past_the_profile_fixed_at_start_is_refused_on_any_ep(
     with pytest.raises(ValueError, match="max_batch_size 16 exceeds 4.*vision.max_batch_size"):
         enc.reconfigure({"max_batch_size": 16})
     assert asyncio.run(enc.info())["max_batch_size"] == 4
+
+
+def test_a_graph_unlike_its_manifest_fails_the_replica_start(tmp_path):
+    write_graph(tmp_path / "vision.cpu-fp32.onnx", 1.0)
+    variants = {"cpu-fp32": Variant(file="vision.cpu-fp32.onnx", sha256="0", providers=[CPU_EP], precision="fp32")}
+    spec_in = [TensorSpec(name="pixel_values", dtype="uint8", shape=["batch", 3, S, S])]  # the graph says "pixels"
+    spec_out = [TensorSpec(name="image_features", dtype="float32", shape=["batch", P, D])]
+    write_fake_manifest(tmp_path, {"vision": GraphEntry(inputs=spec_in, outputs=spec_out, variants=variants)},
+                        image_size=S, features=P, width=D)
+    with pytest.raises(ManifestError, match=f"{tmp_path / 'vision.cpu-fp32.onnx'}: graph inputs: declares "
+                                            "'pixel_values'"):
+        make(str(tmp_path))
 
 
 def test_lru_cache_evicts_least_recent():

@@ -8,7 +8,8 @@ import torch
 from graphs.families.own.config import PRESETS
 from graphs.families.own.model import MultimodalModel, patchify
 from graphs.emit.onnx_ops import IR_VERSION, MS_DOMAIN
-from graphs.ort_runner import CachedDecoder, cpu_session
+from serve_app.runtime.kv_runner import OrtDecoderRunner
+from serve_app.runtime.ort_session import cpu_session
 from graphs.families.own.vision_graph import folded_patch_embedding
 
 TINY = PRESETS["tiny"]
@@ -113,16 +114,17 @@ def test_decoder_prefill_writes_the_cache_in_place_and_steps_rows_at_their_own_l
     model = MultimodalModel.seeded(TINY)
     d = TINY.decoder
     sess = cpu_session(str(out / manifest.graphs["decoder"].variants["cpu-fp32"].file))
-    dec = CachedDecoder(sess, d.layers, d.heads, d.head_dim, slots=3, max_cache=d.max_positions)
+    dec = OrtDecoderRunner(sess, manifest.decoder, slots=3, max_context=d.max_positions)
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
     wte = model.decoder.wte.weight.detach()
     for slot, ids in enumerate(prompts):
-        logits = dec.prefill(slot, wte[ids][None].numpy())
-        assert logits.shape == (1, d.vocab_size)
-    assert np.all(dec.keys[:, 0, :, :5] != 0) and np.all(dec.keys[:, 0, :, 5:] == 0)  # written in place, no more
-    assert np.all(dec.keys[:, 1, :, 2:] == 0)
+        logits = dec.prefill(slot, wte[ids].numpy())
+        assert logits.shape == (d.vocab_size,)
+    keys = np.stack(dec._host[0])  # (layers, slots+1, kv, T, hs): the runner's own cache, read in place
+    assert np.all(keys[:, 0, :, :5] != 0) and np.all(keys[:, 0, :, 5:] == 0)  # written in place, no more
+    assert np.all(keys[:, 1, :, 2:] == 0)
     nxt = [20, 21, 22]
-    logits = dec.step(0, wte[nxt][:, None].numpy())  # three rows at lengths 5, 2, 3
+    logits = dec.decode(3, wte[nxt].numpy(), np.array([5, 2, 3]))  # three rows at their own lengths
     with torch.no_grad():
         for row, ids in enumerate(prompts):
             seq = torch.tensor([ids + [nxt[row]]])
