@@ -34,7 +34,8 @@ from standard_recipe import build_standard  # noqa: E402
 from graphs.build import ensure_artifacts  # noqa: E402
 from graphs.families.own.config import get_preset  # noqa: E402
 from graphs.manifest import Manifest  # noqa: E402
-from graphs.ort_runner import CachedDecoder, cpu_session  # noqa: E402
+from serve_app.runtime.kv_runner import OrtDecoderRunner  # noqa: E402
+from serve_app.runtime.ort_session import cpu_session  # noqa: E402
 from graphs.families.own.weights import load_model  # noqa: E402
 
 CONTEXT = 228  # 196 image tokens + a 32-token prompt
@@ -133,15 +134,17 @@ def bench_vision(path, cfg, threads, seconds, batches=(1, 8)) -> dict[int, tuple
 
 
 def bench_decoder(path, cfg, threads, seconds, cases) -> dict[tuple[int, int], tuple]:
-    """Ours: one token per row over a shared preallocated cache (IOBinding, in place), `past` tokens already in it."""
+    """Ours: one token per row over a shared preallocated cache (IOBinding, in place), `past` tokens already in it:
+    the serving engine's runner and its decode step (each call rewrites the same position)."""
     d = cfg.decoder
+    spec = Manifest.read(Path(path).parent).decoder
     sess = cpu_session(str(path), threads)
     out = {}
     for b, past in cases:
-        dec = CachedDecoder(sess, d.layers, d.heads, d.head_dim, b, d.max_positions)
-        embeds = np.random.default_rng(0).standard_normal((b, 1, d.width)).astype(np.float32)
+        dec = OrtDecoderRunner(sess, spec, b, d.max_positions)
+        embeds = np.random.default_rng(0).standard_normal((b, d.width)).astype(np.float32)
         lengths = np.full(b, past, np.int64)
-        out[(b, past)] = timed(lambda: dec._run(embeds, lengths[:, None], slice(0, b), lengths + 1), seconds)
+        out[(b, past)] = timed(lambda: dec.decode(b, embeds, lengths), seconds)
     return out
 
 
@@ -196,11 +199,11 @@ def profile_targets(artifacts: Path, manifest: Manifest, cfg, threads: int, out_
     d = cfg.decoder
     for b in (1, 8):
         sess = cpu_session(str(decoder), threads, profile_prefix=str(out_dir / f"decoder_int8_b{b}"))
-        dec = CachedDecoder(sess, d.layers, d.heads, d.head_dim, b, d.max_positions)
-        embeds = np.zeros((b, 1, d.width), np.float32)
+        dec = OrtDecoderRunner(sess, manifest.decoder, b, d.max_positions)
+        embeds = np.zeros((b, d.width), np.float32)
         lengths = np.full(b, min(200, d.max_positions - 1), np.int64)
         for _ in range(50):
-            dec._run(embeds, lengths[:, None], slice(0, b), lengths + 1)
+            dec.decode(b, embeds, lengths)
         print(f"\nORT profile, decoder cpu-int8 step batch {b} @200 past (50 steps):")
         print("\n".join(profile_summary(sess.end_profiling())))
 

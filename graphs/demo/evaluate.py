@@ -20,8 +20,9 @@ from graphs.demo.dataset import PROMPTS, decode_caption, heldout_seeds
 from graphs.demo.render import render_seed
 from graphs.manifest import Manifest
 from graphs.families.own.model import MultimodalModel
-from graphs.ort_runner import CachedDecoder, cpu_session
 from graphs.families.own.tokenizer import EOS, encode_chat, load_tokenizer, token_id
+from serve_app.runtime.kv_runner import OrtDecoderRunner
+from serve_app.runtime.ort_session import cpu_session
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
 MAX_NEW_TOKENS = 32  # the longest caption of the grammar is 15 tokens with <|end|>
@@ -50,23 +51,23 @@ def onnx_captions(artifacts: Path, variant: str, images: np.ndarray, prompt: str
                   batch: int = 25) -> list[str]:
     """Greedy captions with the artifact's vision and decoder `variant`, `batch` sequences per decode step."""
     man = Manifest.read(artifacts)
-    tok = load_tokenizer(artifacts / man.tokenizer.file)
-    table = np.load(artifacts / man.token_embeddings.name)  # (V,D)
-    dec_cfg = man.model["decoder"]
+    tok = load_tokenizer(artifacts / man.tokenizer_file)
+    table = np.load(artifacts / man.decoder.embeddings.name)  # (V,D)
     vision = cpu_session(str(artifacts / man.graphs["vision"].variants[variant].file))
-    decoder = CachedDecoder(cpu_session(str(artifacts / man.graphs["decoder"].variants[variant].file)),
-                            dec_cfg["layers"], dec_cfg["heads"], dec_cfg["width"] // dec_cfg["heads"],
-                            slots=batch, max_cache=dec_cfg["max_positions"])
+    decoder = OrtDecoderRunner(cpu_session(str(artifacts / man.graphs["decoder"].variants[variant].file)),
+                               man.decoder, slots=batch, max_context=man.decoder.max_positions)
     prompt_emb = table[encode_chat(tok, [("user", prompt)])]  # (T,D)
-    eos, out = man.tokenizer.eos_token_id, []
+    eos, out = set(man.decoder.eos_token_ids), []
     for lo in range(0, len(images), batch):
-        feats = vision.run(None, {"pixels": images[lo:lo + batch]})[0]  # (b,P,D)
-        first = [decoder.prefill(i, np.concatenate([f, prompt_emb])[None])[0] for i, f in enumerate(feats)]
+        feats = vision.run(None, {man.vision.io.pixels: images[lo:lo + batch]})[0]  # (b,P,D)
+        first = [decoder.prefill(i, np.concatenate([f, prompt_emb])) for i, f in enumerate(feats)]
         tokens = [[int(np.argmax(lg))] for lg in first]
+        lengths = np.full(len(feats), feats.shape[1] + len(prompt_emb))
         for _ in range(MAX_NEW_TOKENS - 1):
-            if all(eos in t for t in tokens):
+            if all(eos & set(t) for t in tokens):
                 break
-            logits = decoder.step(0, table[[t[-1] for t in tokens]][:, None])  # (b,V)
+            logits = decoder.decode(len(tokens), table[[t[-1] for t in tokens]], lengths)  # (b,V)
+            lengths += 1
             for t, lg in zip(tokens, logits):
                 t.append(int(np.argmax(lg)))
         out += [decode_caption(tok, t) for t in tokens]
