@@ -106,6 +106,17 @@ def _outcome(exc: BaseException) -> Outcome | None:
     return next((o for cls, o in _OUTCOMES.items() if isinstance(exc, cls)), None)
 
 
+def status_of(exc: BaseException) -> int:
+    """The HTTP status an exception answers with: the one classification the responses and the metrics share."""
+    exc = unwrap(exc)
+    if isinstance(exc, APIError):
+        return exc.status
+    if isinstance(exc, ValidationError):
+        return 400
+    outcome = _outcome(exc)
+    return 500 if outcome is None else outcome.status
+
+
 def to_error(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
     """(status, body, extra headers) for any exception."""
     exc = unwrap(exc)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from serve_app.api.errors import InvalidImage, Unauthorized
+from serve_app.api.errors import InvalidImage, Unauthorized, to_error
 from serve_app.observability.metrics import StageMetrics, classify, outcome_of_status
 from serve_app.engine.types import Overloaded
 
@@ -32,6 +32,17 @@ class RayWrapped(Exception):
 ])
 def test_each_ending_has_one_outcome(exc, expected):
     assert classify(exc) == expected
+
+
+def test_stage_counts_agree_with_the_status_the_client_gets():
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError
+
+    for exc in (BackPressureError(num_queued_requests=3, max_queued_requests=2), RayActorError(),
+                TimeoutError("slow"), Overloaded("full"), InvalidImage("bad"), RuntimeError("boom")):
+        status, _, _ = to_error(exc)
+        assert classify(exc) == (outcome_of_status(status), status), exc
+    assert classify(TimeoutError()) == ("error", 504) and classify(RayActorError())[1] == 503
 
 
 @pytest.mark.parametrize("status, outcome", [(200, "ok"), (400, "rejected"), (404, "rejected"),
