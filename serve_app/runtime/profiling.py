@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -45,12 +46,13 @@ class ProfileSettings(BaseModel):
 
 def replica_name() -> str:
     """The Serve replica id inside a replica (trace files from several replicas do not collide), else the pid."""
-    try:
-        from ray import serve
-
-        return serve.get_replica_context().replica_tag
-    except Exception:  # noqa: BLE001 -- outside a replica: tests, benchmarks
-        return f"pid{os.getpid()}"
+    serve = sys.modules.get("ray.serve")  # loaded in a replica; this Ray-free module never imports Ray itself
+    if serve is not None:
+        try:
+            return serve.get_replica_context().replica_tag
+        except Exception:  # noqa: BLE001 -- Ray loaded, but not inside a replica: tests, benchmarks
+            pass
+    return f"pid{os.getpid()}"
 
 
 class _RecordedBinding:

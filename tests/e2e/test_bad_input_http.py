@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.conftest import MAX_IMAGE_BYTES, MAX_IMAGES, auth_headers
+from tests.e2e.conftest import MAX_IMAGE_BYTES, MAX_IMAGES, auth_headers, e2e_args, start_app, wait_ready
 from tests.serve_app.image_samples import bomb_png, data_url, encode, gradient_rgb, png_url
 
 pytestmark = pytest.mark.e2e
@@ -112,3 +112,31 @@ def test_service_keeps_serving_after_bad_input(served):
 def test_bomb_is_small_on_the_wire():
     raw = bomb_png(30000)
     assert len(base64.b64encode(raw)) < MAX_IMAGE_BYTES  # refused by the pixel limit, not the byte limit
+
+
+SHORT_CONTEXT = 40  # the decoder's cache length, shorter than the tiny model's 128 positions
+
+
+@pytest.fixture(scope="module")
+def short_context_url(served):
+    from ray import serve
+
+    args = e2e_args(served.artifacts)
+    args["decoder"] = {**args["decoder"], "max_context": SHORT_CONTEXT}
+    start_app(args, "short-context", "/short")
+    url = served.url + "/short"
+    wait_ready(url)
+    yield url
+    serve.delete("short-context")
+
+
+@pytest.mark.parametrize("body", [
+    text_body(messages=[{"role": "user", "content": "word " * 60}]),  # the prompt alone is past the cache
+    text_body(max_tokens=SHORT_CONTEXT),  # a short prompt, but max_tokens would be cut by the cache
+    with_image(png_url(), text="describe " * 20),  # 16 image tokens + the text + max_tokens 4: past 40
+])
+def test_the_decoders_max_context_is_the_limit_clients_are_told(served, short_context_url, body):
+    r = httpx.post(f"{short_context_url}/v1/chat/completions", json=body, headers=auth_headers(served), timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and f"context of {SHORT_CONTEXT} tokens" in err["message"]
