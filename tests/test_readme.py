@@ -38,7 +38,7 @@ def test_curl_example_is_a_valid_request():
     body = body.replace("'\"$(base64 -w0 examples/shapes.png)\"'", png)
     req = parse_request(body.encode())
     assert req.stream and req.model == "mmserve-demo"
-    (url,) = req.messages[0].image_urls()
+    (url,) = [p.image_url.url for p in req.messages[0].content if p.type == "image_url"]
     assert preprocess_image(url, vision_spec(48), PreprocessOptions()).pixels.shape == (3, 48, 48)
 
 

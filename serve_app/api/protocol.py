@@ -50,11 +50,6 @@ class ChatMessage(OpenAIBase):
             return self.content
         return "\n".join(p.text for p in self.content if isinstance(p, TextPart))
 
-    def image_urls(self) -> list[str]:
-        if isinstance(self.content, str):
-            return []
-        return [p.image_url.url for p in self.content if isinstance(p, ImagePart)]
-
 
 class StreamOptions(OpenAIBase):
     include_usage: bool = False

@@ -129,6 +129,3 @@ def parse_providers(raw: list) -> list[ProviderSpec]:
 def default_vision_providers() -> list[ProviderSpec]:
     return [TensorRTSpec(), CUDASpec(), CPUSpec()]
 
-
-def default_cpu_providers() -> list[ProviderSpec]:
-    return [CPUSpec()]

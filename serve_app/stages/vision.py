@@ -23,7 +23,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray import serve
 
@@ -126,12 +125,6 @@ def open_vision_session(artifacts_dir: str | Path, options: VisionOptions) -> Op
                                 prefer=options.prefer_variants, stage="vision")
     check_session_io(Path(artifacts_dir) / entry.variants[opened.variant].file, entry, opened.session)
     return opened
-
-
-def open_vision(artifacts_dir: str | Path, options: VisionOptions) -> tuple[ort.InferenceSession, str, str]:
-    """-> (session, variant name, provider that loaded)."""
-    opened = open_vision_session(artifacts_dir, options)
-    return opened.session, opened.variant, opened.provider
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)

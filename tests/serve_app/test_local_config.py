@@ -39,4 +39,5 @@ def test_deployment_names_and_fractional_cpus_fit_one_small_machine():
     cpus = {d.name: d.ray_actor_options.num_cpus for d in app.deployments}
     assert all(0 < c < 1 for c in cpus.values()) and sum(cpus.values()) <= 2.0
     vision = next(d for d in app.deployments if d.name == "VisionEncoder")
-    assert vision.max_ongoing_requests >= vision.user_config["max_batch_size"]
+    assert vision.max_ongoing_requests >= app.args["vision"]["max_batch_size"]  # batching's one place: the args
+    assert "user_config" not in vision.model_fields_set  # not a second place for it

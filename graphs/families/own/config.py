@@ -6,7 +6,7 @@ decoder width, are prepended as input embeddings to a GPT-2-style decoder.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 # ImageNet statistics: the de-facto default for ViT encoders. They are folded into the first MatMul of the vision
 # graph, so serving passes raw uint8 pixels and these numbers never leave the build.
@@ -55,16 +55,13 @@ class ModelConfig:
     decoder: DecoderConfig
     seed: int = 0  # seeds random weights when no weights file is given
     layer_norm_eps: float = 1e-5
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def num_image_tokens(self) -> int:
         return self.vision.num_patches
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        return d
+        return asdict(self)
 
     def validate(self) -> None:
         v, d = self.vision, self.decoder

@@ -31,7 +31,7 @@ def test_content_parts_parse():
         {"type": "text", "text": "this?"}]}], "stream": True, "stream_options": {"include_usage": True},
         "stop": "\n", "seed": 3, "ignore_eos": True, "max_tokens": 5})
     m = r.messages[0]
-    assert m.text() == "what is\nthis?" and m.image_urls() == ["data:x"]
+    assert m.text() == "what is\nthis?" and [p.image_url.url for p in m.content if p.type == "image_url"] == ["data:x"]
     assert r.include_usage() and r.stop_list() == ["\n"] and r.token_limit() == 5 and r.ignore_eos
 
 

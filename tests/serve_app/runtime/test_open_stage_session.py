@@ -8,7 +8,7 @@ import pytest
 
 from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
 from serve_app.runtime.ort_session import ProviderUnavailable, open_session, open_stage_session
-from serve_app.runtime.providers import BatchProfile, default_cpu_providers, default_vision_providers
+from serve_app.runtime.providers import BatchProfile, CPUSpec, default_vision_providers
 
 # conftest's variant graphs compute pixels * scale: portable (TRT/CUDA) scales by 2, cpu-fp32 by 1.
 PORTABLE_SCALE, CPU_SCALE = 2.0, 1.0
@@ -90,7 +90,7 @@ def test_no_variant_for_the_ep_is_a_fallback_reason(vision_dir, gpu_build_availa
     directory, graph = vision_dir
     del graph.variants["cpu-fp32"]
     with pytest.raises(ProviderUnavailable, match="no provider loaded.*no variant for CPUExecutionProvider"):
-        open_stage_session(directory, graph, default_cpu_providers(), stage="decoder")
+        open_stage_session(directory, graph, [CPUSpec()], stage="decoder")
 
 
 def test_legacy_open_session_still_reports_active_ep(vision_dir):

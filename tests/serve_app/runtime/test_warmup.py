@@ -3,7 +3,7 @@
 import pytest
 
 from serve_app.runtime.ort_session import open_stage_session
-from serve_app.runtime.providers import BatchProfile, default_cpu_providers
+from serve_app.runtime.providers import BatchProfile, CPUSpec
 from serve_app.runtime.warmup import warm_up
 
 
@@ -20,7 +20,7 @@ class CountingSession:
 
 def test_warm_up_runs_each_profile_batch(vision_dir):
     directory, graph = vision_dir
-    opened = open_stage_session(directory, graph, default_cpu_providers())
+    opened = open_stage_session(directory, graph, [CPUSpec()])
     counting = CountingSession(opened.session)
     seconds = warm_up(counting, BatchProfile("pixels", (3, 8, 8), opt_batch=4, max_batch=8))
     assert counting.batches == [1, 4, 8] and sorted(seconds) == [1, 4, 8]
@@ -29,6 +29,6 @@ def test_warm_up_runs_each_profile_batch(vision_dir):
 
 def test_warm_up_refuses_sizes_outside_the_profile(vision_dir):
     directory, graph = vision_dir
-    opened = open_stage_session(directory, graph, default_cpu_providers())
+    opened = open_stage_session(directory, graph, [CPUSpec()])
     with pytest.raises(ValueError, match=r"\[16\] are outside the profile's 1..8"):
         warm_up(opened.session, BatchProfile("pixels", (3, 8, 8), 4, 8), batch_sizes=[2, 16])

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from graphs.manifest import CPU_EP, GraphEntry, ManifestError, TensorSpec, Variant
 from serve_app.engine.types import PreprocessedImage
-from serve_app.stages.vision import FeatureCache, VisionEncoder, VisionOptions, open_vision
+from serve_app.stages.vision import FeatureCache, VisionEncoder, VisionOptions, open_vision_session
 from tests.fake_manifest import write_fake_manifest
 
 S, P, D = 4, 4, 12  # image side, patches, feature width: 3*4*4 = 4*12
@@ -69,16 +69,15 @@ def make(artifacts, **opts) -> VisionEncoder:
 
 
 def test_variant_follows_preference(artifacts):
-    _, name, provider = open_vision(artifacts, VisionOptions(prefer_variants=["cpu-fp32"]))
-    assert (name, provider) == ("cpu-fp32", CPU_EP)
-    _, name, _ = open_vision(artifacts, VisionOptions())
-    assert name == "cpu-int8"
+    opened = open_vision_session(artifacts, VisionOptions(prefer_variants=["cpu-fp32"]))
+    assert (opened.variant, opened.provider) == ("cpu-fp32", CPU_EP)
+    assert open_vision_session(artifacts, VisionOptions()).variant == "cpu-int8"
 
 
 def test_unavailable_provider_falls_back_to_cpu_variant(artifacts):
-    _, name, provider = open_vision(artifacts, VisionOptions(providers=["CUDAExecutionProvider", CPU_EP],
-                                                             prefer_variants=["cpu-fp32"]))
-    assert provider == CPU_EP and name == "cpu-fp32"
+    opened = open_vision_session(artifacts, VisionOptions(providers=["CUDAExecutionProvider", CPU_EP],
+                                                          prefer_variants=["cpu-fp32"]))
+    assert opened.provider == CPU_EP and opened.variant == "cpu-fp32"
 
 
 def test_concurrent_requests_form_one_batch_with_exact_outputs(artifacts):
