@@ -86,16 +86,17 @@ def reference_text(served, image_url: str | None, text: str, max_tokens: int) ->
 
     manifest = Manifest.read(served.artifacts)
     assert manifest.weights_sha256 is None  # tiny: seeded weights, which load_model reproduces
-    tok = load_tokenizer(served.artifacts / manifest.tokenizer.file)
+    tok = load_tokenizer(served.artifacts / manifest.tokenizer_file)
+    (eos,) = manifest.decoder.eos_token_ids
     pixels = None
     if image_url is not None:
         px = preprocess_image(image_url, manifest.vision, PreprocessOptions()).pixels  # (3,S,S)
         pixels = torch.from_numpy(px).unsqueeze(0)  # (1,3,S,S)
     ids = load_model(get_preset("tiny")).generate_greedy(pixels, encode_chat(tok, [("user", text)]), max_tokens,
-                                                         eos_id=manifest.tokenizer.eos_token_id)
-    finish = "stop" if ids[-1] == manifest.tokenizer.eos_token_id else "length"
+                                                         eos_id=eos)
+    finish = "stop" if ids[-1] == eos else "length"
     detok = IncrementalDetokenizer(tok)
-    out = "".join(detok.add([i]) for i in ids if i != manifest.tokenizer.eos_token_id) + detok.flush()
+    out = "".join(detok.add([i]) for i in ids if i != eos) + detok.flush()
     return out, finish, len(ids)  # ids include the EOS that ended them: the server counts it as generated too
 
 

@@ -110,6 +110,8 @@ def test_a_deployed_max_ongoing_requests_below_slots_plus_queue_fails_the_replic
     # The config file's value, not the code default, is what Serve admits: slots 2 + max_queue 4 > 4
     opts = DecoderOptions(prefer_variants=["cpu-fp32"], slots=2, max_queue=4)
     app = Decoder.options(name="Decoder", max_ongoing_requests=4).bind({"artifacts_dir": str(tiny_artifacts)}, opts)
-    with pytest.raises(RuntimeError, match="max_ongoing_requests 4"):
+    with pytest.raises(RuntimeError, match="Decoder"):
         serve.run(app, name="admission", route_prefix=None)
+    why = serve.status().applications["admission"].deployments["Decoder"].message
     serve.delete("admission")
+    assert "decoder.slots + decoder.max_queue = 6 exceeds the Decoder deployment's max_ongoing_requests 4" in why
