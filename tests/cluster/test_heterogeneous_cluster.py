@@ -167,8 +167,9 @@ def test_strict_vision_refuses_to_start_on_the_gpu_node(cluster):
     config = local_serve_config(0, str(cluster.artifacts), SCALE)
     vision = next(d for d in config["applications"][0]["deployments"] if d["name"] == "VisionEncoder")
     args = {**config["applications"][0]["args"]["vision"], "strict": True}
+    source = {"artifacts_dir": str(cluster.artifacts)}
     app = VisionEncoder.options(num_replicas=1, autoscaling_config=None,
-                                ray_actor_options=vision["ray_actor_options"]).bind(str(cluster.artifacts), args)
+                                ray_actor_options=vision["ray_actor_options"]).bind(source, args)
     try:
         with pytest.raises(RuntimeError, match="Deploying application strict-vision failed"):
             serve.run(app, name="strict-vision", route_prefix=None)

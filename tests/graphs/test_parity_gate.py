@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from graphs.families.own import variants as variants_module
-from graphs import verify
 from graphs.build import build_artifacts
 from graphs.emit.quantize import quantize_per_column
+from graphs.families.own.family import FAMILY
 from graphs.families.own.variants import VariantSpec
 from graphs.families.own.vision_graph import build_vision
 from graphs.verify import ParityError, check
@@ -43,26 +42,21 @@ def test_a_wrong_graph_fails_the_build_and_leaves_nothing(tmp_path, monkeypatch)
             out.weight.copy_(out.weight.T.clone())
         return build_vision(wrong, "cpu")
 
-    registry = {g: dict(v) for g, v in variants_module.VARIANTS.items()}
+    registry = {g: dict(v) for g, v in FAMILY.variants.items()}
     registry["vision"]["cpu-fp32"] = VariantSpec("vision", "fp32", ("CPUExecutionProvider",), broken, contrib=True)
-    monkeypatch.setattr(variants_module, "VARIANTS", registry)
-    monkeypatch.setattr("graphs.build.VARIANTS", registry)
+    monkeypatch.setattr(FAMILY, "variants", registry)  # what the family-agnostic build emits
     monkeypatch.setattr("graphs.parity.VARIANTS", registry)
     with pytest.raises(ParityError, match="vision cpu-fp32"):
         build_artifacts("tiny", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_recorded_int8_figures_meet_the_gate(tiny_artifacts):
+def test_the_int8_gate_sees_most_contexts(tiny_artifacts):
+    # The gate itself enforces the figures' bounds; what it cannot enforce is that its top-1 figure counts most
+    # contexts (decisive ones only, graphs/verify.py): seeded weights must not leave it judging a handful.
     _, manifest = tiny_artifacts
-    vision = manifest.graphs["vision"].variants["cpu-int8"].parity
     decoder = manifest.graphs["decoder"].variants["cpu-int8"].parity
-    assert vision["feature_cosine"] >= verify.INT8_MIN_COSINE
-    assert decoder["top1_agreement"] >= verify.INT8_MIN_TOP1
-    assert decoder["top1_decisive_contexts"] >= decoder["top1_contexts"] // 2  # the gate sees most contexts
-    assert 0 <= decoder["top1_agreement_all_contexts"] <= 1
-    fp16 = manifest.graphs["vision"].variants["portable-fp16"].parity
-    assert fp16["feature_cosine"] >= verify.FP16_MIN_COSINE
+    assert decoder["top1_decisive_contexts"] >= decoder["top1_contexts"] // 2
 
 
 def test_per_column_quantization_round_trips_within_half_a_step():
