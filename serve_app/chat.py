@@ -17,10 +17,12 @@ from tokenizers import Tokenizer
 from graphs.tokenizer import encode_chat
 from serve_app.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.protocol import ChatCompletionRequest
+from serve_app.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
 from serve_app.stages.messages import DecodeChunk, DecodeRequest
 
 
-def parse_request(body: bytes) -> ChatCompletionRequest:
+def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatCompletionRequest:
+    check_json_depth(body, max_depth)  # before json.loads, whose recursion fails near a thousand levels
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -47,6 +47,21 @@ class ContextLengthExceeded(APIError):
         super().__init__(message, param, code)
 
 
+class RequestTooLarge(APIError):
+    """413: the body is over the ingress's byte limit (declared by Content-Length, or counted as it arrived)."""
+
+    status = 413
+
+    def __init__(self, declared: int | None, limit: int, param: str | None = None,
+                 code: str | None = "request_too_large"):
+        size = f"{declared} bytes" if declared is not None else f"more than {limit} bytes"
+        super().__init__(f"request body is {size}; the limit is {limit} bytes", param, code)
+        self.declared, self.limit = declared, limit
+
+    def __reduce__(self):
+        return (type(self), (self.declared, self.limit, self.param, self.code))
+
+
 class Unauthorized(APIError):
     status = 401
     type = "authentication_error"

@@ -31,7 +31,9 @@ from serve_app.config import IngressOptions
 from serve_app.errors import APIError, InvalidRequest, NotFound, Unauthorized
 from serve_app.metrics import StageMetrics, outcome_of_status
 from serve_app.protocol import ModelCard, ModelList, completion_id
+from serve_app.request_limits import default_max_request_bytes, read_body
 from serve_app.sse import error_response, sse_response
+from serve_app.stages.preprocess import PreprocessOptions
 
 app = FastAPI(title="mmserve", docs_url=None, redoc_url=None)
 
@@ -80,6 +82,8 @@ class Ingress:
         self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
+        self.body_limit = self.options.max_request_bytes or default_max_request_bytes(
+            PreprocessOptions().max_image_bytes, self.options.max_images_per_request)
 
     def _authorize(self, request: Request) -> None:
         if not self.keys:
@@ -124,7 +128,8 @@ class Ingress:
     async def _chat_completions(self, request: Request) -> Response:
         try:
             self._authorize(request)
-            req = chat.parse_request(await request.body())
+            body = await read_body(request, self.body_limit)  # 413 before the body fills memory
+            req = chat.parse_request(body, self.options.max_json_depth)
             if req.model is not None and req.model != self.model_name:
                 raise NotFound(f"model {req.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", "model_not_found")
