@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from graphs.tokenizer import encode_chat
-from serve_app.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.errors import ContextLengthExceeded, InvalidRequest, StageUnavailable
 from serve_app.protocol import ChatCompletionRequest
 from serve_app.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
+from serve_app.retry import RETRYABLE, gather_with_retry
 from serve_app.stages.messages import DecodeChunk, DecodeRequest
 
 
@@ -101,17 +103,35 @@ class Stages:
     vision: object
     decoder: object
     timeout_s: float = 60.0
+    missing: Callable[[], frozenset[str]] = frozenset  # deployments with no running replica (a StageWatch)
 
 
 async def image_features(stages: Stages, images: list[ImageRef]) -> np.ndarray | None:
-    """-> (n_images * P, D) float32 in message order, or None for a text-only request."""
+    """-> (n_images * P, D) float32 in message order, or None for a text-only request. Both image stages are
+    side-effect free: a call whose replica died is retried once (serve_app.retry)."""
     if not images:
         return None
-    pre = [stages.preprocess.process.remote(ref.url, ref.param) for ref in images]
-    pixels = await asyncio.wait_for(asyncio.gather(*pre), stages.timeout_s)
-    feats = await asyncio.wait_for(asyncio.gather(*(stages.vision.encode.remote(p) for p in pixels)),
-                                   stages.timeout_s)
+    require_image_stages(stages)
+    pixels = await gather_with_retry([partial(stages.preprocess.process.remote, ref.url, ref.param)
+                                      for ref in images], stages.timeout_s, "preprocess")
+    try:
+        feats = await gather_with_retry([partial(stages.vision.encode.remote, p) for p in pixels],
+                                        stages.timeout_s, "vision")
+    except (*RETRYABLE, TimeoutError):
+        require_image_stages(stages)  # lost while waiting: say so rather than a bare timeout
+        raise
     return np.concatenate(feats, axis=0)  # (n*P, D)
+
+
+IMAGE_STAGES = {"Preprocess": "preprocess", "VisionEncoder": "vision"}  # deployment name -> stage in messages
+
+
+def require_image_stages(stages: Stages) -> None:
+    """Fail fast (503) when an image stage has no running replica, e.g. its node is lost: a call would wait in
+    Serve's router until the timeout. Text-only requests never get here."""
+    lost = [stage for name, stage in IMAGE_STAGES.items() if name in stages.missing()]
+    if lost:
+        raise StageUnavailable(lost[-1])
 
 
 def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedChat,

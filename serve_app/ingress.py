@@ -33,6 +33,7 @@ from serve_app.metrics import StageMetrics, outcome_of_status
 from serve_app.protocol import ModelCard, ModelList, completion_id
 from serve_app.request_limits import default_max_request_bytes, read_body
 from serve_app.sse import error_response, sse_response
+from serve_app.stage_watch import StageWatch
 from serve_app.stages.preprocess import PreprocessOptions
 
 app = FastAPI(title="mmserve", docs_url=None, redoc_url=None)
@@ -79,7 +80,8 @@ class Ingress:
                                        max_positions=int(manifest.model["decoder"]["max_positions"]),
                                        max_images=self.options.max_images_per_request)
         self.model_name = model_name
-        self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s)
+        self.watch = StageWatch(stages_without_replica).start()  # image requests fail fast when vision is lost
+        self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
         self.body_limit = self.options.max_request_bytes or default_max_request_bytes(
