@@ -1,13 +1,12 @@
-"""`python -m serve_app [--config configs/local.yaml]`: Ray's own `serve run CONFIG`, plus a wait for readiness and a
-printout of how to call the service (curl and the openai client). Ctrl-C stops it, as with `serve run`.
+"""`python -m serve_app [--config configs/local.yaml]`: what `serve run CONFIG` does, in this process, plus a wait for
+readiness and a printout of how to call the service (curl and the openai client). Ctrl-C (or SIGTERM) stops it:
+Serve drains, then Ray shuts down with nothing left behind (serve_app.lifecycle says why not `serve run` itself).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from serve_app import lifecycle
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
 
 
@@ -51,16 +51,16 @@ def served_model(config: dict) -> tuple[str, int]:
     return name, int((config.get("http_options") or {}).get("port", 8000))
 
 
-def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> bool:
+def wait_ready(stopper: lifecycle.Stopper, url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
+    while time.monotonic() < deadline and not stopper.event.is_set():
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(1.0)
+        stopper.wait(1.0)
     return False
 
 
@@ -70,16 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-timeout-s", type=float, default=1800, help="first start builds the model: be patient")
     args = p.parse_args(argv)
     model, port = served_model(yaml.safe_load(Path(args.config).read_text()))
-    proc = subprocess.Popen(["serve", "run", args.config])
+    config = lifecycle.load_config(args.config)
+    stopper = lifecycle.Stopper()
     try:
+        lifecycle.start(config, stopper)
         base = f"http://127.0.0.1:{port}"
-        if wait_ready(proc, f"{base}/ready", args.ready_timeout_s):
+        if wait_ready(stopper, f"{base}/ready", args.ready_timeout_s):
             keys = [k for k in os.environ.get("MMSERVE_API_KEYS", "").split(",") if k.strip()]
             print(usage(base, model, keys[0].strip() if keys else None), flush=True)
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)  # serve run shuts the cluster down cleanly on SIGINT
-        return proc.wait()
+        elif not stopper.event.is_set():
+            print(f"mmserve: {base}/ready not ready after {args.ready_timeout_s:.0f}s; stopping", flush=True)
+            return 1
+        stopper.wait()
+        return 0
+    finally:
+        print(f"mmserve: stopped ({lifecycle.stop()})", flush=True)
 
 
 if __name__ == "__main__":
