@@ -111,14 +111,14 @@ async def image_features(stages: Stages, images: list[ImageRef]) -> np.ndarray |
     side-effect free: a call whose replica died is retried once (serve_app.retry)."""
     if not images:
         return None
-    require_image_stages(stages)
-    pixels = await gather_with_retry([partial(stages.preprocess.process.remote, ref.url, ref.param)
-                                      for ref in images], stages.timeout_s, "preprocess")
+    check = partial(require_image_stages, stages)  # polled while waiting too: a lost stage fails fast
     try:
+        pixels = await gather_with_retry([partial(stages.preprocess.process.remote, ref.url, ref.param)
+                                          for ref in images], stages.timeout_s, "preprocess", check)
         feats = await gather_with_retry([partial(stages.vision.encode.remote, p) for p in pixels],
-                                        stages.timeout_s, "vision")
+                                        stages.timeout_s, "vision", check)
     except (*RETRYABLE, TimeoutError):
-        require_image_stages(stages)  # lost while waiting: say so rather than a bare timeout
+        check()  # lost while failing: say so rather than a bare replica error or timeout
         raise
     return np.concatenate(feats, axis=0)  # (n*P, D)
 

@@ -25,16 +25,18 @@ T = TypeVar("T")
 
 RETRYABLE: tuple[type[BaseException], ...] = (RayActorError, ReplicaUnavailableError)
 ATTEMPTS = 2  # the first call and one retry
+CHECK_EVERY_S = 0.5  # how often a waiting call looks whether its stage was lost
 
 
-async def call_once_more(call: Callable[[], Awaitable[T]], deadline: float, what: str) -> T:
-    """`await call()` within `deadline` (time.monotonic()), called again once if its replica died."""
+async def call_once_more(call: Callable[[], Awaitable[T]], deadline: float, what: str,
+                         check: Callable[[], None] = lambda: None) -> T:
+    """`await call()` within `deadline` (time.monotonic()), called again once if its replica died. `check` raises
+    when the stage is known lost (serve_app.stage_watch): it is polled while waiting, so a call waiting in Serve's
+    router for a replica that cannot be placed is abandoned at once rather than at the deadline."""
     for attempt in range(1, ATTEMPTS + 1):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"{what}: no answer within the stage timeout")
+        check()
         try:
-            return await asyncio.wait_for(call(), remaining)
+            return await _watched(call, deadline, what, check)
         except RETRYABLE as e:
             if attempt == ATTEMPTS:
                 raise
@@ -42,7 +44,26 @@ async def call_once_more(call: Callable[[], Awaitable[T]], deadline: float, what
     raise AssertionError("unreachable")
 
 
-async def gather_with_retry(calls: list[Callable[[], Awaitable[T]]], timeout_s: float, what: str) -> list[T]:
+async def _watched(call: Callable[[], Awaitable[T]], deadline: float, what: str, check: Callable[[], None]) -> T:
+    async def run() -> T:
+        return await call()
+
+    task = asyncio.ensure_future(run())
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{what}: no answer within the stage timeout")
+            done, _ = await asyncio.wait({task}, timeout=min(CHECK_EVERY_S, remaining))
+            if done:
+                return task.result()
+            check()
+    finally:
+        task.cancel()
+
+
+async def gather_with_retry(calls: list[Callable[[], Awaitable[T]]], timeout_s: float, what: str,
+                            check: Callable[[], None] = lambda: None) -> list[T]:
     """Each call retried on its own, all within one deadline: one image on a dead replica does not redo the rest."""
     deadline = time.monotonic() + timeout_s
-    return list(await asyncio.gather(*(call_once_more(c, deadline, what) for c in calls)))
+    return list(await asyncio.gather(*(call_once_more(c, deadline, what, check) for c in calls)))

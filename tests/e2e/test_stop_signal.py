@@ -74,7 +74,7 @@ def test_signal_stops_the_service_cleanly(tmp_path, tiny_artifacts_dir, how):
         tree = psutil.Process(proc.pid).children(recursive=True)
         gcs = gcs_port(tree)
         result = {}
-        body = {"model": "mmserve-tiny", "max_tokens": 60, "ignore_eos": True,
+        body = {"model": "mmserve-tiny", "max_tokens": 60, "ignore_eos": True, "temperature": 0,
                 "messages": [{"role": "user", "content": "count"}]}
         streamer = threading.Thread(target=lambda: result.update(out=stream_chat(url, {}, body, timeout=30)))
         streamer.start()

@@ -119,3 +119,19 @@ def test_vision_lost_while_waiting_says_vision_unavailable():
 def test_text_only_requests_ignore_a_lost_vision_stage():
     assert asyncio.run(chat.image_features(stages(FlakyMethod(pixels), FlakyMethod(features),
                                                   missing={"VisionEncoder"}), [])) is None
+
+
+def test_a_call_waiting_when_vision_is_lost_is_abandoned_at_once():
+    lost = set()
+    pre, vis = FlakyMethod(pixels), FlakyMethod(features, delay_s=30)  # waits in the router for a replica
+    st = stages(pre, vis, timeout_s=60)
+    st.missing = lambda: frozenset(lost)
+
+    async def scenario():
+        asyncio.get_running_loop().call_later(0.3, lost.add, "VisionEncoder")
+        await chat.image_features(st, IMAGES[:1])
+
+    start = time.monotonic()
+    with pytest.raises(StageUnavailable):
+        asyncio.run(scenario())
+    assert time.monotonic() - start < 2.0
