@@ -290,6 +290,26 @@ def _wait_gone(groups: list[int], temp_dir: str, timeout_s: float) -> bool:
     return False
 
 
+def kill_node(directory: Path, name: str) -> None:
+    """Lose a node the hard way: SIGKILL its `ray start` process group (raylet, agents); its workers exit when
+    they lose their raylet. For failure tests."""
+    _signal_group(read_info(directory).process_groups[name], signal.SIGKILL)
+
+
+def restart_node(directory: Path, name: str, timeout_s: float = 120) -> None:
+    """Start a lost worker node again with the same resources and ports; returns when it has joined."""
+    info = read_info(directory)
+    index = list(info.node_resources).index(name)
+    res = dict(info.node_resources[name])
+    node = NodeSpec(name, num_cpus=res.pop("CPU"), num_gpus=res.pop("GPU"), resources=res)
+    proc = _Launcher(directory, info, 200 * 2**20).launch(index, node)
+    deadline = time.monotonic() + timeout_s
+    while len(alive_nodes(info)) < len(info.node_resources):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"node {name} did not rejoin; see {directory}/{name}.log")
+        time.sleep(0.5)
+
+
 def deploy(info: ClusterInfo, directory: Path, config: dict) -> None:
     """`serve deploy` through the dashboard's REST API, as an operator would, with the cluster's token."""
     import yaml
