@@ -32,6 +32,7 @@ from serve_app.errors import APIError, InvalidRequest, NotFound, Unauthorized
 from serve_app.metrics import StageMetrics, outcome_of_status
 from serve_app.protocol import ModelCard, ModelList, completion_id
 from serve_app.request_limits import default_max_request_bytes, read_body
+from serve_app.retry import RETRYABLE
 from serve_app.sse import error_response, sse_response
 from serve_app.stage_watch import StageWatch
 from serve_app.stages.preprocess import PreprocessOptions
@@ -102,13 +103,17 @@ class Ingress:
     @app.get("/ready")
     async def ready(self) -> Response:
         not_ready = await asyncio.to_thread(stages_without_replica)
-        if not_ready:
-            return JSONResponse({"status": "not ready", "waiting_for": not_ready}, status_code=503)
-        return JSONResponse({"status": "ready", "vision": await self._vision_ep()})
+        if not not_ready:
+            try:
+                return JSONResponse({"status": "ready", "vision": await self._vision_ep()})
+            except (TimeoutError, *RETRYABLE):  # its node lost before the controller noticed: not ready either
+                not_ready = ["VisionEncoder"]
+        return JSONResponse({"status": "not ready", "waiting_for": not_ready}, status_code=503)
 
     async def _vision_ep(self) -> dict:
-        """ORT falls back from TensorRT/CUDA silently: readiness says where vision really runs."""
-        info = await asyncio.wait_for(self.stages.vision.info.remote(), self.options.stage_timeout_s)
+        """ORT falls back from TensorRT/CUDA silently: readiness says where vision really runs. A readiness probe
+        must answer quickly, so the wait is short."""
+        info = await asyncio.wait_for(self.stages.vision.info.remote(), min(self.options.stage_timeout_s, 5.0))
         return {key: info[key] for key in ("provider", "variant", "fallbacks")}
 
     @app.get("/v1/models")

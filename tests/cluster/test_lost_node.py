@@ -98,8 +98,12 @@ async def _scenario(directory: Path, url: str) -> dict:
     t["kill"] = time.monotonic()
     await asyncio.to_thread(local_cluster.kill_node, directory, "gpu")
 
+    ready_latency = []
+
     def ready_names_vision() -> bool:
-        r = httpx.get(f"{url}/ready", timeout=10)
+        began = time.monotonic()
+        r = httpx.get(f"{url}/ready", timeout=30)
+        ready_latency.append(time.monotonic() - began)
         return r.status_code == 503 and "VisionEncoder" in r.json()["waiting_for"]
     t["ready_says_so"] = await _until(ready_names_vision, 120, "/ready naming VisionEncoder")
     t["first_503"] = await _until(lambda: any(e[0] == "image" and e[4] == "vision_unavailable" for e in log), 60,
@@ -115,7 +119,7 @@ async def _scenario(directory: Path, url: str) -> dict:
     await asyncio.gather(*tasks)
     t["ready_again"] = await _until(lambda: httpx.get(f"{url}/ready", timeout=10).status_code == 200, 60,
                                     "/ready turning 200 again")
-    return {"t": t, "log": log}
+    return {"t": t, "log": log, "ready_latency": ready_latency}
 
 
 def test_losing_the_gpu_node_fails_images_fast_keeps_text_and_recovers(lost_cluster):
@@ -132,6 +136,8 @@ def test_losing_the_gpu_node_fails_images_fast_keeps_text_and_recovers(lost_clus
           f"again {t['recovered'] - t['restart']:.1f}s after the restart")
     statuses = sorted({(e[3], e[4]) for e in lost}, key=str)
     print(f"image outcomes while lost: {statuses}; slowest {max(e[2] for e in lost):.1f}s")
+    print(f"/ready answered in at most {max(out['ready_latency']):.1f}s while the node was lost")
+    assert max(out["ready_latency"]) < 8.0, "a readiness probe must answer quickly"
     assert text and all(e[3] == 200 for e in text), [e for e in text if e[3] != 200][:5]
     assert all(e[2] < STAGE_TIMEOUT_S + 5 for e in images), "an image request hung past stage_timeout_s"
     failed = [e for e in lost if e[3] != 200]
