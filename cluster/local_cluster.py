@@ -302,11 +302,17 @@ def restart_node(directory: Path, name: str, timeout_s: float = 120) -> None:
     index = list(info.node_resources).index(name)
     res = dict(info.node_resources[name])
     node = NodeSpec(name, num_cpus=res.pop("CPU"), num_gpus=res.pop("GPU"), resources=res)
-    proc = _Launcher(directory, info, 200 * 2**20).launch(index, node)
+    launcher = _Launcher(directory, info, 200 * 2**20)
+    proc, relaunches = launcher.launch(index, node), _Launcher.RELAUNCHES
     deadline = time.monotonic() + timeout_s
     while len(alive_nodes(info)) < len(info.node_resources):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"node {name} did not rejoin; see {directory}/{name}.log")
+        if proc.poll() is not None and relaunches > 0:  # a port of the lost node's not free yet: try again
+            relaunches -= 1
+            time.sleep(2)
+            proc = launcher.launch(index, node)
+        elif proc.poll() is not None or time.monotonic() > deadline:
+            tail = (directory / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"node {name} did not rejoin; {directory}/{name}.log ends:\n" + "\n".join(tail))
         time.sleep(0.5)
 
 
