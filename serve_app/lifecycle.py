@@ -1,13 +1,13 @@
 """Ray and Serve in this process, started from a Serve config file and stopped in order on SIGINT or SIGTERM.
 
-Why not `serve run` in a subprocess: a terminal's Ctrl-C goes to the whole foreground process group, and the Ray
-processes `serve run` starts (gcs_server, raylet, dashboard, agents) are in that group. They get the SIGINT at the
-same moment as `serve run`, so the GCS and raylet are going away while `serve.shutdown()` still talks to them;
-it then waits out Ray's reconnection timeouts and leaves processes and /tmp/ray/ray_current_cluster behind
-(docs/failures.md has the measured stop times).
+Why not `serve run` in a subprocess, as before: a terminal's Ctrl-C goes to the whole foreground process group, so
+`serve run` got the SIGINT directly and then a second one forwarded by the wrapper; the second interrupts its
+`serve.shutdown()` (click prints "Aborted!") and leaves Ray's processes running. SIGTERM stopped only the wrapper,
+leaving `serve run` and the whole local cluster behind. Both measured; docs/failures.md has the figures.
 
 Here:
-    SIGINT ignored -> ray.init (its processes inherit "ignore SIGINT": an ignored disposition survives exec)
+    SIGINT ignored -> ray.init (its processes inherit "ignore SIGINT": an ignored disposition survives exec, so
+    the terminal's signal reaches only this process, and gcs_server and raylet outlive the drain that needs them)
     -> our handlers for SIGINT/SIGTERM set a stop flag -> serve_start + deploy_apps, as `serve run CONFIG` does,
     so every field of the config file (http_options, proxy_location, deployments overrides) is honored
     -> ... stop flag -> serve.shutdown() (replicas drain their in-flight requests) -> ray.shutdown()
