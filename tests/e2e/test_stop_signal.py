@@ -62,8 +62,9 @@ def alive(procs: list[psutil.Process]) -> list[str]:
 def test_signal_stops_the_service_cleanly(tmp_path, tiny_artifacts_dir, how):
     port = free_port()
     config = write_config(tmp_path, tiny_artifacts_dir, port)
+    env = {k: v for k, v in os.environ.items() if k not in ("MMSERVE_API_KEYS", "RAY_ADDRESS")}  # `served` sets keys
     proc = subprocess.Popen([sys.executable, "-m", "serve_app", "--config", str(config), "--ready-timeout-s", "240"],
-                            cwd=ROOT, start_new_session=True,  # its own group, as a terminal's foreground job
+                            cwd=ROOT, start_new_session=True, env=env,  # its own group, as a terminal's job
                             stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
