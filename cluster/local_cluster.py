@@ -290,6 +290,32 @@ def _wait_gone(groups: list[int], temp_dir: str, timeout_s: float) -> bool:
     return False
 
 
+def kill_node(directory: Path, name: str) -> None:
+    """Lose a node the hard way: SIGKILL its `ray start` process group (raylet, agents); its workers exit when
+    they lose their raylet. For failure tests."""
+    _signal_group(read_info(directory).process_groups[name], signal.SIGKILL)
+
+
+def restart_node(directory: Path, name: str, timeout_s: float = 120) -> None:
+    """Start a lost worker node again with the same resources and ports; returns when it has joined."""
+    info = read_info(directory)
+    index = list(info.node_resources).index(name)
+    res = dict(info.node_resources[name])
+    node = NodeSpec(name, num_cpus=res.pop("CPU"), num_gpus=res.pop("GPU"), resources=res)
+    launcher = _Launcher(directory, info, 200 * 2**20)
+    proc, relaunches = launcher.launch(index, node), _Launcher.RELAUNCHES
+    deadline = time.monotonic() + timeout_s
+    while len(alive_nodes(info)) < len(info.node_resources):
+        if proc.poll() is not None and relaunches > 0:  # a port of the lost node's not free yet: try again
+            relaunches -= 1
+            time.sleep(2)
+            proc = launcher.launch(index, node)
+        elif proc.poll() is not None or time.monotonic() > deadline:
+            tail = (directory / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"node {name} did not rejoin; {directory}/{name}.log ends:\n" + "\n".join(tail))
+        time.sleep(0.5)
+
+
 def deploy(info: ClusterInfo, directory: Path, config: dict) -> None:
     """`serve deploy` through the dashboard's REST API, as an operator would, with the cluster's token."""
     import yaml

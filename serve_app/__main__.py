@@ -1,13 +1,12 @@
-"""`python -m serve_app [--config configs/local.yaml]`: Ray's own `serve run CONFIG`, plus a wait for readiness and a
-printout of how to call the service (curl and the openai client). Ctrl-C stops it, as with `serve run`.
+"""`python -m serve_app [--config configs/local.yaml]`: what `serve run CONFIG` does, in this process, plus a wait for
+readiness and a printout of how to call the service (curl and the openai client). Ctrl-C (or SIGTERM) stops it:
+Serve drains, then Ray shuts down with nothing left behind (serve_app.lifecycle says why not `serve run` itself).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -15,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+
+from serve_app import lifecycle
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
 
@@ -52,7 +53,7 @@ def served_model(config: dict) -> tuple[str, int]:
 
 
 def build_first(config: dict) -> None:
-    """Build the served preset here, before `serve run`, so its progress lines show on this console; the replicas
+    """Build the served preset here, before Ray starts, so its progress lines show on this console; the replicas
     then find it in this machine's cache (each replica resolves its model itself: serve_app/artifacts.py)."""
     from serve_app.artifacts import ModelSource, resolve_model
 
@@ -60,16 +61,16 @@ def build_first(config: dict) -> None:
     resolve_model(ModelSource.model_validate(model))
 
 
-def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> bool:
+def wait_ready(stopper: lifecycle.Stopper, url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
+    while time.monotonic() < deadline and not stopper.event.is_set():
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(1.0)
+        stopper.wait(1.0)
     return False
 
 
@@ -78,19 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file (default: configs/local.yaml)")
     p.add_argument("--ready-timeout-s", type=float, default=1800, help="first start builds the model: be patient")
     args = p.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())
-    model, port = served_model(config)
-    build_first(config)
-    proc = subprocess.Popen(["serve", "run", args.config])
+    raw = yaml.safe_load(Path(args.config).read_text())
+    model, port = served_model(raw)
+    config = lifecycle.load_config(args.config)  # a bad config file fails before the (long) first build
+    build_first(raw)
+    stopper = lifecycle.Stopper()
     try:
+        lifecycle.start(config, stopper)
         base = f"http://127.0.0.1:{port}"
-        if wait_ready(proc, f"{base}/ready", args.ready_timeout_s):
+        if wait_ready(stopper, f"{base}/ready", args.ready_timeout_s):
             keys = [k for k in os.environ.get("MMSERVE_API_KEYS", "").split(",") if k.strip()]
             print(usage(base, model, keys[0].strip() if keys else None), flush=True)
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)  # serve run shuts the cluster down cleanly on SIGINT
-        return proc.wait()
+        elif not stopper.event.is_set():
+            print(f"mmserve: {base}/ready not ready after {args.ready_timeout_s:.0f}s; stopping", flush=True)
+            return 1
+        stopper.wait()
+        return 0
+    finally:
+        print(f"mmserve: stopped ({lifecycle.stop()})", flush=True)
 
 
 if __name__ == "__main__":

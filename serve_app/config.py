@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serve_app.artifacts import DEFAULT_CACHE_DIR, ModelSource  # noqa: F401 -- part of the args
+from serve_app.request_limits import DEFAULT_MAX_JSON_DEPTH, default_max_request_bytes
 from serve_app.stages.decoder import DecoderOptions
 from serve_app.stages.preprocess import PreprocessOptions
 from serve_app.stages.vision import VisionOptions
@@ -26,6 +27,13 @@ class IngressOptions(BaseModel):
                                             "adds more; none = no authentication")
     max_images_per_request: int = Field(default=4, ge=0, description="image parts allowed in one request")
     stage_timeout_s: float = Field(default=60.0, gt=0, description="how long the ingress waits on a stage call")
+    max_request_bytes: int | None = Field(default=None, gt=0,
+                                          description="largest request body in bytes (413 request_too_large over "
+                                                      "it); default: every allowed image at preprocess."
+                                                      "max_image_bytes, base64-encoded, plus 1 MiB of text")
+    max_json_depth: int = Field(default=DEFAULT_MAX_JSON_DEPTH, ge=4, le=512,
+                                description="deepest nesting of JSON arrays/objects in a request body (400 "
+                                            "json_too_deep over it)")
 
     def keys(self) -> frozenset[str]:
         """Keys from config plus the environment of the process that asks (the ingress replica)."""
@@ -43,6 +51,13 @@ class AppArgs(BaseModel):
     preprocess: PreprocessOptions = Field(default_factory=PreprocessOptions, description="image decoding limits")
     vision: VisionOptions = Field(default_factory=VisionOptions, description="vision encoder stage")
     decoder: DecoderOptions = Field(default_factory=DecoderOptions, description="decoder stage")
+
+    @model_validator(mode="after")
+    def _derive_body_limit(self) -> AppArgs:
+        if self.ingress.max_request_bytes is None:
+            self.ingress.max_request_bytes = default_max_request_bytes(self.preprocess.max_image_bytes,
+                                                                       self.ingress.max_images_per_request)
+        return self
 
 
 class ConfigError(ValueError):

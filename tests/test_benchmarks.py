@@ -14,7 +14,7 @@ SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if "argparse" in p.read_text
 
 
 def test_every_script_is_found():
-    assert {p.name for p in SCRIPTS} >= {"bench_graphs.py", "bench_engine.py", "bench_bounds.py"}
+    assert {p.name for p in SCRIPTS} >= {"bench_graphs.py", "bench_engine.py", "bench_bounds.py", "bench_soak.py"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -22,3 +22,12 @@ def test_script_answers_help(script: Path):
     run = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "usage:" in run.stdout
+
+
+def test_soak_growth_verdict_flags_growth_over_five_percent():
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_soak
+
+    steady = [(0, {"Decoder#a": 100.0}), (60, {"Decoder#a": 150.0}), (600, {"Decoder#a": 154.0})]
+    growing = [(0, {"Decoder#a": 100.0}), (60, {"Decoder#a": 150.0}), (600, {"Decoder#a": 160.0})]
+    assert bench_soak.growth_report(steady, warmup_s=60) and not bench_soak.growth_report(growing, warmup_s=60)

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from graphs.manifest import Manifest
-from serve_app.api.errors import ContextLengthExceeded, InvalidRequest
+from serve_app.api.errors import ContextLengthExceeded, InvalidRequest, StageUnavailable
 from serve_app.api.prompt import ImageSlot, PromptPiece, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.engine.types import DecodeChunk, DecodeRequest, FeatureSegment, TokenSegment
+from serve_app.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
+from serve_app.retry import RETRYABLE, gather_with_retry
 
 
-def parse_request(body: bytes) -> ChatCompletionRequest:
+def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatCompletionRequest:
+    check_json_depth(body, max_depth)  # before json.loads, whose recursion fails near a thousand levels
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -104,16 +108,35 @@ class Stages:
     vision: object
     decoder: object
     timeout_s: float = 60.0
+    missing: Callable[[], frozenset[str]] = frozenset  # deployments with no running replica (a StageWatch)
 
 
 async def image_features(stages: Stages, images: list[ImageRef]) -> list[np.ndarray]:
-    """-> one (P, D) float32 block per image, in message order; [] for a text-only request (no stage called)."""
+    """-> one (P, D) float32 block per image, in message order; [] for a text-only request (no stage called).
+    Both image stages are side-effect free: a call whose replica died is retried once (serve_app.retry)."""
     if not images:
         return []
-    pre = [stages.preprocess.process.remote(ref.url, ref.param) for ref in images]
-    pixels = await asyncio.wait_for(asyncio.gather(*pre), stages.timeout_s)
-    return list(await asyncio.wait_for(asyncio.gather(*(stages.vision.encode.remote(p) for p in pixels)),
-                                       stages.timeout_s))
+    check = partial(require_image_stages, stages)  # polled while waiting too: a lost stage fails fast
+    try:
+        pixels = await gather_with_retry([partial(stages.preprocess.process.remote, ref.url, ref.param)
+                                          for ref in images], stages.timeout_s, "preprocess", check)
+        feats = await gather_with_retry([partial(stages.vision.encode.remote, p) for p in pixels],
+                                        stages.timeout_s, "vision", check)
+    except (*RETRYABLE, TimeoutError):
+        check()  # lost while failing: say so rather than a bare replica error or timeout
+        raise
+    return list(feats)
+
+
+IMAGE_STAGES = {"Preprocess": "preprocess", "VisionEncoder": "vision"}  # deployment name -> stage in messages
+
+
+def require_image_stages(stages: Stages) -> None:
+    """Fail fast (503) when an image stage has no running replica, e.g. its node is lost: a call would wait in
+    Serve's router until the timeout. Text-only requests never get here."""
+    lost = [stage for name, stage in IMAGE_STAGES.items() if name in stages.missing()]
+    if lost:
+        raise StageUnavailable(lost[-1])
 
 
 def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedChat,

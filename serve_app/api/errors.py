@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from serve_app.api.protocol import ErrorInfo, ErrorResponse
 from serve_app.engine.types import Overloaded
@@ -45,6 +45,37 @@ class InvalidImage(APIError):
 class ContextLengthExceeded(APIError):
     def __init__(self, message: str, param: str | None = "messages", code: str | None = "context_length_exceeded"):
         super().__init__(message, param, code)
+
+
+class RequestTooLarge(APIError):
+    """413: the body is over the ingress's byte limit (declared by Content-Length, or counted as it arrived)."""
+
+    status = 413
+
+    def __init__(self, declared: int | None, limit: int, param: str | None = None,
+                 code: str | None = "request_too_large"):
+        size = f"{declared} bytes" if declared is not None else f"more than {limit} bytes"
+        super().__init__(f"request body is {size}; the limit is {limit} bytes", param, code)
+        self.declared, self.limit = declared, limit
+
+    def __reduce__(self):
+        return (type(self), (self.declared, self.limit, self.param, self.code))
+
+
+class StageUnavailable(APIError):
+    """503: a stage has no running replica (its node lost, or restarting); requests that need it fail fast."""
+
+    status = 503
+    type = "service_unavailable"
+    retry_after_s = 5.0
+
+    def __init__(self, stage: str, param: str | None = None, code: str | None = None):
+        super().__init__(f"the {stage} stage is unavailable (no running replica); requests without images are "
+                         f"still served", param, code or f"{stage}_unavailable")
+        self.stage = stage
+
+    def __reduce__(self):
+        return (type(self), (self.stage, self.param, self.code))
 
 
 class Unauthorized(APIError):
@@ -98,6 +129,8 @@ _OUTCOMES: dict[type, Outcome] = {
     Overloaded: Outcome(503, "server_overloaded", "overloaded", 1.0),
     BackPressureError: Outcome(503, "server_overloaded", "overloaded", 1.0),  # a stage's max_queued_requests
     RayActorError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),  # a replica died; Serve restarts it
+    ReplicaUnavailableError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),
+    DeploymentUnavailableError: Outcome(503, "service_unavailable", "stage_unavailable", 5.0),
     TimeoutError: Outcome(504, "timeout", "stage_timeout"),
 }
 
@@ -122,7 +155,8 @@ def to_error(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
     exc = unwrap(exc)
     if isinstance(exc, APIError):
         info = ErrorInfo(message=exc.message, type=exc.type, param=exc.param, code=exc.code)
-        return exc.status, ErrorResponse(error=info), {}
+        retry = getattr(exc, "retry_after_s", None)
+        return exc.status, ErrorResponse(error=info), ({"Retry-After": str(round(retry))} if retry else {})
     if isinstance(exc, ValidationError):
         info = ErrorInfo(message=validation_message(exc), type="invalid_request_error",
                          param=validation_param(exc), code="invalid_value")

@@ -35,6 +35,10 @@ from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorize
 from serve_app.observability.metrics import StageMetrics, outcome_of_status
 from serve_app.api.protocol import ModelCard, ModelList, completion_id
 from serve_app.api.sse import error_response, sse_response
+from serve_app.request_limits import default_max_request_bytes, read_body
+from serve_app.retry import RETRYABLE
+from serve_app.stage_watch import StageWatch
+from serve_app.stages.preprocess import PreprocessOptions
 
 app = FastAPI(title="mmserve", docs_url=None, redoc_url=None)
 
@@ -81,9 +85,12 @@ class Ingress:
         self.prompt = PromptRenderer(manifest.prompt, Tokenizer.from_file(str(artifacts / manifest.tokenizer_file)))
         self.limits = chat.ModelLimits.of(manifest, max_context, self.options.max_images_per_request)
         self.model_name = source.name(manifest.preset)
-        self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s)
+        self.watch = StageWatch(stages_without_replica).start()  # image requests fail fast when vision is lost
+        self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
+        self.body_limit = self.options.max_request_bytes or default_max_request_bytes(
+            PreprocessOptions().max_image_bytes, self.options.max_images_per_request)
 
     def _authorize(self, request: Request) -> None:
         if not self.keys:
@@ -100,13 +107,17 @@ class Ingress:
     @app.get("/ready")
     async def ready(self) -> Response:
         not_ready = await asyncio.to_thread(stages_without_replica)
-        if not_ready:
-            return JSONResponse({"status": "not ready", "waiting_for": not_ready}, status_code=503)
-        return JSONResponse({"status": "ready", "vision": await self._vision_ep()})
+        if not not_ready:
+            try:
+                return JSONResponse({"status": "ready", "vision": await self._vision_ep()})
+            except (TimeoutError, *RETRYABLE):  # its node lost before the controller noticed: not ready either
+                not_ready = ["VisionEncoder"]
+        return JSONResponse({"status": "not ready", "waiting_for": not_ready}, status_code=503)
 
     async def _vision_ep(self) -> dict:
-        """ORT falls back from TensorRT/CUDA silently: readiness says where vision really runs."""
-        info = await asyncio.wait_for(self.stages.vision.info.remote(), self.options.stage_timeout_s)
+        """ORT falls back from TensorRT/CUDA silently: readiness says where vision really runs. A readiness probe
+        must answer quickly, so the wait is short."""
+        info = await asyncio.wait_for(self.stages.vision.info.remote(), min(self.options.stage_timeout_s, 5.0))
         return {key: info[key] for key in ("provider", "variant", "fallbacks")}
 
     @app.get("/v1/models")
@@ -128,7 +139,8 @@ class Ingress:
     async def _chat_completions(self, request: Request) -> Response:
         try:
             self._authorize(request)
-            req = chat.parse_request(await request.body())
+            body = await read_body(request, self.body_limit)  # 413 before the body fills memory
+            req = chat.parse_request(body, self.options.max_json_depth)
             if req.model is not None and req.model != self.model_name:
                 raise NotFound(f"model {req.model!r} does not exist; this server serves {self.model_name!r}",
                                "model", "model_not_found")

@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import io
 import re
+import struct
 import time
 import urllib.request
 import warnings
@@ -102,6 +103,10 @@ def open_header(raw: bytes, param: str, max_pixels: int) -> Image.Image:
             raise _unreadable(raw, param) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidImage(f"image has more than {max_pixels} pixels", param, "image_too_many_pixels") from None
+        except (OSError, SyntaxError, EOFError, struct.error, ValueError) as e:
+            # A recognised format cut inside its header: the plugin's own read fails in Image.open, before load()
+            # (JPEG "Truncated File Read" in a marker segment, WebP "could not create decoder object").
+            raise InvalidImage(f"image data is truncated or corrupt ({e})", param, "invalid_image") from None
     w, h = img.size
     if w * h > max_pixels:
         raise InvalidImage(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}", param,

@@ -38,6 +38,12 @@ def truncated_png() -> str:
     return data_url(raw[: len(raw) // 2])
 
 
+def cut_jpeg(where: str) -> str:
+    """A real JPEG cut inside its header segments (fails in Image.open) or inside its scan data (fails in load)."""
+    raw = encode(gradient_rgb(64, 64), "JPEG")
+    return data_url(raw[:200] if where == "header" else raw[: len(raw) * 2 // 3], "image/jpeg")
+
+
 BAD = {
     # name: (body bytes or dict, status, param prefix or None, code or None)
     "malformed json": (b'{"model": "mmserve-tiny", "messages": [', 400, None, "invalid_json"),
@@ -54,6 +60,10 @@ BAD = {
     "bad base64": (with_image("data:image/png;base64,!!notbase64!!"), 400,
                    "messages.0.content.0.image_url", "invalid_base64"),
     "truncated image": (with_image(truncated_png()), 400, "messages.0.content.0.image_url", "invalid_image"),
+    "jpeg cut in its header": (with_image(cut_jpeg("header")), 400, "messages.0.content.0.image_url",
+                               "invalid_image"),
+    "jpeg cut in its scan": (with_image(cut_jpeg("scan")), 400, "messages.0.content.0.image_url", "invalid_image"),
+    "100k nested arrays": (b"[" * 100_000 + b"]" * 100_000, 400, None, "json_too_deep"),
     "over byte limit": (with_image(noise_png_over(MAX_IMAGE_BYTES)), 400, "messages.0.content.0.image_url",
                         "image_too_large"),
     "decompression bomb": (with_image(data_url(bomb_png(30000))), 400, "messages.0.content.0.image_url",

@@ -103,6 +103,19 @@ def test_truncated_image():
     assert code_of(data_url(raw[: len(raw) // 2])) == "invalid_image"
 
 
+@pytest.mark.parametrize("fmt,save_args", [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}),
+                                           ("WEBP", {})], ids=["jpeg", "jpeg-progressive", "png", "webp"])
+def test_every_cut_of_a_real_image_is_a_400_or_decodes(fmt, save_args):
+    # A cut inside a header segment fails in Image.open itself (OSError "Truncated File Read", WebP's "could not
+    # create decoder object"), before any pixel is decoded; a cut in the scan data fails in load().
+    raw = encode(gradient_rgb(40, 24, seed=1), fmt, **save_args)
+    for n in range(1, len(raw), max(1, len(raw) // 300)):
+        try:
+            run(data_url(raw[:n]))
+        except InvalidImage as e:
+            assert e.code == "invalid_image", (n, e.code)
+
+
 def test_unsupported_format_is_named():
     with pytest.raises(InvalidImage) as e:
         run(data_url(encode(gradient_rgb(), "GIF"), "image/gif"))
