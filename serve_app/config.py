@@ -11,7 +11,7 @@ import os
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serve_app.artifacts import DEFAULT_CACHE_DIR, ModelSource  # noqa: F401 -- part of the args
-from serve_app.request_limits import DEFAULT_MAX_JSON_DEPTH, default_max_request_bytes
+from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, default_max_request_bytes
 from serve_app.stages.decoder import DecoderOptions
 from serve_app.stages.preprocess import PreprocessOptions
 from serve_app.stages.vision import VisionOptions

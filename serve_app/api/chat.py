@@ -19,8 +19,8 @@ from serve_app.api.errors import ContextLengthExceeded, InvalidRequest, StageUna
 from serve_app.api.prompt import ImageSlot, PromptPiece, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.engine.types import DecodeChunk, DecodeRequest, FeatureSegment, TokenSegment
-from serve_app.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
-from serve_app.retry import RETRYABLE, gather_with_retry
+from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
+from serve_app.api.retry import RETRYABLE, gather_with_retry
 
 
 def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatCompletionRequest:
@@ -113,7 +113,7 @@ class Stages:
 
 async def image_features(stages: Stages, images: list[ImageRef]) -> list[np.ndarray]:
     """-> one (P, D) float32 block per image, in message order; [] for a text-only request (no stage called).
-    Both image stages are side-effect free: a call whose replica died is retried once (serve_app.retry)."""
+    Both image stages are side-effect free: a call whose replica died is retried once (serve_app.api.retry)."""
     if not images:
         return []
     check = partial(require_image_stages, stages)  # polled while waiting too: a lost stage fails fast

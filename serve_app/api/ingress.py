@@ -35,9 +35,9 @@ from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorize
 from serve_app.observability.metrics import StageMetrics, outcome_of_status
 from serve_app.api.protocol import ModelCard, ModelList, completion_id
 from serve_app.api.sse import error_response, sse_response
-from serve_app.request_limits import default_max_request_bytes, read_body
-from serve_app.retry import RETRYABLE
-from serve_app.stage_watch import StageWatch
+from serve_app.api.request_limits import default_max_request_bytes, read_body
+from serve_app.api.retry import RETRYABLE
+from serve_app.api.stage_watch import StageWatch
 from serve_app.stages.preprocess import PreprocessOptions
 
 app = FastAPI(title="mmserve", docs_url=None, redoc_url=None)

@@ -3,10 +3,10 @@
     deadline = now + stage_timeout_s
     call -> replica died (RayActorError: ActorDiedError / ActorUnavailableError, ReplicaUnavailableError)
          -> call again; Serve's router has dropped the dead replica, so another one (or its restart) answers
-         -> a second death, or the deadline passing, fails the request (503 / 504 through errors.to_error)
+         -> a second death, or the deadline passing, fails the request (503 / 504 through serve_app.api.errors.to_error)
 
 A decoder stream is never retried: tokens already sent cannot be taken back, so a stream that fails mid-way ends
-with an error chunk (serve_app.sse).
+with an error chunk (serve_app.api.sse).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ CHECK_EVERY_S = 0.5  # how often a waiting call looks whether its stage was lost
 async def call_once_more(call: Callable[[], Awaitable[T]], deadline: float, what: str,
                          check: Callable[[], None] = lambda: None) -> T:
     """`await call()` within `deadline` (time.monotonic()), called again once if its replica died. `check` raises
-    when the stage is known lost (serve_app.stage_watch): it is polled while waiting, so a call waiting in Serve's
+    when the stage is known lost (serve_app.api.stage_watch): it is polled while waiting, so a call waiting in Serve's
     router for a replica that cannot be placed is abandoned at once rather than at the deadline."""
     for attempt in range(1, ATTEMPTS + 1):
         check()

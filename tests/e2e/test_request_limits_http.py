@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from serve_app.request_limits import default_max_request_bytes
+from serve_app.api.request_limits import default_max_request_bytes
 from tests.e2e.conftest import MAX_IMAGE_BYTES, MAX_IMAGES, auth_headers
 
 pytestmark = pytest.mark.e2e

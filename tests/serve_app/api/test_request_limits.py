@@ -10,8 +10,8 @@ import pytest
 from serve_app.api.chat import parse_request
 from serve_app.config import parse_args
 from serve_app.api.errors import InvalidRequest, RequestTooLarge, to_error
-from serve_app.request_limits import (check_content_length, deeper_than, default_max_request_bytes,
-                                      read_limited)
+from serve_app.api.request_limits import (check_content_length, deeper_than, default_max_request_bytes,
+                                          read_limited)
 
 
 def nested(depth: int, leaf=1):

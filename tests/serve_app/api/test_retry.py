@@ -11,7 +11,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 from serve_app.api import chat
 from serve_app.api.errors import StageUnavailable, to_error
-from serve_app.retry import call_once_more
+from serve_app.api.retry import call_once_more
 
 
 class FlakyMethod:
