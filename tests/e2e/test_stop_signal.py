@@ -52,7 +52,7 @@ def alive(procs: list[psutil.Process]) -> list[str]:
     for p in procs:
         try:
             if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{p.pid} {p.name()}")
+                out.append(f"{p.pid} {p.name()}: {' '.join(p.cmdline())[:200]}")
         except psutil.NoSuchProcess:
             pass
     return out
