@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from graphs.config import ModelConfig, get_preset
-from graphs.manifest import CPU_EP, MANIFEST, GraphEntry, Manifest, TensorSpec, TokenizerEntry, Variant
+from graphs.manifest import CPU_EP, MANIFEST, GraphEntry, KvCacheEntry, Manifest, TensorSpec, TokenizerEntry, Variant
 from graphs.tokenizer import EOS, ROLE_TOKENS, build_tokenizer, load_tokenizer, token_id
 from graphs.variants import VARIANTS, file_name, fusion_counts, ort_optimized_counts
 
@@ -31,8 +31,8 @@ DEMO_ASSETS = Path(__file__).parent / "assets" / "demo"
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 TOKENIZER = "tokenizer.json"
 # Sources whose change changes the artifacts: their hash is part of ensure_artifacts' cache key.
-_BUILD_SOURCES = ("build.py", "config.py", "decoder_graph.py", "model.py", "onnx_ops.py", "parity.py",
-                  "quantize.py", "tokenizer.py", "variants.py", "verify.py", "vision_graph.py", "weights.py")
+_BUILD_SOURCES = ("build.py", "config.py", "decoder_graph.py", "kv_calibration.py", "model.py", "onnx_ops.py",
+                  "parity.py", "quantize.py", "tokenizer.py", "variants.py", "verify.py", "vision_graph.py", "weights.py")
 
 
 class BuildError(RuntimeError):
@@ -99,6 +99,14 @@ def _build_graphs(model, tmp: Path, progress: Progress) -> dict[str, dict[str, o
     return built
 
 
+def _kv_cache_entry(spec) -> KvCacheEntry:
+    if spec.kv_cache_bits is None:
+        return KvCacheEntry()
+    from graphs import kv_calibration
+    return KvCacheEntry(dtype=np.dtype(kv_calibration.CACHE_DTYPE[spec.kv_cache_bits]).name, bits=spec.kv_cache_bits,
+                        quantization="PER_CHANNEL", calibration=kv_calibration.method(spec.kv_cache_bits))
+
+
 def _graph_entries(built, tmp: Path, parity: dict) -> dict[str, GraphEntry]:
     entries = {}
     for graph, protos in built.items():
@@ -109,7 +117,8 @@ def _graph_entries(built, tmp: Path, parity: dict) -> dict[str, GraphEntry]:
             ort_counts = ort_optimized_counts(tmp / f) if CPU_EP in spec.providers else {}
             variants[name] = Variant(file=f, sha256=_sha256(tmp / f), providers=list(spec.providers),
                                      precision=spec.precision, fusions=fusion_counts(proto),
-                                     parity=parity[graph][name], ort_optimized=ort_counts)
+                                     parity=parity[graph][name], ort_optimized=ort_counts,
+                                     kv_cache=_kv_cache_entry(spec))
         entries[graph] = GraphEntry(inputs=_specs(first.graph.input), outputs=_specs(first.graph.output),
                                     variants=variants)
     return entries

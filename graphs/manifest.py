@@ -23,6 +23,8 @@ Graph signatures (symbolic dims in quotes):
     out  logits            float32 ("batch", V)                  next-token logits at each row's last position
     out  present_key.{i}   float32 ("batch", nh, "max_cache", hs) the updated cache, in place when bound to past
     out  present_value.{i} float32 ("batch", nh, "max_cache", hs)
+  The past/present dtype is the variant's kv_cache.dtype (float32, int8, or uint8 with hs/2 bytes for 4 bits: the
+  GraphEntry's inputs list the first variant's); scales of a quantized cache are initializers inside the graph.
   A prefill is a call with seq = prompt length on an empty cache row; a decode step is seq = 1 for every active row,
   each row at its own length. The cache is never copied between steps: callers bind past and present to one buffer.
 """
@@ -49,6 +51,19 @@ class TensorSpec(BaseModel):
     shape: list[int | str] = Field(description="ints are fixed dims, strings are symbolic")
 
 
+class KvCacheEntry(BaseModel):
+    """A decoder variant's KV cache storage: what the runner allocates and binds as past/present."""
+    dtype: str = Field(default="float32", description="numpy dtype of the cache buffers: float32, int8, or uint8 "
+                                                       "(4-bit: two values per byte)")
+    bits: int = Field(default=32, description="bits per cached value: 32, 8 or 4")
+    quantization: str | None = Field(default=None, description="GroupQueryAttention k/v_quant_type, e.g. PER_CHANNEL")
+    calibration: str | None = Field(default=None, description="how the static scales were calibrated at build")
+
+    def last_dim(self, head_dim: int) -> int:
+        """The cache's last dim: head_dim values, packed two per byte at 4 bits."""
+        return head_dim * min(self.bits, 8) // 8
+
+
 class Variant(BaseModel):
     file: str = Field(description="file name inside the artifact directory")
     sha256: str
@@ -60,6 +75,8 @@ class Variant(BaseModel):
     ort_optimized: dict[str, int] = Field(default_factory=dict,
                                           description="node count by op type after ORT's load-time optimizer "
                                                       "(CPU EP, all levels); empty for non-CPU variants")
+    kv_cache: KvCacheEntry = Field(default_factory=KvCacheEntry,
+                                   description="decoder: the KV cache's dtype and quantization (default float32)")
 
 
 class GraphEntry(BaseModel):

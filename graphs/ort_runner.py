@@ -21,6 +21,9 @@ def cpu_session(path_or_bytes, threads: int = 1, profile_prefix: str | None = No
     return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
 
 
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+
+
 class CachedDecoder:
     """A decoder session plus its KV cache: per layer, one (slots, nh, max_cache, hs) key and value buffer.
 
@@ -33,7 +36,10 @@ class CachedDecoder:
                  max_cache: int):
         self.session = session
         self.layers = layers
-        self.keys = np.zeros((layers, slots, heads, max_cache, head_dim), np.float32)
+        past = next(i for i in session.get_inputs() if i.name == "past_key.0")  # the variant's cache dtype and width
+        self.dtype = np.dtype(_ORT_TYPES[past.type])
+        last = past.shape[-1] if isinstance(past.shape[-1], int) else head_dim
+        self.keys = np.zeros((layers, slots, heads, max_cache, last), self.dtype)
         self.values = np.zeros_like(self.keys)
         self.lengths = np.zeros(slots, np.int64)  # tokens in each slot's cache
 
@@ -48,8 +54,8 @@ class CachedDecoder:
         for i in range(self.layers):
             for past, present, buf in ((f"past_key.{i}", f"present_key.{i}", self.keys[i, rows]),
                                        (f"past_value.{i}", f"present_value.{i}", self.values[i, rows])):
-                io.bind_input(past, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
-                io.bind_output(present, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+                io.bind_input(past, "cpu", 0, self.dtype, list(buf.shape), buf.ctypes.data)
+                io.bind_output(present, "cpu", 0, self.dtype, list(buf.shape), buf.ctypes.data)
         self.session.run_with_iobinding(io)
         # Only the logits: copy_outputs_to_cpu() would also copy every bound cache buffer (tens of MB per step).
         return io.get_outputs()[0].numpy()

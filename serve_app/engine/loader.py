@@ -33,9 +33,10 @@ def open_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 
     opened = open_session(str(root / variant.file), [CPU_EP], threads=threads)
     session = ProfilableSession(opened.session, root / variant.file, threads, stage="decoder")  # profiling switch
     width, heads = int(dec["width"]), int(dec["heads"])
+    kv = variant.kv_cache  # the cache is allocated in the variant's dtype: int8 holds 4x the slots per GiB
     runner = OrtDecoderRunner(session, layers=int(dec["layers"]), heads=heads, head_dim=width // heads,
                               width=width, vocab_size=int(dec["vocab_size"]), slots=config.slots,
-                              max_context=max_context)
+                              max_context=max_context, cache_dtype=kv.dtype, cache_last_dim=kv.last_dim(width // heads))
     return runner, name, manifest
 
 

@@ -33,19 +33,27 @@ class StepRunner(Protocol):
         """One new token for slots 0..n-1: embeds (n,D), lengths (n,) tokens cached before -> logits (n,V).
         The result may be a view that the next call overwrites."""
 
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of KV cache allocated (every layer, keys and values, the staging row included)."""
+        return sum(b.nbytes for b in (*self._key, *self._value))
+
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` cached positions of slot src into slot dst."""
 
 
 class OrtDecoderRunner:
     def __init__(self, session: ort.InferenceSession, layers: int, heads: int, head_dim: int, width: int,
-                 vocab_size: int, slots: int, max_context: int):
+                 vocab_size: int, slots: int, max_context: int, cache_dtype: str = "float32",
+                 cache_last_dim: int | None = None):
+        """cache_dtype / cache_last_dim: the variant's KV cache storage (manifest kv_cache): float32 with head_dim,
+        int8 with head_dim, or uint8 with head_dim / 2 (4 bits)."""
         self.session = session
         self.slots, self.max_context, self.vocab_size = slots, max_context, vocab_size
         self._layers = layers
-        shape = (slots + 1, heads, max_context, head_dim)
-        self._key = [np.zeros(shape, np.float32) for _ in range(layers)]  # (slots+1,nh,T,hs) each
-        self._value = [np.zeros(shape, np.float32) for _ in range(layers)]
+        shape = (slots + 1, heads, max_context, cache_last_dim or head_dim)
+        self._key = [np.zeros(shape, cache_dtype) for _ in range(layers)]  # (slots+1,nh,T,hs) each
+        self._value = [np.zeros(shape, cache_dtype) for _ in range(layers)]
         self._embeds = np.zeros((slots, 1, width), np.float32)  # (n,1,D) prefix bound per step
         self._positions = np.zeros((slots, 1), np.int64)  # (n,1)
         self._seqlens = np.zeros((slots,), np.int32)  # (n,)
@@ -58,8 +66,8 @@ class OrtDecoderRunner:
             for kind, buf in (("key", self._key[i]), ("value", self._value[i])):
                 rows = buf[lo:hi]  # contiguous: slot axis outermost
                 ptr, shp = rows.ctypes.data, list(rows.shape)
-                io.bind_input(f"past_{kind}.{i}", "cpu", 0, np.float32, shp, ptr)
-                io.bind_output(f"present_{kind}.{i}", "cpu", 0, np.float32, shp, ptr)
+                io.bind_input(f"past_{kind}.{i}", "cpu", 0, rows.dtype, shp, ptr)
+                io.bind_output(f"present_{kind}.{i}", "cpu", 0, rows.dtype, shp, ptr)
 
     @staticmethod
     def _bind_array(io: ort.IOBinding, name: str, arr: np.ndarray, output: bool = False) -> None:
@@ -104,6 +112,11 @@ class OrtDecoderRunner:
         self._total[...] = int(lengths.max()) + 1
         self.session.run_with_iobinding(self._decode_binding(n))
         return self._logits[:n]
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of KV cache allocated (every layer, keys and values, the staging row included)."""
+        return sum(b.nbytes for b in (*self._key, *self._value))
 
     def move(self, src: int, dst: int, length: int) -> None:
         for buf in (*self._key, *self._value):

@@ -1,0 +1,106 @@
+"""Decoder variants with a quantized KV cache (GroupQueryAttention int8 / 4-bit, static calibrated scales): what the
+manifest says, that the kernel caches in place on ragged rows and in chunks, and that rows stay independent."""
+
+import numpy as np
+import pytest
+
+from graphs.config import get_preset
+from graphs.kv_calibration import QMAX, calibrate, kv_absmax
+from graphs.manifest import Manifest
+from graphs.ort_runner import CachedDecoder, cpu_session
+from graphs.verify import KV_MAX_REL_ERR
+
+TINY = get_preset("tiny")
+KV_VARIANTS = {"cpu-int8-kv8": ("int8", 8, TINY.decoder.head_dim), "cpu-int8-rowwise-kv8": ("int8", 8, TINY.decoder.head_dim)}
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_artifacts_dir):
+    return Manifest.read(tiny_artifacts_dir)
+
+
+def _decoder(artifacts, manifest, variant: str, slots: int) -> CachedDecoder:
+    d = TINY.decoder
+    sess = cpu_session(str(artifacts / manifest.graphs["decoder"].variants[variant].file))
+    return CachedDecoder(sess, d.layers, d.heads, d.head_dim, slots=slots, max_cache=d.max_positions)
+
+
+@pytest.mark.parametrize("variant", sorted(KV_VARIANTS))
+def test_manifest_records_the_cache_dtype_and_its_calibration(tiny_artifacts_dir, manifest, variant):
+    dtype, bits, last = KV_VARIANTS[variant]
+    v = manifest.graphs["decoder"].variants[variant]
+    assert (v.kv_cache.dtype, v.kv_cache.bits, v.kv_cache.quantization) == (dtype, bits, "PER_CHANNEL")
+    assert "absmax" in v.kv_cache.calibration and "calibration contexts" in v.kv_cache.calibration
+    assert v.kv_cache.last_dim(TINY.decoder.head_dim) == last
+    dec = _decoder(tiny_artifacts_dir, manifest, variant, 1)
+    assert dec.keys.dtype == np.dtype(dtype) and dec.keys.shape[-1] == last  # the graph's own inputs agree
+    assert v.parity["kv_logits_err_rel_std"] <= KV_MAX_REL_ERR
+    assert manifest.graphs["decoder"].variants["cpu-int8"].kv_cache.dtype == "float32"
+
+
+def test_scales_are_the_calibration_absmax_over_qmax():
+    from graphs.weights import load_model
+
+    model = load_model(TINY)
+    k_max, v_max = kv_absmax(model)  # (L,nh,hs)
+    assert k_max.shape == (TINY.decoder.layers, TINY.decoder.heads, TINY.decoder.head_dim) and (k_max > 0).all()
+    for bits in (8, 4):
+        q = calibrate(model, bits)
+        np.testing.assert_allclose(np.stack(q.k_scales), k_max / QMAX[bits], rtol=1e-6)
+        np.testing.assert_allclose(np.stack(q.v_scales), v_max / QMAX[bits], rtol=1e-6)
+
+
+def test_int8_cache_logits_match_the_fp32_cache_within_the_gate(tiny_artifacts_dir, manifest):
+    """Ragged rows prefilled one by one, then batched decode steps: the int8 cache stays within its gate bound of
+    the same weights over a float32 cache, step after step (errors do not compound past it)."""
+    rng = np.random.default_rng(0)
+    d = TINY.decoder
+    decs = {v: _decoder(tiny_artifacts_dir, manifest, v, 4) for v in ("cpu-int8-rowwise", "cpu-int8-rowwise-kv8")}
+    prompts = [rng.standard_normal((1, 5 + 7 * r, d.width)).astype(np.float32) for r in range(4)]
+    steps = rng.standard_normal((12, 4, 1, d.width)).astype(np.float32)
+    out = {}
+    for name, dec in decs.items():
+        got = [np.concatenate([dec.prefill(r, p) for r, p in enumerate(prompts)])]
+        got += [dec.step(0, x) for x in steps]
+        out[name] = np.stack(got)  # (13,4,V)
+    base, mine = out["cpu-int8-rowwise"], out["cpu-int8-rowwise-kv8"]
+    err = np.abs(mine - base).max() / base.std()
+    assert 0 < err <= KV_MAX_REL_ERR  # quantized (not a float cache in disguise), within the bound
+
+
+def test_int8_cache_chunked_prefill_caches_what_a_whole_prefill_does(tiny_artifacts_dir, manifest):
+    """A prompt prefilled in two chunks (the engine's staging path: sequence_length > 1 over a past) writes the same
+    int8 cache bytes and the same last logits as one whole prefill. Row-wise weights: the K/V projections of a row
+    do not depend on which other positions share the call."""
+    d = TINY.decoder
+    x = np.random.default_rng(1).standard_normal((1, 30, d.width)).astype(np.float32)
+    whole = _decoder(tiny_artifacts_dir, manifest, "cpu-int8-rowwise-kv8", 1)
+    chunked = _decoder(tiny_artifacts_dir, manifest, "cpu-int8-rowwise-kv8", 1)
+    a = whole.prefill(0, x)
+    chunked.prefill(0, x[:, :17])
+    io_pos = np.arange(17, 30)[None]
+    b = chunked._run(x[:, 17:], io_pos, slice(0, 1), np.array([30]))
+    assert np.array_equal(whole.keys, chunked.keys) and np.array_equal(whole.values, chunked.values)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert (whole.keys[:, 0, :, 30:] == 0).all() and (whole.keys[:, 0, :, :30] != 0).any()  # only 30 positions
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rowwise_int8_cache_rows_do_not_depend_on_their_batch(tiny_artifacts_dir, manifest, threads):
+    """Static scales: what a row writes into and reads from the int8 cache is its own, whatever shares the step."""
+    d = TINY.decoder
+    sess = cpu_session(str(tiny_artifacts_dir / manifest.graphs["decoder"].variants["cpu-int8-rowwise-kv8"].file),
+                       threads)
+    dec = CachedDecoder(sess, d.layers, d.heads, d.head_dim, slots=4, max_cache=d.max_positions)
+    rng = np.random.default_rng(0)
+    for slot in range(4):
+        dec.prefill(slot, rng.standard_normal((1, 3 + 2 * slot, d.width)).astype(np.float32))
+    x = rng.standard_normal((4, 1, d.width)).astype(np.float32)
+    together = dec.step(0, x)[0]
+    dec.lengths -= 1
+    alone = dec.step(0, x[:1])[0]
+    dec.lengths[0] -= 1
+    loud = x.copy()
+    loud[1:] *= 50.0
+    crowded = dec.step(0, loud)[0]
+    assert np.array_equal(together, alone) and np.array_equal(crowded, alone)
