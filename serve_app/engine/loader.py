@@ -16,7 +16,7 @@ from serve_app.engine.runner import OrtDecoderRunner
 from serve_app.ort_session import open_session
 from serve_app.profiling import ProfilableSession
 
-DEFAULT_VARIANTS = ["cpu-int8", "cpu-fp32"]
+DEFAULT_VARIANTS = ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"]  # int8 KV cache first: docs/performance.md
 
 
 def open_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 1,
