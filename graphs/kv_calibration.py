@@ -9,7 +9,8 @@ int8 GEMMs).
 Calibration (the reference's own K and V, post-projection: positions are learned and added before the blocks, so
 there is no rotary to apply first):
 
-    CALIBRATION_CONTEXTS seeded contexts, each [image features ; prompt of 4..40 tokens ; greedy continuation]
+    CALIBRATION_CONTEXTS seeded contexts, [image features ; prompt of 4..40 tokens ; greedy continuation] and, every
+    other one, the same without an image (text-only requests: their first positions have other K/V ranges)
       -> Decoder.forward -> per layer present (B,nh,T,hs) keys and values
       -> absmax over every position of every context, per (layer, head, channel)
       -> scale = absmax / qmax   (qmax = 127 for 8 bits, 7 for 4 bits)
@@ -63,12 +64,15 @@ def _contexts(model) -> list[torch.Tensor]:
     size, v = cfg.vision.image_size, cfg.decoder.vocab_size
     room = cfg.decoder.max_positions - cfg.num_image_tokens - CONTINUATION_TOKENS
     out = []
-    for _ in range(CALIBRATION_CONTEXTS):
+    for i in range(CALIBRATION_CONTEXTS):
         pixels = torch.from_numpy(rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8))
         prompt = rng.integers(0, v, int(rng.integers(4, max(5, min(40, room))))).tolist()
+        if i % 2:  # text-only requests too: their first positions carry other K/V ranges than image features do
+            pixels = None
         tokens = model.generate_greedy(pixels, prompt, CONTINUATION_TOKENS)
         with torch.no_grad():
-            out.append(model.embed_prompt(model.vision(pixels), torch.tensor([prompt + tokens])))
+            feats = None if pixels is None else model.vision(pixels)
+            out.append(model.embed_prompt(feats, torch.tensor([prompt + tokens])))
     return out
 
 
@@ -104,5 +108,5 @@ def calibrate(model, bits: int) -> KvCacheQuant:
 def method(bits: int) -> str:
     """How the scales of a `bits` cache are calibrated, in words (recorded in the manifest)."""
     return (f"static per-channel scales: absmax / {QMAX[bits]} of the reference's K and V per (layer, head, channel) "
-            f"over {CALIBRATION_CONTEXTS} calibration contexts (image + prompt + {CONTINUATION_TOKENS} greedy tokens, "
-            f"seed {CALIBRATION_SEED})")
+            f"over {CALIBRATION_CONTEXTS} calibration contexts (half image + prompt, half prompt only, each + "
+            f"{CONTINUATION_TOKENS} greedy tokens, seed {CALIBRATION_SEED})")
