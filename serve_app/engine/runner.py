@@ -42,6 +42,16 @@ class StepRunner(Protocol):
         """Copy the first `length` cached positions of slot src into slot dst."""
 
 
+def _resident_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Zeros whose pages are mapped now, once, at load. np.zeros maps them lazily, so the first write into each part of
+    the cache (a prefill into a slot never used, a compaction move, a row growing into new positions) would page-fault
+    inside a step; with transparent huge pages each such fault zeroes 2 MiB, and a slot's rows span one region per
+    head and layer (docs/performance.md: a first-touch move costs two orders of magnitude more than a warm one)."""
+    buf = np.zeros(shape, dtype)
+    buf.fill(0)
+    return buf
+
+
 class OrtDecoderRunner:
     def __init__(self, session: ort.InferenceSession, layers: int, heads: int, head_dim: int, width: int,
                  vocab_size: int, slots: int, max_context: int, cache_dtype: str = "float32",
@@ -52,8 +62,8 @@ class OrtDecoderRunner:
         self.slots, self.max_context, self.vocab_size = slots, max_context, vocab_size
         self._layers = layers
         shape = (slots + 1, heads, max_context, cache_last_dim or head_dim)
-        self._key = [np.zeros(shape, cache_dtype) for _ in range(layers)]  # (slots+1,nh,T,hs) each
-        self._value = [np.zeros(shape, cache_dtype) for _ in range(layers)]
+        self._key = [_resident_zeros(shape, cache_dtype) for _ in range(layers)]  # (slots+1,nh,T,hs) each
+        self._value = [_resident_zeros(shape, cache_dtype) for _ in range(layers)]
         self._embeds = np.zeros((slots, 1, width), np.float32)  # (n,1,D) prefix bound per step
         self._positions = np.zeros((slots, 1), np.int64)  # (n,1)
         self._seqlens = np.zeros((slots,), np.int32)  # (n,)
