@@ -1,9 +1,9 @@
 """Decoder variants side by side, float32 vs quantized KV cache (prints figures; not a test).
 
 For each variant, through the serving runner (OrtDecoderRunner, the cache in the variant's dtype): the bare decode
-call at batch B with P cached positions per row (ragged: rows spread over P-32..P+32 unless --equal), the median
-over rounds that alternate the variants (a shared machine's load then hits every variant alike); and the KV cache
-per slot: slots per GiB at --max-context.
+call at batch B with P cached positions per row (ragged: rows spread over P-32..P+32 unless --equal) and a prefill
+of --prefill positions, medians over rounds that alternate the variants (a shared machine's load then hits every
+variant alike), in thread CPU time and wall time; and the KV cache per slot: slots per GiB at --max-context.
 
     python benchmarks/bench_kv_cache.py --artifacts /tmp/artifacts/reference
 """
@@ -33,14 +33,23 @@ def _fill(runner, lengths: np.ndarray, width: int, rng) -> None:
         runner.prefill(slot, rng.standard_normal((int(n), width)).astype(np.float32) * 0.1)
 
 
-def _timed_decode(runner, lengths: np.ndarray, embeds: np.ndarray, calls: int) -> float:
-    """Median seconds of `calls` decode calls at the same positions (the cache is rewritten in place)."""
-    times = []
+def _timed(call, calls: int) -> tuple[float, float]:
+    """Median wall and thread-CPU seconds of `calls` calls. With one ORT thread the graph runs on this thread, so
+    CPU time is the work itself, which other processes on a shared machine barely move."""
+    wall, cpu = [], []
     for _ in range(calls):
-        t0 = time.perf_counter()
-        runner.decode(len(lengths), embeds, lengths)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        w, c = time.perf_counter(), time.thread_time()
+        call()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.thread_time() - c)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
+def _report(label: str, variants: list[str], per: dict[str, list[tuple[float, float]]]) -> None:
+    base = float(np.median([c for _, c in per[variants[0]]]))
+    for v in variants:
+        wall, cpu = (float(np.median(x)) for x in zip(*per[v]))
+        print(f"{label} {v:<22} cpu {cpu * 1e3:7.2f} ms  x{base / cpu:4.2f} vs {variants[0]}   wall {wall * 1e3:7.2f} ms")
 
 
 def main() -> None:
@@ -53,6 +62,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20, help="decode calls per round")
     ap.add_argument("--equal", action="store_true", help="every row at the same length (default ragged)")
     ap.add_argument("--max-context", type=int, default=512)
+    ap.add_argument("--prefill", type=int, default=228, help="prompt positions of the prefill measured")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     for shape in args.shapes:
@@ -68,12 +78,14 @@ def main() -> None:
         per = {v: [] for v in args.variants}
         for _ in range(args.rounds):
             for v, runner in runners.items():
-                per[v].append(_timed_decode(runner, lengths, embeds, args.calls))
-        base = float(np.median(per[args.variants[0]]))
-        for v in args.variants:
-            t = float(np.median(per[v]))
-            print(f"decode batch {b:>2} past ~{p} ({'equal' if args.equal else 'ragged'}) {v:<22} "
-                  f"{t * 1e3:7.3f} ms  x{base / t:4.2f} vs {args.variants[0]}  ({b / t:,.0f} tokens/s bare)")
+                per[v].append(_timed(lambda: runner.decode(b, embeds, lengths), args.calls))
+        _report(f"decode b{b} @~{p} ({'equal' if args.equal else 'ragged'})", args.variants, per)
+    prompt = rng.standard_normal((args.prefill, width)).astype(np.float32) * 0.1  # into an empty slot
+    per = {v: [] for v in args.variants}
+    for _ in range(args.rounds):
+        for v, runner in runners.items():
+            per[v].append(_timed(lambda: runner.prefill(0, prompt), max(1, args.calls // 4)))
+    _report(f"prefill {args.prefill} positions", args.variants, per)
     for v in args.variants:
         runner, _ = _runner(args.artifacts, v, 1, 1, args.max_context)
         per_slot = runner.cache_bytes / (runner.slots + 1)  # the staging row is one more slot's worth
