@@ -107,7 +107,20 @@ def _kv_cache_entry(spec) -> KvCacheEntry:
                         quantization="PER_CHANNEL", calibration=kv_calibration.method(spec.kv_cache_bits))
 
 
-def _graph_entries(built, tmp: Path, parity: dict) -> dict[str, GraphEntry]:
+def _leave_out_rejected(built, parity: dict, tmp: Path) -> dict[str, dict[str, str]]:
+    """Optional variants that missed the gate: out of `built` and the directory; -> graph -> name -> why."""
+    from graphs.parity import REJECTED
+
+    rejected: dict[str, dict[str, str]] = {}
+    for graph, protos in built.items():
+        for name in [n for n in protos if REJECTED in parity[graph][n]]:
+            rejected.setdefault(graph, {})[name] = parity[graph].pop(name)[REJECTED]
+            del protos[name]
+            (tmp / file_name(graph, name)).unlink()
+    return rejected
+
+
+def _graph_entries(built, tmp: Path, parity: dict, rejected: dict | None = None) -> dict[str, GraphEntry]:
     entries = {}
     for graph, protos in built.items():
         first = next(iter(protos.values()))
@@ -120,7 +133,7 @@ def _graph_entries(built, tmp: Path, parity: dict) -> dict[str, GraphEntry]:
                                      parity=parity[graph][name], ort_optimized=ort_counts,
                                      kv_cache=_kv_cache_entry(spec))
         entries[graph] = GraphEntry(inputs=_specs(first.graph.input), outputs=_specs(first.graph.output),
-                                    variants=variants)
+                                    variants=variants, rejected=(rejected or {}).get(graph, {}))
     return entries
 
 
@@ -144,10 +157,11 @@ def _write_artifacts(cfg: ModelConfig, weights: Path | None, tokenizer: Path | N
     built = _build_graphs(model, tmp, progress)
     parity = run_parity_gate(model, {g: {n: p.SerializeToString() for n, p in ps.items()} for g, ps in built.items()},
                              progress)
+    rejected = _leave_out_rejected(built, parity, tmp)
     manifest = Manifest(
         preset=cfg.name, model=cfg.to_dict(), num_image_tokens=cfg.num_image_tokens, image_size=cfg.vision.image_size,
         tokenizer=tok_entry, token_embeddings=TensorSpec(name=TOKEN_EMBEDDINGS, dtype="float32", shape=list(wte.shape)),
-        graphs=_graph_entries(built, tmp, parity), versions=_versions(),
+        graphs=_graph_entries(built, tmp, parity, rejected), versions=_versions(),
         weights_sha256=None if weights is None else _sha256(weights))
     manifest.write(tmp)
     return Manifest.read(tmp)  # exactly what serving will read back (JSON turns tuples into lists)

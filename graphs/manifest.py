@@ -83,6 +83,8 @@ class GraphEntry(BaseModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     variants: dict[str, Variant]
+    rejected: dict[str, str] = Field(default_factory=dict, description="optional variants built but left out: "
+                                                                       "name -> the parity gate's message")
 
     def variant_for(self, provider: str, prefer: list[str] | None = None) -> tuple[str, Variant]:
         """The variant to run on `provider` (the EP that actually loaded); `prefer` orders candidate names."""

@@ -30,6 +30,7 @@ class VariantSpec:
     contrib: bool  # may use com.microsoft ops (False: standard domain only, checked by tests)
     kv_cache_bits: int | None = None  # decoder: KV cache quantized to 8 or 4 bits (graphs/kv_calibration.py)
     same_weights_as: str | None = None  # the variant with these weights and a float32 cache (graphs/kv_parity.py)
+    optional: bool = False  # missing the gate leaves it out of the artifact (recorded why) instead of failing the build
 
 
 def _quantized(builder: Callable, scheme: str = "Int8Weights") -> Callable:
@@ -62,16 +63,19 @@ VARIANTS: dict[str, dict[str, VariantSpec]] = {
                                      lambda m: build_vision(m, "portable"), contrib=False),
     },
     "decoder": {
-        # int8 KV cache, static calibrated scales: a quarter of the cache bytes, faster attention at long contexts
+        # int8 KV cache, static calibrated scales: a quarter of the cache bytes, a faster decode step, a slower
+        # prefill. Optional: a model whose K/V the calibration does not cover gets no such variant (its manifest says
+        # why) and serving falls back to the next in prefer_variants
         "cpu-int8-kv8": VariantSpec("decoder", "int8", (CPU_EP,), _kv_quantized("Int8Weights", 8), contrib=True,
-                                    kv_cache_bits=8, same_weights_as="cpu-int8"),
+                                    kv_cache_bits=8, same_weights_as="cpu-int8", optional=True),
         "cpu-int8": VariantSpec("decoder", "int8", (CPU_EP,), _quantized(build_decoder), contrib=True),
         # rows independent of their batch (seeded/greedy replay under any load), slower: graphs/quantize.py
         "cpu-int8-rowwise": VariantSpec("decoder", "int8", (CPU_EP,), _quantized(build_decoder, "BlockInt8Weights"),
                                         contrib=True),
         # the same with an int8 cache: static scales keep the rows independent
         "cpu-int8-rowwise-kv8": VariantSpec("decoder", "int8", (CPU_EP,), _kv_quantized("BlockInt8Weights", 8),
-                                            contrib=True, kv_cache_bits=8, same_weights_as="cpu-int8-rowwise"),
+                                            contrib=True, kv_cache_bits=8, same_weights_as="cpu-int8-rowwise",
+                                            optional=True),
         "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), build_decoder, contrib=True),
     },
 }

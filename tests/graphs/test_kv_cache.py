@@ -104,3 +104,19 @@ def test_rowwise_int8_cache_rows_do_not_depend_on_their_batch(tiny_artifacts_dir
     loud[1:] *= 50.0
     crowded = dec.step(0, loud)[0]
     assert np.array_equal(together, alone) and np.array_equal(crowded, alone)
+
+
+def test_an_int8_cache_past_its_bound_is_left_out_not_shipped(tmp_path, monkeypatch):
+    """Optional variants: a model whose K/V the calibration does not cover loses the -kv8 variants (the manifest says
+    why, serving falls back along prefer_variants) instead of failing the whole build."""
+    from graphs import verify
+    from graphs.build import build_artifacts
+
+    strict = [(k, kind, 1e-9 if k == "kv_logits_err_rel_std" else b) for k, kind, b in verify.GATE["int8"]]
+    monkeypatch.setitem(verify.GATE, "int8", strict)
+    manifest = build_artifacts("tiny", tmp_path / "tiny")
+    dec = manifest.graphs["decoder"]
+    assert set(dec.rejected) == {"cpu-int8-kv8", "cpu-int8-rowwise-kv8"}
+    assert "kv_logits_err_rel_std" in dec.rejected["cpu-int8-kv8"] and "cpu-int8-kv8" not in dec.variants
+    assert not list((tmp_path / "tiny").glob("decoder.*kv8.onnx"))
+    assert {"cpu-int8", "cpu-int8-rowwise", "cpu-fp32"} <= set(dec.variants)
