@@ -49,7 +49,8 @@ def _report(label: str, variants: list[str], per: dict[str, list[tuple[float, fl
     base = float(np.median([c for _, c in per[variants[0]]]))
     for v in variants:
         wall, cpu = (float(np.median(x)) for x in zip(*per[v]))
-        print(f"{label} {v:<22} cpu {cpu * 1e3:7.2f} ms  x{base / cpu:4.2f} vs {variants[0]}   wall {wall * 1e3:7.2f} ms")
+        print(f"{label} {v:<22} cpu {cpu * 1e3:7.2f} ms  x{base / cpu:4.2f} vs {variants[0]}   "
+              f"wall {wall * 1e3:7.2f} ms")
 
 
 def main() -> None:

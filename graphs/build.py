@@ -31,8 +31,9 @@ DEMO_ASSETS = Path(__file__).parent / "assets" / "demo"
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 TOKENIZER = "tokenizer.json"
 # Sources whose change changes the artifacts: their hash is part of ensure_artifacts' cache key.
-_BUILD_SOURCES = ("build.py", "config.py", "decoder_graph.py", "kv_calibration.py", "model.py", "onnx_ops.py",
-                  "parity.py", "quantize.py", "tokenizer.py", "variants.py", "verify.py", "vision_graph.py", "weights.py")
+_BUILD_SOURCES = ("build.py", "config.py", "decoder_graph.py", "kv_calibration.py", "kv_parity.py", "model.py",
+                  "onnx_ops.py", "parity.py", "quantize.py", "tokenizer.py", "variants.py", "verify.py",
+                  "vision_graph.py", "weights.py")
 
 
 class BuildError(RuntimeError):

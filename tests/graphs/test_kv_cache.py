@@ -11,7 +11,8 @@ from graphs.ort_runner import CachedDecoder, cpu_session
 from graphs.verify import KV_MAX_REL_ERR
 
 TINY = get_preset("tiny")
-KV_VARIANTS = {"cpu-int8-kv8": ("int8", 8, TINY.decoder.head_dim), "cpu-int8-rowwise-kv8": ("int8", 8, TINY.decoder.head_dim)}
+KV_VARIANTS = {"cpu-int8-kv8": ("int8", 8, TINY.decoder.head_dim),
+               "cpu-int8-rowwise-kv8": ("int8", 8, TINY.decoder.head_dim)}
 
 
 @pytest.fixture(scope="module")
