@@ -22,7 +22,7 @@ import onnx
 
 from graphs.emit.inspect import file_name, fusion_counts, ort_optimized_counts
 from graphs.families import family_for_source
-from graphs.families.base import REJECTED, Family, Progress, Source, SourceError
+from graphs.families.base import Family, Progress, Source, SourceError
 from graphs.manifest import CPU_EP, MANIFEST, DecoderSpec, GraphEntry, Manifest, ManifestError, TensorSpec, Variant
 
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
@@ -72,17 +72,6 @@ def _build_graphs(family: Family, model, tmp: Path, progress: Progress) -> dict[
     return built
 
 
-def _leave_out_rejected(built, parity: dict, tmp: Path) -> dict[str, dict[str, str]]:
-    """Optional variants that missed the gate: out of `built` and the directory; -> graph -> name -> why."""
-    rejected: dict[str, dict[str, str]] = {}
-    for graph, protos in built.items():
-        for name in [n for n in protos if REJECTED in parity[graph][n]]:
-            rejected.setdefault(graph, {})[name] = parity[graph].pop(name)[REJECTED]
-            del protos[name]
-            (tmp / file_name(graph, name)).unlink()
-    return rejected
-
-
 def _signature(specs: list[TensorSpec], kv_cache, decoder: DecoderSpec) -> list[TensorSpec]:
     """The entry's signature as a variant with its own quantized cache (`kv_cache`) must have it."""
     if kv_cache is None:
@@ -92,8 +81,7 @@ def _signature(specs: list[TensorSpec], kv_cache, decoder: DecoderSpec) -> list[
             if t.name in cache else t for t in specs]
 
 
-def _graph_entries(family: Family, built, tmp: Path, parity: dict, decoder: DecoderSpec,
-                   rejected: dict) -> dict[str, GraphEntry]:
+def _graph_entries(family: Family, built, tmp: Path, parity: dict, decoder: DecoderSpec) -> dict[str, GraphEntry]:
     entries = {}
     for graph, protos in built.items():
         # the signature the entry lists: the first variant's with the decoder spec's own cache dtype
@@ -110,7 +98,7 @@ def _graph_entries(family: Family, built, tmp: Path, parity: dict, decoder: Deco
                                      precision=spec.precision, fusions=fusion_counts(proto),
                                      parity=parity[graph][name], ort_optimized=ort_counts,
                                      kv_cache=spec.kv_cache)
-        entries[graph] = GraphEntry(inputs=ins, outputs=outs, variants=variants, rejected=rejected.get(graph, {}))
+        entries[graph] = GraphEntry(inputs=ins, outputs=outs, variants=variants)
     return entries
 
 
@@ -134,10 +122,9 @@ def _write_artifacts(family: Family, source: Source, tmp: Path, progress: Progre
     built = _build_graphs(family, model, tmp, progress)
     parity = family.parity_gate(model, {g: {n: p.SerializeToString() for n, p in ps.items()}
                                         for g, ps in built.items()}, specs.decoder, progress)
-    rejected = _leave_out_rejected(built, parity, tmp)
     manifest = Manifest(
         family=family.name, preset=source.name, decoder=specs.decoder, vision=specs.vision, prompt=specs.prompt,
-        tokenizer_file=TOKENIZER, graphs=_graph_entries(family, built, tmp, parity, specs.decoder, rejected),
+        tokenizer_file=TOKENIZER, graphs=_graph_entries(family, built, tmp, parity, specs.decoder),
         source=specs.source,
         versions=_versions(), weights_sha256=None if source.weights is None else _sha256(source.weights))
     manifest.write(tmp)

@@ -91,8 +91,6 @@ class GraphEntry(_Spec):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     variants: dict[str, Variant]
-    rejected: dict[str, str] = Field(default_factory=dict, description="optional variants built but left out: "
-                                                                       "name -> the parity gate's message")
 
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]

@@ -4,8 +4,8 @@
             fp32 variants        + greedy 32 tokens after image + prompt, through the fp32 decoder
     decoder every variant        teacher-forced next-token top-1 agreement over seeded contexts, batched decode
             fp32 variants        + greedy 32 tokens after image + prompt, through the fp32 CPU vision graph
-            quantized KV cache   + logits vs the same weights with a float32 cache (graphs/families/own/kv_parity.py), and the
-                                   greedy tokens (recorded, not gated: int8 weights already change them)
+            quantized KV cache   + logits vs the same weights with a float32 cache (graphs/families/own/
+                                   kv_parity.py), and the greedy tokens (recorded, not gated: int8 weights already change them)
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Callable
 
 from graphs import verify
-from graphs.families.base import REJECTED
 from graphs.families.own.variants import VARIANTS
 from graphs.manifest import DecoderSpec
 
@@ -42,9 +41,7 @@ def _figures(model, decoder: DecoderSpec, graph: str, name: str, built: dict[str
 
 def run_parity_gate(model, built: dict[str, dict[str, bytes]], progress: Callable[[str], None],
                     decoder: DecoderSpec) -> dict:
-    """Figures per graph and variant; raises verify.ParityError at the first variant past tolerance, except for an
-    optional variant (VariantSpec.optional), whose figures then carry REJECTED: the message (the build leaves it out
-    of the artifact and records why)."""
+    """Figures per graph and variant; raises verify.ParityError at the first variant past tolerance."""
     results: dict[str, dict[str, dict]] = {}
     progress("parity reference greedy decoding")
     greedy_ref = verify.greedy_reference(model)
@@ -52,12 +49,6 @@ def run_parity_gate(model, built: dict[str, dict[str, bytes]], progress: Callabl
         for name in variants:
             progress(f"parity {graph} {name}")
             figures = _figures(model, decoder, graph, name, built, greedy_ref)
-            try:
-                verify.check(graph, name, VARIANTS[graph][name].precision, figures)
-            except verify.ParityError as e:
-                if not VARIANTS[graph][name].optional:
-                    raise
-                progress(f"left out: {e}")
-                figures[REJECTED] = str(e)
+            verify.check(graph, name, VARIANTS[graph][name].precision, figures)
             results.setdefault(graph, {})[name] = figures
     return results

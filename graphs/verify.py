@@ -17,10 +17,10 @@ Tolerances, and why:
   contexts and the decisive fraction are recorded next to the gated figure.
 - quantized KV cache (graphs/families/own/kv_parity.py), on top of the int8 gate: against the same weights over a
   float32 cache, max logit error <= KV_MAX_REL_ERR of the logits' std and top-1 agreement >= INT8_MIN_TOP1 where
-  that sibling is decisive. Why 0.25: int8 weights themselves move the worst teacher-forced logit by ~0.9 std (reference preset), so
-  the cache may add at most about a quarter of what the weights already cost; measured, an int8 cache adds 0.14
-  (reference) / 0.06 (tiny), a 4-bit cache 0.65 (reference: its top-1 vs the reference falls from 0.95 to 0.84),
-  which is why no 4-bit variant ships.
+  that sibling is decisive. Why 0.25: int8 weights themselves move the worst teacher-forced logit by ~0.9 std
+  (reference preset, 7-bit weights), so the cache may add at most about a quarter of what the weights already cost.
+  Measured figures: docs/performance.md (a 4-bit cache added 0.65 std and dropped top-1 vs the reference to 0.84,
+  which is why no 4-bit variant ships).
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ import numpy as np
 from graphs.manifest import DecoderSpec, KvCacheEntry, PromptSpec, VisionSpec
 
 Progress = Callable[[str], None]
-REJECTED = "rejected"  # parity figures key of an optional variant that missed the gate: the message (build leaves it out)
 
 
 class SourceError(ValueError):
@@ -38,7 +37,6 @@ class VariantSpec:
     contrib: bool  # may use com.microsoft ops (False: standard domain only, checked by tests)
     kv_cache: KvCacheEntry | None = None  # decoder: a quantized KV cache, as the manifest records it
     same_weights_as: str | None = None  # a quantized-cache variant: the one with its weights over a float cache
-    optional: bool = False  # missing the gate leaves it out of the artifact (recorded why) instead of failing the build
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,8 @@ def _last_position(g: GraphBuilder, x: str, name: str) -> str:
 
 
 def build_decoder(model, quantize=None, kv_cache=None):
-    """The decoder ModelProto (contrib ops, CPU EP); `quantize` (graphs.emit.quantize) makes its weights int8, `kv_cache`
-    (graphs.families.own.kv_calibration.KvCacheQuant) its KV cache int8 or 4-bit with static per-channel scales."""
+    """The decoder ModelProto (contrib ops, CPU EP); `quantize` (graphs.emit.quantize) makes its weights int8,
+    `kv_cache` (graphs.families.own.kv_calibration.KvCacheQuant) its KV cache int8 or 4-bit with static per-channel scales."""
     dec, eps = model.decoder, model.cfg.layer_norm_eps
     g = GraphBuilder("decoder_cpu")
     g.quantize = quantize

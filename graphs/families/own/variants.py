@@ -48,18 +48,16 @@ VARIANTS: dict[str, dict[str, VariantSpec]] = {
     },
     "decoder": {
         # int8 KV cache, static calibrated scales: a quarter of the cache bytes, a faster decode step, a slower
-        # prefill (docs/performance.md). Optional: a model whose K/V the calibration does not cover gets no such
-        # variant (its manifest says why) and serving falls back to the next in prefer_variants
+        # prefill (docs/performance.md); gated against cpu-int8 (same weights, float32 cache)
         "cpu-int8-kv8": VariantSpec("decoder", "int8", (CPU_EP,), _kv_quantized("Int8Weights", 8), contrib=True,
-                                    kv_cache=cache_entry(8), same_weights_as="cpu-int8", optional=True),
+                                    kv_cache=cache_entry(8), same_weights_as="cpu-int8"),
         "cpu-int8": VariantSpec("decoder", "int8", (CPU_EP,), _quantized(build_decoder), contrib=True),
         # rows independent of their batch (seeded/greedy replay under any load), slower: graphs/emit/quantize.py
         "cpu-int8-rowwise": VariantSpec("decoder", "int8", (CPU_EP,), _quantized(build_decoder, "BlockInt8Weights"),
                                         contrib=True),
         # the same with an int8 cache: static scales keep the rows independent
         "cpu-int8-rowwise-kv8": VariantSpec("decoder", "int8", (CPU_EP,), _kv_quantized("BlockInt8Weights", 8),
-                                            contrib=True, kv_cache=cache_entry(8), same_weights_as="cpu-int8-rowwise",
-                                            optional=True),
+                                            contrib=True, kv_cache=cache_entry(8), same_weights_as="cpu-int8-rowwise"),
         "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), build_decoder, contrib=True),
     },
 }

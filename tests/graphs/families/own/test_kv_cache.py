@@ -117,17 +117,13 @@ def test_rowwise_int8_cache_rows_do_not_depend_on_their_batch(tiny_artifacts_dir
     assert np.array_equal(together, alone) and np.array_equal(crowded, alone)
 
 
-def test_an_int8_cache_past_its_bound_is_left_out_not_shipped(tmp_path, monkeypatch):
-    """Optional variants: a model whose K/V the calibration does not cover loses the -kv8 variants (the manifest says
-    why, serving falls back along prefer_variants) instead of failing the whole build."""
-    from graphs import verify
-    from graphs.build import build_artifacts
+def test_an_int8_cache_past_its_bound_fails_the_gate():
+    """The -kv8 variants are ordinary variants: a cache error or top-1 past its bound fails the build."""
+    from graphs.verify import INT8_MIN_TOP1, ParityError, check
 
-    strict = [(k, kind, 1e-9 if k == "kv_logits_err_rel_std" else b) for k, kind, b in verify.GATE["int8"]]
-    monkeypatch.setitem(verify.GATE, "int8", strict)
-    manifest = build_artifacts("tiny", tmp_path / "tiny")
-    dec = manifest.graphs["decoder"]
-    assert set(dec.rejected) == {"cpu-int8-kv8", "cpu-int8-rowwise-kv8"}
-    assert "kv_logits_err_rel_std" in dec.rejected["cpu-int8-kv8"] and "cpu-int8-kv8" not in dec.variants
-    assert not list((tmp_path / "tiny").glob("decoder.*kv8.onnx"))
-    assert {"cpu-int8", "cpu-int8-rowwise", "cpu-fp32"} <= set(dec.variants)
+    ok = {"top1_agreement": 1.0, "kv_logits_err_rel_std": KV_MAX_REL_ERR, "kv_top1_agreement_vs_fp32_cache": 1.0}
+    check("decoder", "cpu-int8-kv8", "int8", ok)
+    with pytest.raises(ParityError, match="cpu-int8-kv8: kv_logits_err_rel_std 0.26 > 0.25"):
+        check("decoder", "cpu-int8-kv8", "int8", ok | {"kv_logits_err_rel_std": 0.26})
+    with pytest.raises(ParityError, match="kv_top1_agreement_vs_fp32_cache"):
+        check("decoder", "cpu-int8-kv8", "int8", ok | {"kv_top1_agreement_vs_fp32_cache": INT8_MIN_TOP1 - 0.01})
