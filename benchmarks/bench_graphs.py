@@ -108,11 +108,17 @@ def read_bandwidth(threads: int, seconds: float) -> float:
     return x.nbytes / best / 1e6
 
 
-def decoder_step_bytes(cfg, batch: int, past: int, precision: str) -> float:
+def cache_itemsize(path) -> int:
+    """Bytes per cached value of a decoder graph: its past_key.0 dtype (4 for a float32 cache, 1 for int8)."""
+    past = next(i for i in onnx.load(str(path), load_external_data=False).graph.input if i.name == "past_key.0")
+    return np.dtype(helper.tensor_dtype_to_np_dtype(past.type.tensor_type.elem_type)).itemsize
+
+
+def decoder_step_bytes(cfg, batch: int, past: int, precision: str, cache_bytes: int = 4) -> float:
     """Bytes a decode step must read at least: every weight once, plus each row's cached keys and values."""
     d = cfg.decoder
     weights = d.layers * 12 * d.width * d.width + d.width * d.vocab_size
-    kv = 2 * d.layers * batch * past * d.width * 4  # float32 cache
+    kv = 2 * d.layers * batch * past * d.width * cache_bytes
     return weights * (1 if precision == "int8" else 4) + kv
 
 
@@ -248,9 +254,11 @@ def _bench_all(variants, cfg, threads: int, seconds: float, peaks, bandwidth: fl
     for name, (path, prec) in variants["decoder"].items():
         attn = f"{attention_fused(path)}/{cfg.decoder.layers}"
         run = bench_standard_decoder if name.startswith("std") else bench_decoder
+        kv_bytes = cache_itemsize(path)
         for (b, past), mb in run(path, cfg, threads, seconds, dec_cases).items():
             results[("decoder", name, b, past)] = mb
-            gop, gbytes = decoder_step_gop(cfg, b, past + 1), decoder_step_bytes(cfg, b, past, prec) / 1e9
+            gop = decoder_step_gop(cfg, b, past + 1)
+            gbytes = decoder_step_bytes(cfg, b, past, prec, kv_bytes) / 1e9
             lines.append(_row("decoder", name, attn, f"step b{b} @{past} past", mb, gop, peaks[prec], gbytes,
                               bandwidth))
         print(lines[-1], flush=True)

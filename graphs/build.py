@@ -23,7 +23,7 @@ import onnx
 from graphs.emit.inspect import file_name, fusion_counts, ort_optimized_counts
 from graphs.families import family_for_source
 from graphs.families.base import Family, Progress, Source, SourceError
-from graphs.manifest import CPU_EP, MANIFEST, GraphEntry, Manifest, ManifestError, TensorSpec, Variant
+from graphs.manifest import CPU_EP, MANIFEST, DecoderSpec, GraphEntry, Manifest, ManifestError, TensorSpec, Variant
 
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 TOKENIZER = "tokenizer.json"
@@ -72,22 +72,33 @@ def _build_graphs(family: Family, model, tmp: Path, progress: Progress) -> dict[
     return built
 
 
-def _graph_entries(family: Family, built, tmp: Path, parity: dict) -> dict[str, GraphEntry]:
+def _signature(specs: list[TensorSpec], kv_cache, decoder: DecoderSpec) -> list[TensorSpec]:
+    """The entry's signature as a variant with its own quantized cache (`kv_cache`) must have it."""
+    if kv_cache is None:
+        return specs
+    cache = set(decoder.cache_names())
+    return [t.model_copy(update={"dtype": kv_cache.dtype, "shape": [*t.shape[:-1], kv_cache.last_dim(t.shape[-1])]})
+            if t.name in cache else t for t in specs]
+
+
+def _graph_entries(family: Family, built, tmp: Path, parity: dict, decoder: DecoderSpec) -> dict[str, GraphEntry]:
     entries = {}
     for graph, protos in built.items():
-        first = next(iter(protos.values()))
+        # the signature the entry lists: the first variant's with the decoder spec's own cache dtype
+        first = next(p for n, p in protos.items() if family.variants[graph][n].kv_cache is None)
+        ins, outs = _specs(first.graph.input), _specs(first.graph.output)
         variants = {}
         for name, proto in protos.items():
             spec, f = family.variants[graph][name], file_name(graph, name)
-            if _specs(proto.graph.input) != _specs(first.graph.input) or \
-                    _specs(proto.graph.output) != _specs(first.graph.output):
+            if _specs(proto.graph.input) != _signature(ins, spec.kv_cache, decoder) or \
+                    _specs(proto.graph.output) != _signature(outs, spec.kv_cache, decoder):
                 raise BuildError(f"{f}: inputs/outputs differ from the other {graph} variants'")
             ort_counts = ort_optimized_counts(tmp / f) if CPU_EP in spec.providers else {}
             variants[name] = Variant(file=f, sha256=_sha256(tmp / f), providers=list(spec.providers),
                                      precision=spec.precision, fusions=fusion_counts(proto),
-                                     parity=parity[graph][name], ort_optimized=ort_counts)
-        entries[graph] = GraphEntry(inputs=_specs(first.graph.input), outputs=_specs(first.graph.output),
-                                    variants=variants)
+                                     parity=parity[graph][name], ort_optimized=ort_counts,
+                                     kv_cache=spec.kv_cache)
+        entries[graph] = GraphEntry(inputs=ins, outputs=outs, variants=variants)
     return entries
 
 
@@ -113,7 +124,8 @@ def _write_artifacts(family: Family, source: Source, tmp: Path, progress: Progre
                                         for g, ps in built.items()}, specs.decoder, progress)
     manifest = Manifest(
         family=family.name, preset=source.name, decoder=specs.decoder, vision=specs.vision, prompt=specs.prompt,
-        tokenizer_file=TOKENIZER, graphs=_graph_entries(family, built, tmp, parity), source=specs.source,
+        tokenizer_file=TOKENIZER, graphs=_graph_entries(family, built, tmp, parity, specs.decoder),
+        source=specs.source,
         versions=_versions(), weights_sha256=None if source.weights is None else _sha256(source.weights))
     manifest.write(tmp)
     return Manifest.read(tmp)  # exactly what serving will read back (JSON turns tuples into lists)

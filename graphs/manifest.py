@@ -23,6 +23,8 @@ Graph signatures (symbolic dims in quotes); the names are data (`GraphEntry.inpu
     out  logits            float32 ("batch", V)                  next-token logits at each row's last position
     out  present_key.{i}   cache   ("batch", kv_heads, "max_cache", head_dim) updated in place when bound to past
     out  present_value.{i} cache   ("batch", kv_heads, "max_cache", head_dim)
+  "cache" is DecoderSpec.cache_dtype, which GraphEntry.inputs/outputs list, unless the variant has a `kv_cache`
+  (a quantized cache: int8, or uint8 with head_dim/2 bytes at 4 bits; its scales are initializers in the graph).
   A prefill is a call with seq = prompt length on an empty cache row; a decode step is seq = 1 for every active row,
   each row at its own length. The cache is never copied between steps: callers bind past and present to one buffer.
 """
@@ -57,6 +59,19 @@ class TensorSpec(_Spec):
     shape: list[int | str] = Field(description="ints are fixed dims, strings are symbolic")
 
 
+class KvCacheEntry(_Spec):
+    """A decoder variant's own KV cache storage (a quantized cache): what the runner allocates and binds as
+    past/present instead of DecoderSpec.cache_dtype at head_dim."""
+    dtype: str = Field(description="numpy dtype of the cache buffers: int8, or uint8 (4 bits: two values per byte)")
+    bits: int = Field(description="bits per cached value: 8 or 4")
+    quantization: str = Field(description="GroupQueryAttention k/v_quant_type, e.g. PER_CHANNEL")
+    calibration: str = Field(description="how the static scales were calibrated at build")
+
+    def last_dim(self, head_dim: int) -> int:
+        """The cache's last dim: head_dim values, packed two per byte at 4 bits."""
+        return head_dim * self.bits // 8
+
+
 class Variant(_Spec):
     file: str = Field(description="file name inside the artifact directory")
     sha256: str
@@ -68,6 +83,8 @@ class Variant(_Spec):
     ort_optimized: dict[str, int] = Field(default_factory=dict,
                                           description="node count by op type after ORT's load-time optimizer "
                                                       "(CPU EP, all levels); empty for non-CPU variants")
+    kv_cache: KvCacheEntry | None = Field(default=None, description="decoder: this variant's quantized KV cache; "
+                                                                     "None: DecoderSpec.cache_dtype")
 
 
 class GraphEntry(_Spec):
@@ -127,6 +144,12 @@ class DecoderSpec(_Spec):
     cache_dtype: str = Field(default="float32", description="numpy dtype of the KV cache buffers")
     io: DecoderIO = Field(default_factory=DecoderIO, description="tensor names; per-layer ones with {i} for the "
                                                                   "layer (ORT GenAI's name templates)")
+
+    def cache_names(self) -> list[str]:
+        """Every past/present tensor name, all layers."""
+        io = self.io
+        return [t.format(i=i) for i in range(self.layers)
+                for t in (io.past_key, io.past_value, io.present_key, io.present_value)]
 
 
 class Preprocessing(_Spec):
@@ -209,15 +232,16 @@ class Manifest(_Spec):
             raise ManifestError(f"{path}: {where}: {err['msg']}") from None
 
 
-def check_session_io(path: str | Path, entry: GraphEntry, session) -> None:
+def check_session_io(path: str | Path, entry: GraphEntry, session, dtypes: dict[str, str] | None = None) -> None:
     """The graph file must take and give exactly the tensors the manifest declares (names and dtypes), so no stage
-    meets a surprise at its first request. `session` is an ORT InferenceSession of that file."""
+    meets a surprise at its first request. `session` is an ORT InferenceSession of that file; `dtypes` overrides
+    the entry's dtype per tensor name where the variant differs (variant_dtypes: a quantized KV cache)."""
     ort_types = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
                  "tensor(int8)": "int8", "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
     for kind, declared, actual in (("inputs", entry.inputs, session.get_inputs()),
                                    ("outputs", entry.outputs, session.get_outputs())):
         have = {a.name: ort_types.get(a.type, a.type) for a in actual}
-        want = {t.name: t.dtype for t in declared}
+        want = {t.name: (dtypes or {}).get(t.name, t.dtype) for t in declared}
         if have == want:
             continue
         missing = sorted(set(want) - set(have))
@@ -227,3 +251,10 @@ def check_session_io(path: str | Path, entry: GraphEntry, session) -> None:
                 f"the graph has {extra[0]!r}, the manifest does not declare it" if extra else
                 f"{wrong[0]!r} is {have[wrong[0]]} in the graph, {want[wrong[0]]} in the manifest")
         raise ManifestError(f"{path}: graph {kind}: {what}")
+
+
+def variant_dtypes(decoder: DecoderSpec, variant: Variant) -> dict[str, str]:
+    """The tensors whose dtype this decoder variant has in place of its GraphEntry's: its quantized cache's."""
+    if variant.kv_cache is None:
+        return {}
+    return {name: variant.kv_cache.dtype for name in decoder.cache_names()}

@@ -4,6 +4,8 @@
             fp32 variants        + greedy 32 tokens after image + prompt, through the fp32 decoder
     decoder every variant        teacher-forced next-token top-1 agreement over seeded contexts, batched decode
             fp32 variants        + greedy 32 tokens after image + prompt, through the fp32 CPU vision graph
+            quantized KV cache   + logits vs the same weights with a float32 cache (graphs/families/own/
+                                   kv_parity.py), and the greedy tokens (recorded, not gated: int8 weights already change them)
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ def _figures(model, decoder: DecoderSpec, graph: str, name: str, built: dict[str
         if spec.precision == "fp32":
             figures |= verify.greedy_figures(model, decoder, greedy_ref, mine, built["decoder"][FP32_PARTNER])
     else:
-        figures = verify.top1_figures(model, decoder, mine)
+        figures = verify.top1_figures(model, decoder, mine, spec.kv_cache)
+        if spec.kv_cache is not None:  # recorded: greedy tokens; gated: the cache's error vs its float-cache sibling
+            from graphs.families.own.kv_parity import kv_cache_figures
+            figures |= kv_cache_figures(model, decoder, spec.kv_cache, mine, built[graph][spec.same_weights_as])
+            figures |= verify.greedy_figures(model, decoder, greedy_ref, built["vision"][FP32_PARTNER], mine,
+                                             spec.kv_cache)
         if spec.precision == "fp32":
             figures |= verify.greedy_figures(model, decoder, greedy_ref, built["vision"][FP32_PARTNER], mine)
     return figures

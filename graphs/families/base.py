@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from graphs.manifest import DecoderSpec, PromptSpec, VisionSpec
+from graphs.manifest import DecoderSpec, KvCacheEntry, PromptSpec, VisionSpec
 
 Progress = Callable[[str], None]
 
@@ -35,6 +35,8 @@ class VariantSpec:
     providers: tuple[str, ...]
     build: Callable  # (reference model) -> onnx.ModelProto
     contrib: bool  # may use com.microsoft ops (False: standard domain only, checked by tests)
+    kv_cache: KvCacheEntry | None = None  # decoder: a quantized KV cache, as the manifest records it
+    same_weights_as: str | None = None  # a quantized-cache variant: the one with its weights over a float cache
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 from tokenizers import Tokenizer
 
-from graphs.manifest import CPU_EP, Manifest, ManifestError, check_session_io
+from graphs.manifest import CPU_EP, Manifest, ManifestError, check_session_io, variant_dtypes
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import Engine
 from serve_app.engine.metrics import EngineMetrics
@@ -17,7 +17,7 @@ from serve_app.runtime.kv_runner import OrtDecoderRunner, open_kv_runner
 from serve_app.runtime.ort_session import open_session
 from serve_app.runtime.profiling import ProfilableSession
 
-DEFAULT_VARIANTS = ["cpu-int8", "cpu-fp32"]
+DEFAULT_VARIANTS = ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"]  # int8 KV cache first: docs/performance.md
 
 
 def open_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 1,
@@ -32,9 +32,10 @@ def open_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 
     entry = manifest.graphs["decoder"]
     name, variant = entry.variant_for(CPU_EP, prefer or DEFAULT_VARIANTS)
     opened = open_session(str(root / variant.file), [CPU_EP], threads=threads)
-    check_session_io(root / variant.file, entry, opened.session)  # at replica start, not at the first request
+    # at replica start, not at the first request; a quantized-cache variant's cache tensors in its own dtype
+    check_session_io(root / variant.file, entry, opened.session, variant_dtypes(spec, variant))
     session = ProfilableSession(opened.session, root / variant.file, threads, stage="decoder")  # profiling switch
-    runner = open_kv_runner(session, spec, config.slots, max_context)
+    runner = open_kv_runner(session, spec, config.slots, max_context, cache=variant.kv_cache)  # the variant's dtype
     return runner, name, manifest
 
 

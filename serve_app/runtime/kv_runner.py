@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from graphs.manifest import DecoderSpec
+from graphs.manifest import DecoderSpec, KvCacheEntry
 
 
 class StepRunner(Protocol):
@@ -39,6 +39,14 @@ class StepRunner(Protocol):
         """Copy the first `length` cached positions of slot src into slot dst."""
 
 
+def _map_pages(arr: np.ndarray) -> None:
+    """Zero `arr` by writing it, so every page is mapped now, at load. Freshly allocated memory is mapped lazily: the
+    first write into each part of the cache (a prefill into a slot never used, a compaction move, a row growing into
+    new positions) would page-fault inside a step; with transparent huge pages each fault zeroes 2 MiB, and a slot's
+    rows span one region per head and layer (docs/performance.md, the decode loop)."""
+    arr[...] = 0
+
+
 class OrtDecoderRunner:
     """The one KV-cache runner: the build's parity gate, the benchmarks and the serving engine all run this.
 
@@ -47,27 +55,31 @@ class OrtDecoderRunner:
     its positions from seqlens_k). The cache lives on `device` ("cpu", or "cuda" with `device_id`) as OrtValues;
     rows are bound by address, so a slice of slots is bound without a copy on any device. The small per-step
     inputs and the logits stay in host memory (ORT copies them to the device and back).
+
+    `cache` is the variant's own KV cache storage (manifest Variant.kv_cache: int8, or uint8 at head_dim/2 for
+    4 bits); None allocates spec.cache_dtype at head_dim. The runner must allocate what the variant it runs binds.
     """
 
     def __init__(self, session: ort.InferenceSession, spec: DecoderSpec, slots: int, max_context: int,
-                 device: str = "cpu", device_id: int = 0):
+                 device: str = "cpu", device_id: int = 0, cache: KvCacheEntry | None = None):
         self.session = session
         self.slots, self.max_context, self.vocab_size = slots, max_context, spec.vocab_size
         self.device, self.device_id = device, device_id
         self._io = spec.io
         self._layers = spec.layers
-        self._dtype = np.dtype(spec.cache_dtype)
+        self._dtype = np.dtype(spec.cache_dtype if cache is None else cache.dtype)
+        last = spec.head_dim if cache is None else cache.last_dim(spec.head_dim)
         self._positions_bound = spec.io.position_ids is not None and spec.io.position_ids in {
             i.name for i in session.get_inputs()}
-        shape = [slots + 1, spec.kv_heads, max_context, spec.head_dim]  # (slots+1,kv,T,hs) per layer and K/V
+        shape = [slots + 1, spec.kv_heads, max_context, last]  # (slots+1,kv,T,hs) per layer and K/V
         self._row_bytes = int(np.prod(shape[1:])) * self._dtype.itemsize
         self._cache = [[ort.OrtValue.ortvalue_from_shape_and_type(shape, self._dtype, device, device_id)
                         for _ in range(spec.layers)] for _kind in ("key", "value")]
-        if device == "cpu":  # zeroed like a fresh buffer, and host views for move()
+        if device == "cpu":  # host views for move(), zeroed like a fresh buffer
             self._host = [[v.numpy() for v in kind] for kind in self._cache]
             for kind in self._host:
                 for arr in kind:
-                    arr[...] = 0
+                    _map_pages(arr)
         width = spec.hidden_size
         self._embeds = np.zeros((slots, 1, width), np.float32)  # (n,1,D) prefix bound per step
         self._positions = np.zeros((slots, 1), np.int64)  # (n,1)
@@ -75,6 +87,11 @@ class OrtDecoderRunner:
         self._total = np.zeros((), np.int32)
         self._logits = np.zeros((slots, spec.vocab_size), np.float32)  # (n,V)
         self._decode_bindings: dict[int, ort.IOBinding] = {}
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of KV cache allocated (every layer, keys and values, the staging row included)."""
+        return 2 * self._layers * (self.slots + 1) * self._row_bytes
 
     def _bind_cache(self, io: ort.IOBinding, lo: int, hi: int) -> None:
         names = self._io
@@ -142,8 +159,9 @@ class OrtDecoderRunner:
                 buf[dst, :, :length] = buf[src, :, :length]  # (kv,length,hs)
 
 
-def open_kv_runner(session: ort.InferenceSession, spec: DecoderSpec, slots: int,
-                   max_context: int | None = None) -> OrtDecoderRunner:
-    """The runner for a session, its cache on the device of the session's first EP (CPU unless CUDA loaded)."""
+def open_kv_runner(session: ort.InferenceSession, spec: DecoderSpec, slots: int, max_context: int | None = None,
+                   cache: KvCacheEntry | None = None) -> OrtDecoderRunner:
+    """The runner for a session, its cache on the device of the session's first EP (CPU unless CUDA loaded) and in
+    the variant's dtype (`cache`: its manifest Variant.kv_cache)."""
     device = "cuda" if session.get_providers()[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
-    return OrtDecoderRunner(session, spec, slots, max_context or spec.max_positions, device)
+    return OrtDecoderRunner(session, spec, slots, max_context or spec.max_positions, device, cache=cache)

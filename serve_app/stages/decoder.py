@@ -11,10 +11,11 @@ must be >= slots + max_queue, or Serve holds requests back before they reach the
 beyond slots + max_queue the engine refuses with Overloaded, which the ingress answers with 503 + Retry-After.
 
 Reproducibility: a seeded (or greedy) request gives the same tokens alone or in a full batch on `cpu-fp32` and on
-`cpu-int8-rowwise`, where no op lets one row of a step touch another's logits. The default `cpu-int8` quantizes each
-MatMul's activations with one scale per tensor, so the other rows of a step nudge a row's logits and a seeded sample
-can differ with the load; list `cpu-int8-rowwise` first in prefer_variants where replay under load matters more than
-about 15-25% of decode speed (graphs/emit/quantize.py has the figures). Image requests add the vision stage, whose int8
+`cpu-int8-rowwise` / `cpu-int8-rowwise-kv8`, where no op lets one row of a step touch another's logits (the int8 KV
+cache's scales are static constants). The default `cpu-int8-kv8` (int8 weights, int8 KV cache) and `cpu-int8`
+quantize each MatMul's activations with one scale per tensor, so the other rows of a step nudge a row's logits and a
+seeded sample can differ with the load; list `cpu-int8-rowwise-kv8` first in prefer_variants where replay under load
+matters more than decode speed (docs/performance.md has the figures). Image requests add the vision stage, whose int8
 batches share a scale too: an image's features can differ in the last bits with its batch, unless vision
 `max_batch_size` is 1 (each image encoded alone: on CPU about 15% more vision time at 8 images).
 
@@ -58,9 +59,9 @@ class DecoderOptions(EngineConfig):
                                                            "since the serving path's cost is per chunk; 0 = no limit "
                                                            "(live)")
     threads: int = Field(1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
-    prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32"],
+    prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"],
                                        description="decoder graph variants in order of preference; "
-                                                   "cpu-int8-rowwise first: seeded and greedy requests replay "
+                                                   "cpu-int8-rowwise-kv8 first: seeded and greedy requests replay "
                                                    "the same under any load, at some speed")
     ort_profile: ProfileSettings = Field(default_factory=ProfileSettings,
                                          description="ORT profiling of the next N decoder calls (prefills and "

@@ -33,33 +33,49 @@ def skip_layer_norm(g: GraphBuilder, x: str, skip: str, ln, bias: np.ndarray | N
     return outs[0], outs[3]
 
 
-def _io(g: GraphBuilder, cfg) -> list[tuple[str, str]]:
-    """Declare graph inputs/outputs; returns (past_key, past_value) names per layer."""
+def _io(g: GraphBuilder, cfg, kv_cache=None) -> list[tuple[str, str]]:
+    """Declare graph inputs/outputs; returns (past_key, past_value) names per layer. A quantized cache (kv_cache,
+    graphs.families.own.kv_calibration.KvCacheQuant) is int8, or uint8 holding two 4-bit values (last dim hs/2)."""
     d = cfg.decoder
+    cache_dtype = np.float32 if kv_cache is None else kv_cache.dtype
+    last = d.head_dim if kv_cache is None else kv_cache.cache_last_dim(d.head_dim)
     g.input("inputs_embeds", np.float32, ["batch", "seq", d.width])
     g.input("position_ids", np.int64, ["batch", "seq"])
     g.input("seqlens_k", np.int32, ["batch"])
     g.input("total_sequence_length", np.int32, [])
-    cache_shape = ["batch", d.heads, "max_cache", d.head_dim]
+    cache_shape = ["batch", d.heads, "max_cache", last]
     past = []
     for i in range(d.layers):
-        past.append((g.input(f"past_key.{i}", np.float32, cache_shape),
-                     g.input(f"past_value.{i}", np.float32, cache_shape)))
+        past.append((g.input(f"past_key.{i}", cache_dtype, cache_shape),
+                     g.input(f"past_value.{i}", cache_dtype, cache_shape)))
     g.output("logits", np.float32, ["batch", d.vocab_size])
     for i in range(d.layers):
-        g.output(f"present_key.{i}", np.float32, cache_shape)
-        g.output(f"present_value.{i}", np.float32, cache_shape)
+        g.output(f"present_key.{i}", cache_dtype, cache_shape)
+        g.output(f"present_value.{i}", cache_dtype, cache_shape)
     return past
 
 
-def _attention(g: GraphBuilder, h: str, attn, heads: int, layer: int, past: tuple[str, str]) -> str:
+def _kv_quant(g: GraphBuilder, kv_cache, heads: int, layer: int, name: str) -> tuple[list[str], dict]:
+    """GroupQueryAttention's optional inputs after seqlens_k/total_sequence_length up to v_scale (cos_cache,
+    sin_cache, position_ids, attention_bias, head_sink unused), and its cache attributes; nothing for fp32."""
+    if kv_cache is None:
+        return [], {}
+    k = g.weight(f"{name}/k_scale", kv_cache.k_scales[layer].reshape(1, heads, 1, -1))  # (1,nh,1,hs)
+    v = g.weight(f"{name}/v_scale", kv_cache.v_scales[layer].reshape(1, heads, 1, -1))
+    attrs = {"k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL", "kv_cache_bit_width": kv_cache.bits}
+    return ["", "", "", "", "", k, v], attrs
+
+
+def _attention(g: GraphBuilder, h: str, attn, heads: int, layer: int, past: tuple[str, str], kv_cache=None) -> str:
     """Packed QKV -> GroupQueryAttention writing present_key/value.{layer} (bound by callers to the past buffer)."""
     name = f"/decoder/layers.{layer}/attn"
     w, b = torch_linear(attn.qkv)
     qkv = g.matmul(h, w, f"{name}/qkv", bias=b)  # (B,S,3D)
     outs = [f"{name}/GroupQueryAttention/output_0", f"present_key.{layer}", f"present_value.{layer}"]
-    g.node("GroupQueryAttention", [qkv, "", "", past[0], past[1], "seqlens_k", "total_sequence_length"],
-           f"{name}/GroupQueryAttention", outputs=outs, domain=MS_DOMAIN, num_heads=heads, kv_num_heads=heads)
+    quant_ins, quant_attrs = _kv_quant(g, kv_cache, heads, layer, name)
+    g.node("GroupQueryAttention", [qkv, "", "", past[0], past[1], "seqlens_k", "total_sequence_length", *quant_ins],
+           f"{name}/GroupQueryAttention", outputs=outs, domain=MS_DOMAIN, num_heads=heads, kv_num_heads=heads,
+           **quant_attrs)
     wo, _ = torch_linear(attn.out)
     return g.matmul(outs[0], wo, f"{name}/out")  # (B,S,D), bias added by the SkipLN that follows
 
@@ -70,12 +86,13 @@ def _last_position(g: GraphBuilder, x: str, name: str) -> str:
     return g.op("Slice", [x, *bounds], f"{name}/Slice")
 
 
-def build_decoder(model, quantize=None):
-    """The decoder ModelProto (contrib ops, CPU EP); `quantize` (graphs.emit.quantize) makes its weights int8."""
+def build_decoder(model, quantize=None, kv_cache=None):
+    """The decoder ModelProto (contrib ops, CPU EP); `quantize` (graphs.emit.quantize) makes its weights int8,
+    `kv_cache` (graphs.families.own.kv_calibration.KvCacheQuant) its KV cache int8 or 4-bit with static per-channel scales."""
     dec, eps = model.decoder, model.cfg.layer_norm_eps
     g = GraphBuilder("decoder_cpu")
     g.quantize = quantize
-    past = _io(g, model.cfg)
+    past = _io(g, model.cfg, kv_cache)
     wpe = g.weight("/decoder/wpe.weight", dec.wpe.weight.detach().numpy())
     pos = g.op("Gather", [wpe, "position_ids"], "/decoder/wpe/Gather", axis=0)  # (B,S,D)
     res = g.op("Add", ["inputs_embeds", pos], "/decoder/embed/Add")
@@ -87,7 +104,7 @@ def build_decoder(model, quantize=None):
             h = g.layer_norm(res, blk.ln1.weight.detach().numpy(), blk.ln1.bias.detach().numpy(), eps, f"{name}/ln1")
         else:
             h, res = skip_layer_norm(g, m, res, blk.ln1, m_bias, eps, f"{name}/ln1")
-        a = _attention(g, h, blk.attn, dec.cfg.heads, i, past[i])
+        a = _attention(g, h, blk.attn, dec.cfg.heads, i, past[i], kv_cache)
         if i == last:  # only the last position feeds the LM head; the KV of every position is already written
             a, res = _last_position(g, a, f"{name}/attn/last"), _last_position(g, res, f"{name}/residual/last")
         _, bo = torch_linear(blk.attn.out)

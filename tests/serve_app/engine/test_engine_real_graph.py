@@ -1,6 +1,7 @@
 """The engine on the real tiny decoder graph (ORT, shared-buffer KV cache): batched streams match the PyTorch
 single-sequence greedy reference, and seeded sampling does not depend on what shares the batch on the variants whose
-rows never interact (cpu-fp32, and cpu-int8-rowwise, which quantizes each activation row on its own)."""
+rows never interact (cpu-fp32, and cpu-int8-rowwise, which quantizes each activation row on its own, also over an int8
+KV cache with static scales: cpu-int8-rowwise-kv8)."""
 
 import asyncio
 
@@ -64,7 +65,7 @@ def test_batched_greedy_streams_match_the_single_sequence_reference(tiny_artifac
         assert chunks[-1].finish_reason == ("stop" if expected[-1] in engine.eos_ids else "length")
 
 
-@pytest.mark.parametrize("variant", ["cpu-fp32", "cpu-int8-rowwise"])
+@pytest.mark.parametrize("variant", ["cpu-fp32", "cpu-int8-rowwise", "cpu-int8-rowwise-kv8"])
 def test_seeded_sample_is_the_same_alone_and_in_a_full_batch(tiny_artifacts, variant):
     def sampled(i, seed):
         ids = np.random.default_rng(i).integers(10, 400, 4 + 3 * i).tolist()
@@ -87,3 +88,24 @@ def test_seeded_sample_is_the_same_alone_and_in_a_full_batch(tiny_artifacts, var
     assert text_of(batch) == text_of(alone)
     other = asyncio.run(run_all(engine(), [sampled(0, 43)]))[0]
     assert text_of(other)[1] != text_of(alone)[1]
+
+
+def test_int8_cache_engine_chunks_and_compacts_like_each_stream_alone(tiny_artifacts):
+    """The int8 cache through the engine's real paths: chunked prefill into the staging row, its move into a slot,
+    compaction on retire (int8 rows copied), batched ragged decode. Row-wise weights + static cache scales make each
+    stream independent of its batch, so 3 crowded slots with a 16-position budget give what each request gives alone."""
+    variant = "cpu-int8-rowwise-kv8"
+    crowded = load_engine(tiny_artifacts, EngineConfig(slots=3, prefill_token_budget=16), prefer=[variant])
+    assert crowded.variant == variant
+    fp32_bytes = load_engine(tiny_artifacts, EngineConfig(slots=3), prefer=["cpu-int8-rowwise"]).runner.cache_bytes
+    assert crowded.runner._host[0][0].dtype == np.int8 and crowded.runner.cache_bytes * 4 == fp32_bytes
+    reqs = [DecodeRequest(f"r{i}", np.random.default_rng(i).integers(10, 400, 2 + 9 * i).tolist(), None,
+                          max_tokens=4 + 5 * i, temperature=0.0, ignore_eos=True) for i in range(6)]
+    moves = []
+    real_move = crowded.runner.move
+    crowded.runner.move = lambda src, dst, length: (moves.append((src, dst)), real_move(src, dst, length))
+    together = asyncio.run(run_all(crowded, reqs))
+    assert len(moves) >= 2  # staged prompts moved in, retirements compacted
+    for req, chunks in zip(reqs, together):
+        alone = asyncio.run(run_all(load_engine(tiny_artifacts, EngineConfig(slots=1), prefer=[variant]), [req]))[0]
+        assert [t for c in chunks for t in c.token_ids] == [t for c in alone for t in c.token_ids], req.request_id
