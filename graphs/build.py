@@ -139,7 +139,8 @@ def _write_artifacts(cfg: ModelConfig, weights: Path | None, tokenizer: Path | N
         preset=cfg.name, model=cfg.to_dict(), num_image_tokens=cfg.num_image_tokens, image_size=cfg.vision.image_size,
         tokenizer=tok_entry, token_embeddings=TensorSpec(name=TOKEN_EMBEDDINGS, dtype="float32", shape=list(wte.shape)),
         graphs=_graph_entries(built, tmp, parity), versions=_versions(),
-        weights_sha256=None if weights is None else _sha256(weights))
+        weights_sha256=None if weights is None else _sha256(weights),
+        files_sha256={f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST})
     manifest.write(tmp)
     return Manifest.read(tmp)  # exactly what serving will read back (JSON turns tuples into lists)
 
