@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("push", help="upload a built artifact directory to s3://bucket/prefix or a shared path")
     u.add_argument("dir", help="artifact directory written by `mmserve build`")
     u.add_argument("uri", help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL), file:///path or a path")
-    u.add_argument("--force", action="store_true", help="replace a different artifact already at URI")
+    u.add_argument("--force", action="store_true", help="replace a different artifact already at URI (or re-upload the same one)")
     return p
 
 

@@ -37,7 +37,7 @@ def push_artifacts(src_dir: str | Path, uri: str, *, force: bool = False, endpoi
     _check_local(src, files)
     backend = open_backend(parse_uri(uri), endpoint_url)
     there = with_retries(f"read {uri}/{MANIFEST}", lambda: backend.get_bytes(MANIFEST), retry)
-    if there == raw:
+    if there == raw and not force:  # force re-uploads even the same artifact: it repairs a damaged object
         return "unchanged"
     if there is not None and not force:
         raise StoreError(f"{uri}: holds a different artifact (manifest sha256 {hashlib.sha256(there).hexdigest()}); "
