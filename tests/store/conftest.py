@@ -91,7 +91,7 @@ def s3_server(tmp_path_factory) -> S3Server:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=5)  # weed flushes on SIGTERM; its data dir is a temp dir anyway
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
