@@ -26,6 +26,10 @@ class ModelSource(BaseModel):
     preset: str = Field(default="demo", description="model preset; its artifacts are built into cache_dir if missing")
     artifacts_dir: str | None = Field(default=None,
                                       description="a built artifact directory; overrides preset/cache_dir")
+    artifacts_uri: str | None = Field(default=None,
+                                      description="s3://bucket/prefix, file:///path or a path written by `mmserve "
+                                                  "push`; fetched into cache_dir/fetched on each node, every file "
+                                                  "checked against the manifest; overrides preset and artifacts_dir")
     cache_dir: str = Field(default=DEFAULT_CACHE_DIR, description="where artifacts for a preset are built and kept")
     served_name: str | None = Field(default=None,
                                     description="model id in /v1/models and responses; default mmserve-<preset of the "
@@ -36,6 +40,18 @@ class ModelSource(BaseModel):
     def _known_preset(cls, v: str) -> str:
         if v not in PRESETS:
             raise ValueError(f"unknown preset {v!r}; choose one of: {', '.join(sorted(PRESETS))}")
+        return v
+
+    @field_validator("artifacts_uri")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v is not None:
+            from serve_app.store import StoreError, parse_uri
+
+            try:
+                parse_uri(v)
+            except StoreError as e:
+                raise ValueError(str(e)) from None
         return v
 
     def name(self, built_preset: str | None = None) -> str:
@@ -86,7 +102,15 @@ def parse_args(args: dict | AppArgs | None) -> AppArgs:
 
 
 def resolve_artifacts(source: ModelSource) -> Path:
-    """The artifact directory to serve: the given one (must have a manifest), or the preset's, built if missing."""
+    """The artifact directory to serve: fetched from artifacts_uri, the given one (must have a manifest), or the
+    preset's, built if missing."""
+    if source.artifacts_uri:  # interim: runs where build_app runs until each replica resolves its own source
+        from serve_app.store import StoreError, fetch_artifacts
+
+        try:
+            return fetch_artifacts(source.artifacts_uri, Path(source.cache_dir).expanduser() / "fetched")
+        except StoreError as e:
+            raise ConfigError(f"model.artifacts_uri: {e}") from None
     if source.artifacts_dir:
         path = Path(source.artifacts_dir).expanduser()
         if not (path / "manifest.json").is_file():
