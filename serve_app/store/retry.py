@@ -22,6 +22,10 @@ class RetryPolicy:
     max_delay_s: float = 8.0
     deadline_s: float = 60.0  # no retry starts after this long, whatever attempts are left
 
+    def __post_init__(self):
+        if self.attempts < 1 or self.deadline_s <= 0:
+            raise ValueError(f"RetryPolicy needs attempts >= 1 and deadline_s > 0, got {self}")
+
     def delay(self, retry: int) -> float:
         """Full jitter: replicas starting together do not retry in lockstep against a store that is recovering."""
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** retry))
