@@ -87,6 +87,15 @@ def manifest_files(where: str, raw: bytes) -> dict[str, str]:
     return files
 
 
+def artifact_key(directory: str | Path) -> str:
+    """sha256 of an artifact's manifest: its identity (and its cache directory's name), whatever URI it came from."""
+    path = Path(directory) / MANIFEST
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise StoreError(f"{path}: {e.strerror or e}") from None
+
+
 def fetch_events(cache_dir: str | Path) -> list[dict]:
     """What fetches into `cache_dir` did, one dict per fetch: {"event": "download" | "reuse", "uri", "key", ...}.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from graphs.cli import main
-from serve_app.store import StoreError, fetch_artifacts, fetch_events, push_artifacts
+from serve_app.store import StoreError, artifact_key, fetch_artifacts, fetch_events, push_artifacts
 from serve_app.store import backends
 from tests.store.conftest import free_port
 
@@ -29,7 +29,7 @@ def test_push_then_fetch_is_byte_identical(s3_uri, aws_env, tiny_artifacts_dir, 
     assert push_artifacts(tiny_artifacts_dir, s3_uri) == "pushed"
     got = fetch_artifacts(s3_uri, tmp_path / "cache")
     assert artifact_files(got) == artifact_files(tiny_artifacts_dir)
-    assert got.parent == tmp_path / "cache" and not list(got.parent.glob(".*partial*"))
+    assert got == tmp_path / "cache" / artifact_key(tiny_artifacts_dir) and not list(got.parent.glob(".*partial*"))
     (event,) = downloads(tmp_path / "cache")
     assert event["uri"] == s3_uri and event["files"] == len(artifact_files(tiny_artifacts_dir)) - 1
 
