@@ -30,7 +30,7 @@ def test_serve_from_an_s3_uri(s3_uri, aws_env, tiny_artifacts_dir, tmp_path):
         for route, model in (("/dir", {"artifacts_dir": str(tiny_artifacts_dir)}),
                              ("/bucket", {"artifacts_uri": s3_uri, "cache_dir": str(tmp_path / "node")})):
             start_app({**e2e_args(tiny_artifacts_dir), "model": model}, route.strip("/"), route)
-            wait_ready(url + route)
+            wait_ready(url + route, timeout_s=300)  # replicas start slowly on a loaded shared machine
             r = httpx.post(f"{url}{route}/v1/chat/completions", json=BODY, headers=HEADERS, timeout=60)
             assert r.status_code == 200, r.text
             answers[route] = r.json()["choices"][0]["message"]["content"]
