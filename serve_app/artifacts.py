@@ -19,6 +19,7 @@ node its own cache through that node's environment (e.g. `cache_dir: $MMSERVE_CA
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -78,6 +79,12 @@ class ModelSource(BaseModel):
 
 class ArtifactsError(ValueError):
     """A model source that gives no usable artifact directory; the message names the field."""
+
+
+def model_key(artifacts: Path) -> str:
+    """The loaded artifact's identity: sha256 of its manifest (which names every file's sha256), the same key the
+    fetch cache uses. Every stage call carries the ingress's key; a replica of another model refuses it."""
+    return hashlib.sha256((Path(artifacts) / MANIFEST).read_bytes()).hexdigest()
 
 
 def _print_progress(preset: str):

@@ -2,6 +2,11 @@
 them -> stream from the decoder. Each stage is awaited here in turn; stages never call each other, so every
 stage's ongoing-request count is its own work and autoscales on its own traffic (chained deployments over-scale,
 Ray issue 60624). Text-only requests skip both image stages.
+
+Every stage call carries the ingress's model key (its manifest's sha256). During a rolling upgrade a handle reaches
+replicas of the old and the new model alike; a replica of another model refuses the call (ModelMismatch) before
+doing any work, and the call is sent again -- Serve's router picks replicas at random, and the matching ones stay
+until the rollout replaces them -- for up to the stage timeout. So one request never mixes two models' stages.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from graphs.manifest import Manifest
 from serve_app.api.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.api.prompt import ImageSlot, PromptPiece, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
-from serve_app.engine.types import DecodeChunk, DecodeRequest, FeatureSegment, TokenSegment
+from serve_app.api.errors import unwrap
+from serve_app.engine.types import DecodeChunk, DecodeRequest, FeatureSegment, ModelMismatch, TokenSegment
 
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
@@ -104,35 +110,70 @@ class Stages:
     vision: object
     decoder: object
     timeout_s: float = 60.0
+    model_key: str | None = None  # the ingress's model; None = calls untagged (unit tests of other things)
+
+
+RETRY_PAUSE_S = (0.02, 0.5)  # first and longest pause between two tries of a refused call
+
+
+async def matching(stages: Stages, call):
+    """`await call()` again while a replica of another model refuses it, for up to the stage timeout; then the
+    last ModelMismatch propagates (503 + Retry-After: no replica of this model is left)."""
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + stages.timeout_s, RETRY_PAUSE_S[0]
+    while True:
+        try:
+            return await call()
+        except Exception as e:  # noqa: BLE001 -- only a mismatch is retried
+            if not isinstance(unwrap(e), ModelMismatch) or loop.time() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, RETRY_PAUSE_S[1])
 
 
 async def image_features(stages: Stages, images: list[ImageRef]) -> list[np.ndarray]:
     """-> one (P, D) float32 block per image, in message order; [] for a text-only request (no stage called)."""
     if not images:
         return []
-    pre = [stages.preprocess.process.remote(ref.url, ref.param) for ref in images]
-    pixels = await asyncio.wait_for(asyncio.gather(*pre), stages.timeout_s)
-    return list(await asyncio.wait_for(asyncio.gather(*(stages.vision.encode.remote(p) for p in pixels)),
-                                       stages.timeout_s))
+    key = stages.model_key
+
+    async def one(ref: ImageRef) -> np.ndarray:
+        pixels = await matching(stages, lambda: stages.preprocess.process.remote(ref.url, ref.param, key))
+        return await matching(stages, lambda: stages.vision.encode.remote(pixels, key))
+
+    return list(await asyncio.wait_for(asyncio.gather(*(one(ref) for ref in images)), 2 * stages.timeout_s))
 
 
 def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedChat,
-                   features: list[np.ndarray]) -> DecodeRequest:
+                   features: list[np.ndarray], model_key: str | None = None) -> DecodeRequest:
     segments = [FeatureSegment(features[p.index]) if isinstance(p, ImageSlot) else TokenSegment(p)
                 for p in chat.pieces]
     return DecodeRequest(request_id=request_id, segments=segments, max_tokens=chat.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-                         stop=req.stop_list(), ignore_eos=req.ignore_eos)
+                         stop=req.stop_list(), ignore_eos=req.ignore_eos, model_key=model_key)
 
 
 async def decode_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
     """The decoder's token stream. Closing this generator (client gone) cancels the request in the decoder
-    replica, which frees its KV-cache slot at once instead of generating to max_tokens."""
-    gen = stages.decoder.options(stream=True).generate.remote(request)
+    replica, which frees its KV-cache slot at once instead of generating to max_tokens. A decoder of another model
+    refuses before its first chunk, so only the opening of the stream is retried (`matching`)."""
+    gen = None
+
+    async def opened():
+        nonlocal gen
+        gen = stages.decoder.options(stream=True).generate.remote(request)
+        try:
+            return await gen.__anext__()
+        except StopAsyncIteration:
+            return None
+
     finished = False
     try:
-        async for chunk in gen:
-            yield chunk
+        first = await matching(stages, opened)
+        if first is not None:
+            yield first
+            async for chunk in gen:
+                yield chunk
         finished = True
     finally:
-        if not finished:
+        if not finished and gen is not None:
             gen.cancel()

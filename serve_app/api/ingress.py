@@ -29,7 +29,7 @@ from graphs.manifest import Manifest
 from serve_app.api import chat
 from serve_app.api.prompt import PromptRenderer
 from serve_app.api.completions import CompletionMeta, collect, stream_chunks
-from serve_app.artifacts import resolve_model
+from serve_app.artifacts import model_key, resolve_model
 from serve_app.config import IngressOptions, ModelSource
 from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized
 from serve_app.observability.metrics import StageMetrics, outcome_of_status
@@ -81,7 +81,9 @@ class Ingress:
         self.prompt = PromptRenderer(manifest.prompt, Tokenizer.from_file(str(artifacts / manifest.tokenizer_file)))
         self.limits = chat.ModelLimits.of(manifest, max_context, self.options.max_images_per_request)
         self.model_name = source.name(manifest.preset)
-        self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s)
+        self.model_key = model_key(artifacts)  # sent with every stage call: no request mixes two models' stages
+        self.fingerprint = f"mmserve-{self.model_key[:16]}"  # system_fingerprint of every answer
+        self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.model_key)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
 
@@ -137,8 +139,8 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 -- one error path for all: to_error picks the status
             return error_response(e)
         rid = completion_id()
-        meta = CompletionMeta(rid, self.model_name, prepared.prompt_len, req.include_usage())
-        tokens = chat.decode_stream(self.stages, chat.decode_request(rid, req, prepared, features))
+        meta = CompletionMeta(rid, self.model_name, prepared.prompt_len, req.include_usage(), self.fingerprint)
+        tokens = chat.decode_stream(self.stages, chat.decode_request(rid, req, prepared, features, self.model_key))
         if req.stream:
             return await sse_response(stream_chunks(meta, tokens))
         try:
