@@ -6,7 +6,8 @@ Ray issue 60624). Text-only requests skip both image stages.
 Every stage call carries the ingress's model key (its manifest's sha256). During a rolling upgrade a handle reaches
 replicas of the old and the new model alike; a replica of another model refuses the call (ModelMismatch) before
 doing any work, and the call is sent again -- Serve's router picks replicas at random, and the matching ones stay
-until the rollout replaces them -- for up to the stage timeout. So one request never mixes two models' stages.
+until the rollout replaces them -- for a few seconds (`Stages.retry_s`); then the ingress follows the stages to
+their model (serve_app/api/served.py) and runs the whole request again. One request never mixes two models' stages.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,16 +113,17 @@ class Stages:
     decoder: object
     timeout_s: float = 60.0
     model_key: str | None = None  # the ingress's model; None = calls untagged (unit tests of other things)
+    retry_s: float = 2.0  # how long a call refused by replicas of another model is sent again
 
 
 RETRY_PAUSE_S = (0.02, 0.5)  # first and longest pause between two tries of a refused call
 
 
 async def matching(stages: Stages, call):
-    """`await call()` again while a replica of another model refuses it, for up to the stage timeout; then the
-    last ModelMismatch propagates (503 + Retry-After: no replica of this model is left)."""
+    """`await call()` again while a replica of another model refuses it, for up to `retry_s`; then the last
+    ModelMismatch propagates (the ingress follows that model, or answers 503 + Retry-After)."""
     loop = asyncio.get_running_loop()
-    deadline, pause = loop.time() + stages.timeout_s, RETRY_PAUSE_S[0]
+    deadline, pause = loop.time() + min(stages.retry_s, stages.timeout_s), RETRY_PAUSE_S[0]
     while True:
         try:
             return await call()
@@ -152,10 +155,11 @@ def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedCh
                          stop=req.stop_list(), ignore_eos=req.ignore_eos, model_key=model_key)
 
 
-async def decode_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
-    """The decoder's token stream. Closing this generator (client gone) cancels the request in the decoder
-    replica, which frees its KV-cache slot at once instead of generating to max_tokens. A decoder of another model
-    refuses before its first chunk, so only the opening of the stream is retried (`matching`)."""
+async def open_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
+    """The decoder's token stream, opened: its first chunk is already here, so a decoder of another model (which
+    refuses before its first chunk) is retried or surfaces now, while the request can still go to another model.
+    Closing the returned generator (client gone) cancels the request in the decoder replica, which frees its
+    KV-cache slot at once instead of generating to max_tokens."""
     gen = None
 
     async def opened():
@@ -166,14 +170,25 @@ async def decode_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator
         except StopAsyncIteration:
             return None
 
+    first = await matching(stages, opened)
+    return _rest(gen, first)
+
+
+async def _rest(gen, first: DecodeChunk | None) -> AsyncIterator[DecodeChunk]:
     finished = False
     try:
-        first = await matching(stages, opened)
         if first is not None:
             yield first
             async for chunk in gen:
                 yield chunk
         finished = True
     finally:
-        if not finished and gen is not None:
+        if not finished:
             gen.cancel()
+
+
+async def decode_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
+    """open_stream as one generator (opened at its first iteration)."""
+    async with aclosing(await open_stream(stages, request)) as chunks:
+        async for chunk in chunks:
+            yield chunk

@@ -81,17 +81,18 @@ class ModelMismatch(Exception):
     handles reach old and new replicas alike, and features or token ids of model A must never run through model
     B. The ingress retries on another replica; when none has its model any more it answers 503 + Retry-After."""
 
-    def __init__(self, stage: str, have: str, asked: str):
+    def __init__(self, stage: str, have: str, asked: str, source: dict | None = None):
         super().__init__(f"{stage} replica serves model {have[:12]}, the request is for model {asked[:12]} "
                          "(an upgrade is rolling out)")
-        self.stage, self.have, self.asked = stage, have, asked
+        self.stage, self.have, self.asked, self.source = stage, have, asked, source  # source: the replica's args
         self.retry_after_s = 1.0
 
     def __reduce__(self):  # crosses process boundaries inside Ray errors
-        return (ModelMismatch, (self.stage, self.have, self.asked))
+        return (ModelMismatch, (self.stage, self.have, self.asked, self.source))
 
 
-def check_model_key(stage: str, have: str, asked: str | None) -> None:
-    """Refuse a call for another model; an untagged call (None) is not checked."""
+def check_model_key(stage: str, have: str, asked: str | None, source: dict | None = None) -> None:
+    """Refuse a call for another model (naming this replica's model source, so the ingress can follow it); an
+    untagged call (None) is not checked."""
     if asked is not None and asked != have:
-        raise ModelMismatch(stage, have, asked)
+        raise ModelMismatch(stage, have, asked, source)

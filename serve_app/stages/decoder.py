@@ -97,7 +97,7 @@ class Decoder:
         self.metrics = StageMetrics("decoder")
         self.engine_metrics = RayEngineMetrics(self.metrics)
         artifacts = resolve_model(ModelSource.model_validate(model))
-        self.model_key = model_key(artifacts)
+        self.model_key, self.source = model_key(artifacts), ModelSource.model_validate(model).model_dump()
         self.engine = load_engine(artifacts, self.options.engine_config(), threads=self.options.threads,
                                   prefer=self.options.prefer_variants, metrics=self.engine_metrics)
         self._warm_up()
@@ -127,7 +127,7 @@ class Decoder:
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         with self.metrics.track():  # outcome: ok, overloaded (503), cancelled (client gone), error
-            check_model_key("decoder", self.model_key, request.model_key)  # before any token: a retry is clean
+            check_model_key("decoder", self.model_key, request.model_key, self.source)  # before any token: a retry is clean
             # aclosing: when Serve closes this generator (client gone), the engine's stream closes now and frees
             # its slot, rather than whenever the garbage collector finalizes it
             async with aclosing(self.engine.generate(request)) as chunks:

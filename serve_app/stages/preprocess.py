@@ -212,6 +212,7 @@ class Preprocess:
     """Stateless CPU stage. In: an image URL string. Out: PreprocessedImage with pixels (3,S,S) uint8."""
 
     def __init__(self, model: ModelSource | dict, options: PreprocessOptions | dict | None = None):
+        self.source = ModelSource.model_validate(model).model_dump()
         artifacts = resolve_model(ModelSource.model_validate(model))
         self.vision, self.model_key = Manifest.read(artifacts).vision, model_key(artifacts)
         self.options = PreprocessOptions.model_validate(options or {})
@@ -223,7 +224,7 @@ class Preprocess:
     async def process(self, url: str, param: str = "image_url", model_key: str | None = None) -> PreprocessedImage:
         arrived = time.perf_counter()
         with self.metrics.track():
-            check_model_key("preprocess", self.model_key, model_key)  # image size and resize rule are the model's
+            check_model_key("preprocess", self.model_key, model_key, self.source)  # image size and resize rule are the model's
             async with self._slot:
                 self.metrics.observe_queue_wait(time.perf_counter() - arrived)
                 with self.metrics.timed_compute():

@@ -132,7 +132,7 @@ class VisionEncoder:
     def __init__(self, model: ModelSource | dict, options: VisionOptions | dict | None = None):
         self.options = VisionOptions.model_validate(options or {})
         artifacts_dir = resolve_model(ModelSource.model_validate(model))
-        self.model_key = model_key(artifacts_dir)
+        self.model_key, self.source = model_key(artifacts_dir), ModelSource.model_validate(model).model_dump()
         opened = open_vision_session(artifacts_dir, self.options)
         self.variant, self.provider = opened.variant, opened.provider
         manifest = Manifest.read(artifacts_dir)
@@ -190,7 +190,7 @@ class VisionEncoder:
         """-> (P,D) float32 features for one preprocessed image; `model_key`: the ingress's model (refused if not
         this replica's)."""
         with self.metrics.track():
-            check_model_key("vision", self.model_key, model_key)
+            check_model_key("vision", self.model_key, model_key, self.source)
             cached = self.cache.get(image.content_hash)
             self.metrics.count_cache(cached is not None)
             if cached is not None:

@@ -5,6 +5,7 @@ client gets a 503 with Retry-After (code model_changed) -- never an answer that 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import pickle
 
@@ -141,3 +142,19 @@ def test_mismatch_survives_pickling_and_untagged_calls_are_not_checked():
     check_model_key("vision", A, None)
     with pytest.raises(ModelMismatch):
         check_model_key("vision", A, B)
+
+
+def test_the_ingress_follows_a_refusing_replica_to_its_model(tiny_artifacts_dir):
+    from serve_app.api.served import ServedModels, load_served_model
+    from serve_app.artifacts import ModelSource
+
+    source = {"artifacts_dir": str(tiny_artifacts_dir)}
+    new = load_served_model(ModelSource.model_validate(source), None, 2)
+    old = dataclasses.replace(new, key=A, fingerprint="mmserve-old")
+    models = ServedModels(old, None, 2)
+    assert not asyncio.run(models.follow(ModelMismatch("decoder", new.key, A)))  # names no source: cannot follow
+    assert models.current is old
+    assert asyncio.run(models.follow(ModelMismatch("decoder", new.key, A, source)))
+    assert models.current.key == new.key and models.current.fingerprint == new.fingerprint
+    assert not asyncio.run(models.follow(ModelMismatch("decoder", B, new.key, source)))  # resolves to another key
+    assert models.current.key == new.key
