@@ -126,7 +126,8 @@ def _write_artifacts(family: Family, source: Source, tmp: Path, progress: Progre
         family=family.name, preset=source.name, decoder=specs.decoder, vision=specs.vision, prompt=specs.prompt,
         tokenizer_file=TOKENIZER, graphs=_graph_entries(family, built, tmp, parity, specs.decoder),
         source=specs.source,
-        versions=_versions(), weights_sha256=None if source.weights is None else _sha256(source.weights))
+        versions=_versions(), weights_sha256=None if source.weights is None else _sha256(source.weights),
+        files_sha256={f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST})
     manifest.write(tmp)
     return Manifest.read(tmp)  # exactly what serving will read back (JSON turns tuples into lists)
 

@@ -1,4 +1,5 @@
 """`mmserve build --preset P --out DIR [--weights F] [--tokenizer F]`: the one build command.
+`mmserve push DIR URI [--force]`: upload a built artifact to s3:// or a shared path, manifest last.
 
 Progress goes to stderr, one line per step; any failure is one line `mmserve build: error: ...` naming the file,
 tensor or setting, with exit status 1 (2 for bad arguments, argparse's convention) and no artifact left behind.
@@ -23,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
                                                    "(the demo preset uses its shipped trained weights)")
     b.add_argument("--tokenizer", default=None, help="tokenizer.json; default: built for the preset's vocabulary")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
+    u = sub.add_parser("push", help="upload a built artifact directory to s3://bucket/prefix or a shared path")
+    u.add_argument("dir", help="artifact directory written by `mmserve build`")
+    u.add_argument("uri", help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL), file:///path or a path")
+    u.add_argument("--force", action="store_true", help="replace a different artifact already at URI (or re-upload the same one)")
     return p
 
 
@@ -55,7 +60,19 @@ def _build(args) -> int:
     return 0
 
 
-COMMANDS = {"build": _build}
+def _push(args) -> int:
+    from serve_app.store import StoreError, push_artifacts  # the serving side's store code: one implementation
+
+    try:
+        outcome = push_artifacts(args.dir, args.uri, force=args.force)
+    except StoreError as e:
+        print(f"mmserve push: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.uri}: {'already holds this artifact' if outcome == 'unchanged' else f'pushed {args.dir}'}")
+    return 0
+
+
+COMMANDS = {"build": _build, "push": _push}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,11 +200,20 @@ class Manifest(_Spec):
                                                            "serving never reads it)")
     versions: dict[str, str] = Field(default_factory=dict, description="torch/onnx/onnxruntime used to build")
     weights_sha256: str | None = Field(default=None, description="sha256 of the weights file; None = seeded random")
+    files_sha256: dict[str, str] = Field(default_factory=dict,
+                                         description="sha256 of every file in the directory but the manifest, by "
+                                                     "name: what a fetch from a store checks each download against")
 
-    def files(self) -> list[str]:
-        """Every file the manifest names, relative to its directory."""
-        return [self.tokenizer_file, self.decoder.embeddings.name,
-                *(v.file for g in self.graphs.values() for v in g.variants.values())]
+    def files(self) -> dict[str, str | None]:
+        """Every file the artifact holds besides the manifest (names relative to its directory) -> its sha256 (None
+        where the manifest has none); ValueError when two fields disagree on a file's hash."""
+        named: dict[str, str | None] = {self.tokenizer_file: None, self.decoder.embeddings.name: None}
+        named |= {v.file: v.sha256 for g in self.graphs.values() for v in g.variants.values()}
+        for name, digest in self.files_sha256.items():
+            if named.get(name) not in (None, digest):
+                raise ValueError(f"{name}: manifest gives two different sha256 for it")
+            named[name] = digest
+        return named
 
     def write(self, directory: Path) -> None:
         (directory / MANIFEST).write_text(self.model_dump_json(indent=2))

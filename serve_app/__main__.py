@@ -58,7 +58,8 @@ def build_first(config: dict) -> None:
     from serve_app.artifacts import ModelSource, resolve_model
 
     model = ((config["applications"][0].get("args") or {}).get("model")) or {}
-    resolve_model(ModelSource.model_validate(model))
+    if not model.get("artifacts_uri"):  # a URI is fetched by each replica on its node, never here
+        resolve_model(ModelSource.model_validate(model))
 
 
 def wait_ready(stopper: lifecycle.Stopper, url: str, timeout_s: float) -> bool:

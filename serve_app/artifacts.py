@@ -1,18 +1,26 @@
 """Where a replica's artifacts come from: `resolve_model(source) -> artifact directory`, called by every stage
 replica at its own start (Ingress, Preprocess, VisionEncoder, Decoder), on its own node.
 
+    artifacts_uri  s3://bucket/prefix, file:///path or a path written by `mmserve push`: fetched into this node's
+                   <cache_dir>/fetched (serve_app.store.fetch_artifacts: a directory named by the manifest's sha256,
+                   every file checked; replicas on one node download once under its file lock)
     artifacts_dir  a built directory on this node's disk: checked, never built
     preset         built into this node's cache_dir when missing (graphs.build.ensure_artifacts under the cache's
                    file lock: replicas starting at once on one node build it once; torch is imported only then)
 
 Why per replica and not in `build_app`: on a multi-node cluster the node that runs the builder is not the nodes
 the replicas land on, and its disk is not theirs. `python -m serve_app` builds the default preset before
-`serve run` only to show progress lines; the replicas then find it in the cache. A later source kind (an
-`artifacts_uri` fetched into the node-local cache) belongs here too.
+`serve run` only to show progress lines; the replicas then find it in the cache.
+
+`cache_dir` is read on the replica's node; `~` and `$VARS` in it are expanded there, so one config can give each
+node its own cache through that node's environment (e.g. `cache_dir: $MMSERVE_CACHE_DIR`, set per node at
+`ray start`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,6 +29,7 @@ from graphs.families import source_names
 from graphs.manifest import MANIFEST
 
 DEFAULT_CACHE_DIR = "~/.cache/mmserve"
+FETCHED = "fetched"  # under cache_dir: artifacts fetched from a URI, one directory per manifest sha256
 
 
 class ModelSource(BaseModel):
@@ -29,6 +38,10 @@ class ModelSource(BaseModel):
     preset: str = Field(default="demo", description="model preset; its artifacts are built into cache_dir if missing")
     artifacts_dir: str | None = Field(default=None,
                                       description="a built artifact directory; overrides preset/cache_dir")
+    artifacts_uri: str | None = Field(default=None,
+                                      description="s3://bucket/prefix, file:///path or a path written by `mmserve "
+                                                  "push`; fetched into cache_dir/fetched on each node, every file "
+                                                  "checked against the manifest; overrides preset and artifacts_dir")
     cache_dir: str = Field(default=DEFAULT_CACHE_DIR, description="where artifacts for a preset are built and kept "
                                                                   "(on each node)")
     served_name: str | None = Field(default=None,
@@ -43,6 +56,22 @@ class ModelSource(BaseModel):
             raise ValueError(f"unknown preset {v!r}; choose one of: {', '.join(sorted(known))}")
         return v
 
+    @field_validator("artifacts_uri")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v is not None:
+            from serve_app.store import StoreError, parse_uri
+
+            try:
+                parse_uri(v)
+            except StoreError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    def cache_path(self) -> Path:
+        """cache_dir on this node: `~` and environment variables expanded where the replica runs."""
+        return Path(os.path.expandvars(self.cache_dir)).expanduser()
+
     def name(self, built_preset: str | None = None) -> str:
         """The model id clients send; by default named after the preset the artifacts were built from."""
         return self.served_name or f"mmserve-{built_preset or self.preset}"
@@ -52,6 +81,12 @@ class ArtifactsError(ValueError):
     """A model source that gives no usable artifact directory; the message names the field."""
 
 
+def model_key(artifacts: Path) -> str:
+    """The loaded artifact's identity: sha256 of its manifest (which names every file's sha256), the same key the
+    fetch cache uses. Every stage call carries the ingress's key; a replica of another model refuses it."""
+    return hashlib.sha256((Path(artifacts) / MANIFEST).read_bytes()).hexdigest()
+
+
 def _print_progress(preset: str):
     def progress(step: str) -> None:  # a first start builds for a while: show where it is
         print(f"mmserve: building {preset} artifacts: {step}", flush=True)
@@ -59,8 +94,15 @@ def _print_progress(preset: str):
 
 
 def resolve_model(source: ModelSource) -> Path:
-    """The artifact directory for `source` on this node: the given one (must have a manifest), or the preset's,
-    built into cache_dir if missing (progress lines on stdout)."""
+    """The artifact directory for `source` on this node: fetched from artifacts_uri, the given one (must have a
+    manifest), or the preset's, built into cache_dir if missing (progress lines on stdout)."""
+    if source.artifacts_uri:
+        from serve_app.store import StoreError, fetch_artifacts  # boto3 only when a store is used
+
+        try:
+            return fetch_artifacts(source.artifacts_uri, source.cache_path() / FETCHED)
+        except StoreError as e:
+            raise ArtifactsError(f"model.artifacts_uri: {e}") from None
     if source.artifacts_dir:
         path = Path(source.artifacts_dir).expanduser()
         if not (path / MANIFEST).is_file():
@@ -68,4 +110,4 @@ def resolve_model(source: ModelSource) -> Path:
         return path
     from graphs.build import ensure_artifacts  # the build pipeline and torch: only when a build may be needed
 
-    return Path(ensure_artifacts(source.preset, Path(source.cache_dir).expanduser(), progress=_print_progress(source.preset)))
+    return Path(ensure_artifacts(source.preset, source.cache_path(), progress=_print_progress(source.preset)))

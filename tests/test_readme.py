@@ -13,7 +13,6 @@ from pathlib import Path
 from serve_app.api.chat import parse_request
 from serve_app.stages.preprocess import PreprocessOptions, preprocess_image
 from tests.fake_manifest import vision_spec
-from tests.serve_app.image_samples import encode, gradient_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

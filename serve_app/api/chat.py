@@ -2,6 +2,12 @@
 them -> stream from the decoder. Each stage is awaited here in turn; stages never call each other, so every
 stage's ongoing-request count is its own work and autoscales on its own traffic (chained deployments over-scale,
 Ray issue 60624). Text-only requests skip both image stages.
+
+Every stage call carries the ingress's model key (its manifest's sha256). During a rolling upgrade a handle reaches
+replicas of the old and the new model alike; a replica of another model refuses the call (ModelMismatch) before
+doing any work, and the call is sent again -- Serve's router picks replicas at random, and the matching ones stay
+until the rollout replaces them -- for a few seconds (`Stages.retry_s`); then the ingress follows the stages to
+their model (serve_app/api/served.py) and runs the whole request again. One request never mixes two models' stages.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,9 +25,10 @@ from graphs.manifest import Manifest
 from serve_app.api.errors import ContextLengthExceeded, InvalidRequest, StageUnavailable
 from serve_app.api.prompt import ImageSlot, PromptPiece, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
-from serve_app.engine.types import DecodeChunk, DecodeRequest, FeatureSegment, TokenSegment
+from serve_app.api.errors import unwrap
 from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
 from serve_app.api.retry import RETRYABLE, gather_with_retry
+from serve_app.engine.types import DecodeChunk, DecodeRequest, FeatureSegment, ModelMismatch, TokenSegment
 
 
 def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatCompletionRequest:
@@ -109,6 +117,26 @@ class Stages:
     decoder: object
     timeout_s: float = 60.0
     missing: Callable[[], frozenset[str]] = frozenset  # deployments with no running replica (a StageWatch)
+    model_key: str | None = None  # the ingress's model; None = calls untagged (unit tests of other things)
+    retry_s: float = 2.0  # how long a call refused by replicas of another model is sent again
+
+
+RETRY_PAUSE_S = (0.02, 0.5)  # first and longest pause between two tries of a refused call
+
+
+async def matching(stages: Stages, call):
+    """`await call()` again while a replica of another model refuses it, for up to `retry_s`; then the last
+    ModelMismatch propagates (the ingress follows that model, or answers 503 + Retry-After)."""
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + min(stages.retry_s, stages.timeout_s), RETRY_PAUSE_S[0]
+    while True:
+        try:
+            return await call()
+        except Exception as e:  # noqa: BLE001 -- only a mismatch is retried
+            if not isinstance(unwrap(e), ModelMismatch) or loop.time() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, RETRY_PAUSE_S[1])
 
 
 async def image_features(stages: Stages, images: list[ImageRef]) -> list[np.ndarray]:
@@ -116,11 +144,16 @@ async def image_features(stages: Stages, images: list[ImageRef]) -> list[np.ndar
     Both image stages are side-effect free: a call whose replica died is retried once (serve_app.api.retry)."""
     if not images:
         return []
+    key = stages.model_key
     check = partial(require_image_stages, stages)  # polled while waiting too: a lost stage fails fast
+
+    def tagged(call):  # a refusal by a replica of another model is sent again (matching), a dead replica's once
+        return lambda: matching(stages, call)
+
     try:
-        pixels = await gather_with_retry([partial(stages.preprocess.process.remote, ref.url, ref.param)
+        pixels = await gather_with_retry([tagged(partial(stages.preprocess.process.remote, ref.url, ref.param, key))
                                           for ref in images], stages.timeout_s, "preprocess", check)
-        feats = await gather_with_retry([partial(stages.vision.encode.remote, p) for p in pixels],
+        feats = await gather_with_retry([tagged(partial(stages.vision.encode.remote, p, key)) for p in pixels],
                                         stages.timeout_s, "vision", check)
     except (*RETRYABLE, TimeoutError):
         check()  # lost while failing: say so rather than a bare replica error or timeout
@@ -140,22 +173,47 @@ def require_image_stages(stages: Stages) -> None:
 
 
 def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedChat,
-                   features: list[np.ndarray]) -> DecodeRequest:
+                   features: list[np.ndarray], model_key: str | None = None) -> DecodeRequest:
     segments = [FeatureSegment(features[p.index]) if isinstance(p, ImageSlot) else TokenSegment(p)
                 for p in chat.pieces]
     return DecodeRequest(request_id=request_id, segments=segments, max_tokens=chat.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-                         stop=req.stop_list(), ignore_eos=req.ignore_eos)
+                         stop=req.stop_list(), ignore_eos=req.ignore_eos, model_key=model_key)
 
 
-async def decode_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
-    """The decoder's token stream. Closing this generator (client gone) cancels the request in the decoder
-    replica, which frees its KV-cache slot at once instead of generating to max_tokens."""
-    gen = stages.decoder.options(stream=True).generate.remote(request)
+async def open_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
+    """The decoder's token stream, opened: its first chunk is already here, so a decoder of another model (which
+    refuses before its first chunk) is retried or surfaces now, while the request can still go to another model.
+    Closing the returned generator (client gone) cancels the request in the decoder replica, which frees its
+    KV-cache slot at once instead of generating to max_tokens."""
+    gen = None
+
+    async def opened():
+        nonlocal gen
+        gen = stages.decoder.options(stream=True).generate.remote(request)
+        try:
+            return await gen.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    first = await matching(stages, opened)
+    return _rest(gen, first)
+
+
+async def _rest(gen, first: DecodeChunk | None) -> AsyncIterator[DecodeChunk]:
     finished = False
     try:
-        async for chunk in gen:
-            yield chunk
+        if first is not None:
+            yield first
+            async for chunk in gen:
+                yield chunk
         finished = True
     finally:
         if not finished:
             gen.cancel()
+
+
+async def decode_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
+    """open_stream as one generator (opened at its first iteration)."""
+    async with aclosing(await open_stream(stages, request)) as chunks:
+        async for chunk in chunks:
+            yield chunk

@@ -17,6 +17,7 @@ class CompletionMeta:
     model: str
     prompt_tokens: int  # image tokens + text tokens, as the decoder counts them
     include_usage: bool = False
+    fingerprint: str | None = None  # system_fingerprint: which artifact answered
 
 
 async def stream_chunks(meta: CompletionMeta, chunks: AsyncIterator[DecodeChunk]) -> AsyncIterator[ChatCompletionChunk]:
@@ -29,10 +30,10 @@ async def stream_chunks(meta: CompletionMeta, chunks: AsyncIterator[DecodeChunk]
         first = False
         if not c.text and c.finish_reason is None and not delta.role:
             continue  # an incomplete multi-byte character: nothing to show yet
-        yield ChatCompletionChunk(id=meta.id, model=meta.model, choices=[
+        yield ChatCompletionChunk(id=meta.id, model=meta.model, system_fingerprint=meta.fingerprint, choices=[
             ChunkChoice(delta=delta, finish_reason=c.finish_reason)])
     if meta.include_usage:
-        yield ChatCompletionChunk(id=meta.id, model=meta.model, choices=[],
+        yield ChatCompletionChunk(id=meta.id, model=meta.model, system_fingerprint=meta.fingerprint, choices=[],
                                   usage=Usage.of(meta.prompt_tokens, completion_tokens))
 
 
@@ -44,6 +45,6 @@ async def collect(meta: CompletionMeta, chunks: AsyncIterator[DecodeChunk]) -> C
         completion_tokens = max(completion_tokens, c.completion_tokens)
         finish = c.finish_reason or finish
     return ChatCompletionResponse(
-        id=meta.id, model=meta.model,
+        id=meta.id, model=meta.model, system_fingerprint=meta.fingerprint,
         choices=[Choice(message=AssistantMessage(content="".join(text)), finish_reason=finish)],
         usage=Usage.of(meta.prompt_tokens, completion_tokens))

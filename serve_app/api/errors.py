@@ -15,7 +15,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from serve_app.api.protocol import ErrorInfo, ErrorResponse
-from serve_app.engine.types import Overloaded
+from serve_app.engine.types import ModelMismatch, Overloaded
 
 log = logging.getLogger("ray.serve")
 
@@ -128,6 +128,7 @@ class Outcome:
 _OUTCOMES: dict[type, Outcome] = {
     Overloaded: Outcome(503, "server_overloaded", "overloaded", 1.0),
     BackPressureError: Outcome(503, "server_overloaded", "overloaded", 1.0),  # a stage's max_queued_requests
+    ModelMismatch: Outcome(503, "service_unavailable", "model_changed", 1.0),  # no replica left with this model
     RayActorError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),  # a replica died; Serve restarts it
     ReplicaUnavailableError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),
     DeploymentUnavailableError: Outcome(503, "service_unavailable", "stage_unavailable", 5.0),

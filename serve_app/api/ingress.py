@@ -15,6 +15,7 @@ otherwise SSE. Every error goes through `errors.to_error`.
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures (request: Request) at runtime.
 import asyncio
+import dataclasses
 import hmac
 
 from fastapi import FastAPI, Request
@@ -23,15 +24,12 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tokenizers import Tokenizer
-
-from graphs.manifest import Manifest
 from serve_app.api import chat
-from serve_app.api.prompt import PromptRenderer
 from serve_app.api.completions import CompletionMeta, collect, stream_chunks
-from serve_app.artifacts import resolve_model
+from serve_app.api.served import ServedModels, load_served_model
 from serve_app.config import IngressOptions, ModelSource
-from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized
+from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized, unwrap
+from serve_app.engine.types import ModelMismatch
 from serve_app.observability.metrics import StageMetrics, outcome_of_status
 from serve_app.api.protocol import ModelCard, ModelList, completion_id
 from serve_app.api.sse import error_response, sse_response
@@ -79,12 +77,8 @@ class Ingress:
                  preprocess, vision, decoder):
         """`max_context`: the Decoder's cache length (its args' max_context; None = the model's)."""
         self.options = IngressOptions.model_validate(options)
-        source = ModelSource.model_validate(model)
-        artifacts = resolve_model(source)
-        manifest = Manifest.read(artifacts)
-        self.prompt = PromptRenderer(manifest.prompt, Tokenizer.from_file(str(artifacts / manifest.tokenizer_file)))
-        self.limits = chat.ModelLimits.of(manifest, max_context, self.options.max_images_per_request)
-        self.model_name = source.name(manifest.preset)
+        first = load_served_model(ModelSource.model_validate(model), max_context, self.options.max_images_per_request)
+        self.models = ServedModels(first, max_context, self.options.max_images_per_request)  # follows rollouts
         self.watch = StageWatch(stages_without_replica).start()  # image requests fail fast when vision is lost
         self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing)
         self.keys = self.options.keys()
@@ -126,7 +120,7 @@ class Ingress:
             self._authorize(request)
         except APIError as e:
             return error_response(e)
-        return JSONResponse(ModelList(data=[ModelCard(id=self.model_name)]).model_dump())
+        return JSONResponse(ModelList(data=[ModelCard(id=self.models.current.name)]).model_dump())
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
@@ -136,21 +130,35 @@ class Ingress:
         self.metrics.count(outcome_of_status(response.status_code), response.status_code)
         return response
 
+    async def _start(self, rid: str, req):
+        """Prepare, encode the images, open the decoder stream -- all on one model. Refused by every replica (the
+        stages were upgraded under this ingress): follow them to their model once and start again."""
+        for may_follow in (True, False):
+            model = self.models.current
+            try:
+                if req.model is not None and req.model != model.name:
+                    raise NotFound(f"model {req.model!r} does not exist; this server serves {model.name!r}",
+                                   "model", "model_not_found")
+                prepared = chat.prepare(req, model.prompt, model.limits)
+                stages = dataclasses.replace(self.stages, model_key=model.key)
+                features = await chat.image_features(stages, prepared.images)
+                request = chat.decode_request(rid, req, prepared, features, model.key)
+                return model, prepared, await chat.open_stream(stages, request)
+            except Exception as e:  # noqa: BLE001 -- only a refusal by another model's replicas is retried
+                refused = unwrap(e)
+                if not (may_follow and isinstance(refused, ModelMismatch) and await self.models.follow(refused)):
+                    raise
+
     async def _chat_completions(self, request: Request) -> Response:
         try:
             self._authorize(request)
             body = await read_body(request, self.body_limit)  # 413 before the body fills memory
             req = chat.parse_request(body, self.options.max_json_depth)
-            if req.model is not None and req.model != self.model_name:
-                raise NotFound(f"model {req.model!r} does not exist; this server serves {self.model_name!r}",
-                               "model", "model_not_found")
-            prepared = chat.prepare(req, self.prompt, self.limits)
-            features = await chat.image_features(self.stages, prepared.images)
+            rid = completion_id()
+            model, prepared, tokens = await self._start(rid, req)
         except Exception as e:  # noqa: BLE001 -- one error path for all: to_error picks the status
             return error_response(e)
-        rid = completion_id()
-        meta = CompletionMeta(rid, self.model_name, prepared.prompt_len, req.include_usage())
-        tokens = chat.decode_stream(self.stages, chat.decode_request(rid, req, prepared, features))
+        meta = CompletionMeta(rid, model.name, prepared.prompt_len, req.include_usage(), model.fingerprint)
         if req.stream:
             return await sse_response(stream_chunks(meta, tokens))
         try:

@@ -122,6 +122,9 @@ class ChatCompletionResponse(OpenAIBase):
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
+    system_fingerprint: str | None = Field(default=None, description="the artifact that answered (its manifest "
+                                                                      "sha256, shortened): tells models apart "
+                                                                      "across an upgrade")
     choices: list[Choice]
     usage: Usage
 
@@ -143,6 +146,7 @@ class ChatCompletionChunk(OpenAIBase):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
+    system_fingerprint: str | None = None  # as in ChatCompletionResponse
     choices: list[ChunkChoice]
     usage: Usage | None = None
 

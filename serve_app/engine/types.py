@@ -48,6 +48,7 @@ class DecodeRequest:
     seed: int | None = None  # same seed + same request = same tokens, whatever else shares the batch
     stop: list[str] = field(default_factory=list)  # stop strings, matched on the detokenized text
     ignore_eos: bool = False  # vLLM's benchmark extension: generate exactly max_tokens
+    model_key: str | None = None  # the artifact the ingress tokenized for (manifest sha256); None = not checked
 
     @property
     def prompt_len(self) -> int:
@@ -73,3 +74,25 @@ class Overloaded(Exception):
 
     def __reduce__(self):  # crosses process boundaries inside Ray errors: keep retry_after_s
         return (Overloaded, (str(self), self.retry_after_s))
+
+
+class ModelMismatch(Exception):
+    """A stage call tagged with another model's key than the one this replica loaded: during a rolling upgrade the
+    handles reach old and new replicas alike, and features or token ids of model A must never run through model
+    B. The ingress retries on another replica; when none has its model any more it answers 503 + Retry-After."""
+
+    def __init__(self, stage: str, have: str, asked: str, source: dict | None = None):
+        super().__init__(f"{stage} replica serves model {have[:12]}, the request is for model {asked[:12]} "
+                         "(an upgrade is rolling out)")
+        self.stage, self.have, self.asked, self.source = stage, have, asked, source  # source: the replica's args
+        self.retry_after_s = 1.0
+
+    def __reduce__(self):  # crosses process boundaries inside Ray errors
+        return (ModelMismatch, (self.stage, self.have, self.asked, self.source))
+
+
+def check_model_key(stage: str, have: str, asked: str | None, source: dict | None = None) -> None:
+    """Refuse a call for another model (naming this replica's model source, so the ingress can follow it); an
+    untagged call (None) is not checked."""
+    if asked is not None and asked != have:
+        raise ModelMismatch(stage, have, asked, source)

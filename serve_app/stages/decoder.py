@@ -34,10 +34,10 @@ from ray import serve
 from serve_app.engine import EngineConfig, load_engine
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
-from serve_app.artifacts import ModelSource, resolve_model
+from serve_app.artifacts import ModelSource, model_key, resolve_model
 from serve_app.runtime.profiling import ProfileSettings
 from serve_app.observability.decoder_metrics import RayEngineMetrics
-from serve_app.engine.types import DecodeChunk, DecodeRequest
+from serve_app.engine.types import DecodeChunk, DecodeRequest, check_model_key
 
 
 MAX_ONGOING_REQUESTS = 512  # the code default; a config file may replace it, so the replica checks what is deployed
@@ -97,7 +97,9 @@ class Decoder:
         self.options.check_admission(self.max_ongoing_requests)
         self.metrics = StageMetrics("decoder")
         self.engine_metrics = RayEngineMetrics(self.metrics)
-        self.engine = load_engine(resolve_model(ModelSource.model_validate(model)), self.options.engine_config(), threads=self.options.threads,
+        artifacts = resolve_model(ModelSource.model_validate(model))
+        self.model_key, self.source = model_key(artifacts), ModelSource.model_validate(model).model_dump()
+        self.engine = load_engine(artifacts, self.options.engine_config(), threads=self.options.threads,
                                   prefer=self.options.prefer_variants, metrics=self.engine_metrics)
         self._warm_up()
         self.engine.runner.session.arm(self.options.ort_profile)  # a profile in the args starts with the replica
@@ -126,6 +128,7 @@ class Decoder:
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         with self.metrics.track():  # outcome: ok, overloaded (503), cancelled (client gone), error
+            check_model_key("decoder", self.model_key, request.model_key, self.source)  # before any token: a retry is clean
             # aclosing: when Serve closes this generator (client gone), the engine's stream closes now and frees
             # its slot, rather than whenever the garbage collector finalizes it
             async with aclosing(self.engine.generate(request)) as chunks:

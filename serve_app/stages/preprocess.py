@@ -27,9 +27,9 @@ from ray import serve
 
 from graphs.manifest import Manifest, VisionSpec
 from serve_app.api.errors import InvalidImage
-from serve_app.artifacts import ModelSource, resolve_model
+from serve_app.artifacts import ModelSource, model_key, resolve_model
 from serve_app.observability.metrics import ImageMetrics, StageMetrics
-from serve_app.engine.types import PreprocessedImage
+from serve_app.engine.types import PreprocessedImage, check_model_key
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
@@ -217,16 +217,19 @@ class Preprocess:
     """Stateless CPU stage. In: an image URL string. Out: PreprocessedImage with pixels (3,S,S) uint8."""
 
     def __init__(self, model: ModelSource | dict, options: PreprocessOptions | dict | None = None):
-        self.vision = Manifest.read(resolve_model(ModelSource.model_validate(model))).vision
+        self.source = ModelSource.model_validate(model).model_dump()
+        artifacts = resolve_model(ModelSource.model_validate(model))
+        self.vision, self.model_key = Manifest.read(artifacts).vision, model_key(artifacts)
         self.options = PreprocessOptions.model_validate(options or {})
         self.metrics, self.image_metrics = StageMetrics("preprocess"), ImageMetrics()
         # Decoding is CPU-bound: one image per replica at a time. The wait for this slot is the stage's queue wait;
         # the decode runs in a thread so the replica keeps answering health checks meanwhile.
         self._slot = asyncio.Semaphore(1)
 
-    async def process(self, url: str, param: str = "image_url") -> PreprocessedImage:
+    async def process(self, url: str, param: str = "image_url", model_key: str | None = None) -> PreprocessedImage:
         arrived = time.perf_counter()
         with self.metrics.track():
+            check_model_key("preprocess", self.model_key, model_key, self.source)  # image size and resize rule are the model's
             async with self._slot:
                 self.metrics.observe_queue_wait(time.perf_counter() - arrived)
                 with self.metrics.timed_compute():

@@ -27,13 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ray import serve
 
 from graphs.manifest import Manifest, check_session_io
-from serve_app.artifacts import ModelSource, resolve_model
+from serve_app.artifacts import ModelSource, model_key, resolve_model
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
 from serve_app.runtime.ort_session import OpenedSession, open_stage_session
 from serve_app.runtime.profiling import ProfilableSession, ProfileSettings
 from serve_app.runtime.providers import BatchProfile, ProviderSpec, batch_profile, default_vision_providers, parse_providers
-from serve_app.engine.types import PreprocessedImage
+from serve_app.engine.types import PreprocessedImage, check_model_key
 from serve_app.runtime.warmup import warm_up
 
 log = logging.getLogger("ray.serve")
@@ -132,6 +132,7 @@ class VisionEncoder:
     def __init__(self, model: ModelSource | dict, options: VisionOptions | dict | None = None):
         self.options = VisionOptions.model_validate(options or {})
         artifacts_dir = resolve_model(ModelSource.model_validate(model))
+        self.model_key, self.source = model_key(artifacts_dir), ModelSource.model_validate(model).model_dump()
         opened = open_vision_session(artifacts_dir, self.options)
         self.variant, self.provider = opened.variant, opened.provider
         manifest = Manifest.read(artifacts_dir)
@@ -185,9 +186,11 @@ class VisionEncoder:
             features = await asyncio.to_thread(self._run, pixels)  # (B,P,D) float32
         return [np.ascontiguousarray(f) for f in features]
 
-    async def encode(self, image: PreprocessedImage) -> np.ndarray:
-        """-> (P,D) float32 features for one preprocessed image."""
+    async def encode(self, image: PreprocessedImage, model_key: str | None = None) -> np.ndarray:
+        """-> (P,D) float32 features for one preprocessed image; `model_key`: the ingress's model (refused if not
+        this replica's)."""
         with self.metrics.track():
+            check_model_key("vision", self.model_key, model_key, self.source)
             cached = self.cache.get(image.content_hash)
             self.metrics.count_cache(cached is not None)
             if cached is not None:

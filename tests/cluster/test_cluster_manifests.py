@@ -5,6 +5,7 @@ autoscaling against the stages' own batching."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,11 @@ def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def extras(commands: list[str]) -> set[str]:
+    """The mmserve extras a node's `pip install ".../src[a,b]"` commands install."""
+    return {e for c in commands for group in re.findall(r"/src\[([a-z0-9,]+)\]", c) for e in group.split(",")}
+
+
 def deployments() -> dict[str, dict]:
     (app,) = load(GPU_CONFIG)["applications"]
     return {d["name"]: d for d in app["deployments"]}
@@ -49,9 +55,11 @@ def test_launcher_node_types_split_gpu_and_cpu_builds():
     assert gpu["resources"]["GPU"] >= 1 and gpu["resources"]["gpu_node"] >= 1 and "cpu_node" not in gpu["resources"]
     assert cpu["resources"]["cpu_node"] >= 1 and "GPU" not in cpu["resources"] and "gpu_node" not in cpu["resources"]
     assert not {"gpu_node", "cpu_node"} & set(head["resources"])
-    assert any("[gpu]" in c for c in gpu["worker_setup_commands"])
-    assert not any("[gpu]" in c for c in cpu["worker_setup_commands"] + load(LAUNCHER)["head_setup_commands"])
-    assert any("[cpu]" in c for c in cpu["worker_setup_commands"])
+    gpu_extras = extras(gpu["worker_setup_commands"])
+    cpu_extras, head_extras = extras(cpu["worker_setup_commands"]), extras(load(LAUNCHER)["head_setup_commands"])
+    assert "gpu" in gpu_extras and "cpu" not in gpu_extras
+    assert "cpu" in cpu_extras and "gpu" not in cpu_extras | head_extras
+    assert "s3" in gpu_extras & cpu_extras  # serving nodes fetch artifacts from the store
     for t in (gpu, cpu):
         assert 1 <= t["min_workers"] <= t["max_workers"]
 
@@ -133,3 +141,46 @@ def test_local_cluster_commands_stay_on_own_ports_and_temp_dir(tmp_path):
     assert len(ports) == len(set(ports))  # three raylets on one host: no shared port
     assert all(f"--temp-dir={tmp_path}" in c for c in cmds)
     assert "--num-gpus=1" in cmds[1] and '--resources={"gpu_node": 1}' in cmds[1]
+
+
+def ray_containers(service: dict) -> list[dict]:
+    spec = service["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def test_gpu_config_serves_from_an_artifacts_uri_into_a_node_local_cache():
+    from serve_app.config import parse_args
+    from serve_app.store import parse_uri
+
+    model = parse_args(load(GPU_CONFIG)["applications"][0]["args"]).model
+    assert parse_uri(model.artifacts_uri).scheme == "s3" and model.artifacts_dir is None
+    assert model.cache_dir == "/var/cache/mmserve"
+
+
+def test_rayservice_turns_token_auth_on_and_wires_store_credentials_from_a_secret():
+    service = load(RAYSERVICE)
+    assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
+    assert service["spec"]["rayClusterConfig"]["rayVersion"] >= "2.52"  # authOptions needs Ray 2.52+
+    containers = ray_containers(service)
+    assert len(containers) == 3
+    for c in containers:  # the standard AWS variables, from one Secret, in every Ray container
+        assert {"secretRef": {"name": "mmserve-artifacts-s3"}} in c["envFrom"]
+        assert not any(e["name"].startswith("AWS_") and "value" in e for e in c.get("env", []))  # no inline keys
+    groups = {g["groupName"]: g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    for group in groups.values():  # the fetch cache is the node's, not the pod's: a restarted pod reuses it
+        spec = group["template"]["spec"]
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == "/var/cache/mmserve"]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert volume["hostPath"]["path"] == "/var/cache/mmserve"
+
+
+def test_launcher_turns_token_auth_on_everywhere_and_keeps_the_dashboard_on_loopback():
+    config = load(LAUNCHER)
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    for command in (c for c in starts if "ray start" in c):
+        assert "RAY_AUTH_MODE=token ray start" in command
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the same token on every node
+    (head_start,) = [c for c in config["head_start_ray_commands"] if "--head" in c]
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert not any("artifacts" in remote for remote in config["file_mounts"])  # artifacts come from the store

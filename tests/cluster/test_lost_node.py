@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.cluster.test_heterogeneous_cluster import (APP, SCALE, _deploy_failed, _print_logs, image_body,
+from tests.cluster.test_heterogeneous_cluster import (SCALE, _deploy_failed, _print_logs, image_body,
                                                       local_cluster, local_serve_config, text_body)
 from tests.e2e.conftest import wait_ready
 

@@ -122,12 +122,12 @@ class FakeStages:
         self.vision = type("V", (), {"encode": FakeCall(self._vis, self.calls["vis"])})()
 
     @staticmethod
-    def _pre(url, param):
+    def _pre(url, param, model_key=None):
         v = int(url[-1])
         return PreprocessedImage(np.full((3, 4, 4), v, np.uint8), str(v), 1, 16)
 
     @staticmethod
-    def _vis(img):
+    def _vis(img, model_key=None):
         return np.full((16, 8), float(img.pixels[0, 0, 0]), np.float32)  # (P,D)
 
 
@@ -143,15 +143,18 @@ def test_image_features_in_order_and_text_only_skips_stages():
 
 
 class FakeStream:
+    """Mimics DeploymentResponseGenerator: an async iterator with cancel()."""
+
     def __init__(self, chunks):
-        self.chunks, self.cancelled = chunks, False
+        self.chunks, self.cancelled = list(chunks), False
 
     def __aiter__(self):
-        return self._gen()
+        return self
 
-    async def _gen(self):
-        for c in self.chunks:
-            yield c
+    async def __anext__(self):
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
 
     def cancel(self):
         self.cancelled = True
