@@ -86,7 +86,7 @@ class Handle:
 
 
 def stages(key, pre, vis, dec, timeout_s=5.0):
-    return chat.Stages(Handle(*pre), Handle(*vis), Handle(*dec), timeout_s, key)
+    return chat.Stages(Handle(*pre), Handle(*vis), Handle(*dec), timeout_s, model_key=key)
 
 
 def test_a_refused_call_is_sent_again_until_a_replica_of_its_model_takes_it():

@@ -46,11 +46,11 @@ IMAGES = [chat.ImageRef("data:a", "messages.0.content.0.image_url"),
           chat.ImageRef("data:b", "messages.0.content.1.image_url")]
 
 
-def pixels(url, param):
+def pixels(url, param, model_key=None):
     return url
 
 
-def features(p):
+def features(p, model_key=None):
     return np.full((2, 3), ord(p[-1]), np.float32)  # (P=2, D=3), tagged by which image
 
 
