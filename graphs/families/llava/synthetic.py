@@ -58,7 +58,7 @@ def _siglip(hidden=32, layers=3, heads=4, image=32, patch=8) -> dict:
 def _text(model_type: str, hidden=64, layers=2, heads=4, kv_heads=2, vocab=384, **extra) -> dict:
     base = dict(model_type=model_type, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
                 num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-                max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6)
+                max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6, initializer_range=0.1)
     return {**base, **extra}
 
 
