@@ -1,4 +1,5 @@
-"""`mmserve build --preset P --out DIR [--weights F] [--tokenizer F]`: the one build command.
+"""`mmserve build (--preset P | --hf DIR) --out DIR [--weights F] [--tokenizer F] [--variants V ...]`: the one build
+command. `--preset` builds the project's own model family; `--hf` a local HuggingFace LLaVA checkpoint directory.
 
 Progress goes to stderr, one line per step; any failure is one line `mmserve build: error: ...` naming the file,
 tensor or setting, with exit status 1 (2 for bad arguments, argparse's convention) and no artifact left behind.
@@ -17,7 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmserve", description="Build and serve LLaVA-style multimodal models.")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build an artifact directory (ONNX graph variants, tokenizer, manifest)")
-    b.add_argument("--preset", required=True, help=f"model dimensions: one of {', '.join(sorted(PRESETS))}")
+    source = b.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help=f"model dimensions: one of {', '.join(sorted(PRESETS))}")
+    source.add_argument("--hf", metavar="DIR", help="a LLaVA checkpoint directory as save_pretrained writes it")
+    b.add_argument("--variants", nargs="+", default=None,
+                   help="--hf only: graph/variant names to build (default: all), e.g. decoder/cpu-int4")
     b.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
     b.add_argument("--weights", default=None, help="safetensors file; default: seeded random weights "
                                                    "(the demo preset uses its shipped trained weights)")
@@ -37,7 +42,34 @@ class _ProgressLine:
             print(f"[{time.monotonic() - self.start:6.1f}s] {step}", file=sys.stderr, flush=True)
 
 
+def _build_hf(args) -> int:
+    from graphs.families.llava.build import BuildError, build_llava
+    from graphs.families.llava.checkpoint import CheckpointError
+    from graphs.families.llava.parity import ParityError
+
+    if args.weights or args.tokenizer:
+        print("mmserve build: error: --weights/--tokenizer: not used with --hf (the checkpoint has its own)",
+              file=sys.stderr)
+        return 2
+    try:
+        info = build_llava(args.hf, args.out, args.variants, _ProgressLine(args.quiet))
+    except (BuildError, CheckpointError, ParityError) as e:
+        print(f"mmserve build: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"mmserve build: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    n = sum(len(g["variants"]) for g in info["graphs"].values())
+    print(f"built {args.out}: llava checkpoint {args.hf}, {n} graph variants, parity gate passed")
+    return 0
+
+
 def _build(args) -> int:
+    if args.hf is not None:
+        return _build_hf(args)
+    if args.variants is not None:
+        print("mmserve build: error: --variants: only with --hf", file=sys.stderr)
+        return 2
     from graphs.build import BuildError, build_artifacts
     from graphs.verify import ParityError
     from graphs.families.own.weights import WeightsError
