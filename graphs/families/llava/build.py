@@ -162,8 +162,9 @@ def _write(ck, names, tmp: Path, progress: Progress) -> dict:
                              "sha256": _sha256(tmp / TOKEN_EMBEDDINGS)},
         "graphs": graphs, "versions": _versions(),
     }
-    (tmp / BUILD_JSON).write_text(json.dumps(info, indent=2, sort_keys=True))
-    return info
+    text = json.dumps(info, indent=2, sort_keys=True)
+    (tmp / BUILD_JSON).write_text(text)
+    return json.loads(text)  # exactly what a reader gets back (JSON turns tuples into lists)
 
 
 def build_llava(checkpoint_dir: str | Path, out_dir: str | Path, variants=None,
