@@ -82,7 +82,8 @@ SPECS = {
     # The realistic benchmark's dims: SigLIP-base at 384 px + a Qwen2-0.5B-shaped decoder.
     "siglip-qwen2-0.5b": Spec(
         vision=dict(_siglip(hidden=768, layers=12, heads=12, image=384, patch=16), intermediate_size=3072),
-        text=_text("qwen2", hidden=896, layers=24, heads=14, kv_heads=2, vocab=151936, intermediate_size=4864),
+        text=_text("qwen2", hidden=896, layers=24, heads=14, kv_heads=2, vocab=151936, intermediate_size=4864,
+                   max_position_embeddings=32768, initializer_range=0.02),
         vision_feature_layer=-1, vision_feature_select_strategy="full", tie_word_embeddings=True,
         processor=dict(SIGLIP_PROCESSOR, size={"height": 384, "width": 384})),
 }
