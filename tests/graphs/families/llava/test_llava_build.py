@@ -94,3 +94,35 @@ def test_gate_fails_a_wrong_rotary(siglip_qwen2):
     figures = parity.decoder_figures(ck, parity.Inputs(ref), build_decoder(wrong, w).SerializeToString(), "fp32")
     with pytest.raises(parity.ParityError, match="decoder cpu-fp32: prefill_logits_max_abs_err"):
         parity.check("decoder", "cpu-fp32", "fp32", figures)
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+
+
+@pytest.mark.parametrize("variant", [
+    dict(rope_parameters=LLAMA3_ROPE),
+    dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
+    dict(vision_feature_layer=[-3, -1], vision_feature_select_strategy="full"),
+], ids=["llama3-rope", "linear-rope", "feature-layer-list"])
+def test_supported_options_match_transformers(tmp_path, variant):
+    """Each supported rope kind and a list of feature layers: fp32 graphs match transformers on the checkpoint."""
+    from dataclasses import replace
+
+    from graphs.families.llava.synthetic import SPECS, write_checkpoint
+    from graphs.families.llava.vision_graph import build_vision
+
+    spec = SPECS["clip-llama"]
+    rope = {k: v for k, v in variant.items() if k == "rope_parameters"}
+    spec = replace(spec, text={**spec.text, **rope}, **{k: v for k, v in variant.items() if k not in rope})
+    ck_dir = write_checkpoint(tmp_path / "ckpt", spec)
+    ck = read_checkpoint(ck_dir)
+    w = load_weights(ck)
+    ref = Reference(ck)
+    if rope:
+        assert ck.text.rope_scaling["rope_type"] == rope["rope_parameters"]["rope_type"]
+        figures = parity.decoder_figures(ck, parity.Inputs(ref), build_decoder(ck, w).SerializeToString(), "fp32")
+    else:
+        assert ck.vision.feature_layers == (1, 3)  # -3 and -1 of hidden_states[0..3]
+        figures = parity.vision_figures(ref, build_vision(ck, w, "cpu").SerializeToString())
+    parity.check("test", "fp32", "fp32", figures)
