@@ -116,7 +116,7 @@ def bench_decoder(out: Path, info: dict, ck, threads: int, seconds: float, featu
 
 def bench_transformers(ckpt: Path, ck, threads: int, seconds: float) -> dict:
     import torch
-    from transformers import DynamicCache, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     torch.set_num_threads(threads)
     before = rss_mb()

@@ -172,8 +172,8 @@ def _vision(f: _Fields, top: _Fields) -> VisionSpec:
     hidden, heads = f.get("hidden_size", int), f.get("num_attention_heads", int)
     if hidden % heads:
         f.fail("num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
-    return VisionSpec(kind=kind, hidden=hidden, intermediate=f.get("intermediate_size", int), layers=max(feature_layers),
-                      heads=heads, image_size=image, patch_size=patch, act=f.choice("hidden_act", ACTIVATIONS),
+    return VisionSpec(kind=kind, hidden=hidden, intermediate=f.get("intermediate_size", int),
+                      layers=max(feature_layers), heads=heads, image_size=image, patch_size=patch, act=f.choice("hidden_act", ACTIVATIONS),
                       eps=f.get("layer_norm_eps", float, 1e-5 if kind == "clip" else 1e-6),
                       feature_layers=feature_layers, drop_cls=strategy == "default")
 
@@ -297,6 +297,9 @@ def _tokenizer(directory: Path) -> tuple[tuple[int, ...], str | None, tuple[str,
     files = ["tokenizer.json", "tokenizer_config.json"]
     if (directory / "chat_template.jinja").is_file():
         template, files = (directory / "chat_template.jinja").read_text(), files + ["chat_template.jinja"]
+    elif (directory / "chat_template.json").is_file():  # what processors saved before chat_template.jinja
+        path = directory / "chat_template.json"
+        template, files = _Fields(path, _read_json(path)).get("chat_template", str), files + ["chat_template.json"]
     if not eos:
         cfg.fail("eos_token", "missing (and no eos_token_id in generation_config.json)")
     return tuple(eos), template, tuple(files)

@@ -20,17 +20,17 @@ Bounds, and why
 - int8 / int4: vision cosine >= QUANT_MIN_COSINE (int8 only; vision has no int4 variant). Decoder: the RMS logit
   error over the teacher-forced contexts, relative to the reference's logit std, <= NOISE_REL[precision]; and
   next-token top-1 agreement >= QUANT_MIN_TOP1 over the contexts that are decisive *at the measured noise level*:
-  the reference's top-2 margin >= 2 * sqrt(2) * (measured RMS logit error). Why: quantization noise on two logits of relative RMS
-  r flips them with probability Phi(-margin / (sqrt 2 r std)), so at that margin a correct variant flips fewer
-  than 2.3% of contexts, and 90% agreement leaves room for the heavier-than-Gaussian tail; near-ties (most contexts
-  of a random-weight checkpoint, whose logits are nearly flat) flip at any precision and are not gated. With
-  fewer than MIN_DECISIVE decisive contexts the agreement says nothing and only the RMS bound gates (recorded as
-  `top1_gated: false`).
-  NOISE_REL: 7-bit per-column weights (graphs.quantize.WEIGHT_QMAX) plus per-tensor uint8 activations perturb each GEMM by ~1-2% of its output
-  std, int4 blocks of 32 (scale max/7) by ~9%; about seven GEMMs lie on the path to a logit of the tiny test
-  checkpoints, measured RMS error/std there ~0.05 (int8) and ~0.35 (int4). The bounds leave 2-3x headroom, while a
-  wrong packing, a transposed weight or a lost bias gives an error of the order of the std itself (ratio >= 1).
-  Also recorded, ungated: the max abs logit error, agreement over all contexts and the decisive count.
+  reference top-2 margin >= 2 sqrt(2) x (measured RMS logit error). Why: noise of RMS e on two logits flips them
+  with probability Phi(-margin / (sqrt(2) e)), so at that margin a correct variant flips under 2.3% of contexts,
+  and 90% leaves room for a heavier-than-Gaussian tail; near-ties (most contexts of a random-weight checkpoint,
+  whose logits are nearly flat) flip at any precision and are not gated. With fewer than MIN_DECISIVE decisive
+  contexts the agreement says nothing and only the RMS bound gates (recorded as `top1_gated: false`).
+  NOISE_REL: 7-bit per-column weights (graphs.quantize.WEIGHT_QMAX) with per-tensor uint8 activations perturb a
+  GEMM by ~1-2% of its output std, int4 blocks of 32 (scale max/7) by ~9%; with about seven GEMMs on the path to
+  a logit, the tiny test checkpoints measure RMS error/std ~0.05 (int8) and ~0.35 (int4). The bounds leave 2-3x
+  headroom, while a wrong packing, a transposed weight or a lost bias gives an error of the order of the std
+  itself (ratio >= 1). Also recorded, ungated: the max abs logit error, agreement over all contexts, the
+  decisive count.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ Two key layouts reach us (both are read):
     transformers 5 module layout
         model.language_model.layers.0....  lm_head.weight
         model.vision_tower[.vision_model].encoder....  model.multi_modal_projector.linear_1.weight
-Canonical: `text.*`, `lm_head.*`, `vision.*`, `projector.*`. Ignored on purpose: `vision.post_layernorm.*` and
-SigLIP's pooling `vision.head.*` (LLaVA's features are hidden states, before either), and rotary caches some
-exporters save (`rotary_emb.inv_freq`), which we recompute from the config.
+Canonical: `text.*`, `lm_head.*`, `vision.*`, `projector.*`. Only the tensors `expected_shapes` names are read;
+others of a known prefix are left alone on purpose: `vision.post_layernorm.*` and SigLIP's pooling `vision.head.*`
+(LLaVA's features are hidden states, before either), vision layers past the deepest feature layer, and rotary
+caches some exporters save (`rotary_emb.inv_freq`), which the graph recomputes from the config. A key of no known
+prefix means a layout we do not know, and is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ RENAMES = [
     (re.compile(r"^(model\.)?vision_tower\.(vision_model\.)?"), "vision."),
     (re.compile(r"^(model\.)?multi_modal_projector\."), "projector."),
 ]
-IGNORED = re.compile(r"^vision\.(post_layernorm|head)\.|rotary_emb\.inv_freq$")
 
 
 def canonical(key: str) -> str | None:
@@ -74,7 +75,8 @@ def expected_shapes(ck: Checkpoint) -> dict[str, tuple[int, ...]]:
         for ln in ("layer_norm1", "layer_norm2"):
             shapes |= {f"{pre}.{ln}.weight": (v.hidden,), f"{pre}.{ln}.bias": (v.hidden,)}
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes |= {f"{pre}.self_attn.{proj}.weight": (v.hidden, v.hidden), f"{pre}.self_attn.{proj}.bias": (v.hidden,)}
+            shapes |= {f"{pre}.self_attn.{proj}.weight": (v.hidden, v.hidden),
+                       f"{pre}.self_attn.{proj}.bias": (v.hidden,)}
         shapes |= {f"{pre}.mlp.fc1.weight": (v.intermediate, v.hidden), f"{pre}.mlp.fc1.bias": (v.intermediate,),
                    f"{pre}.mlp.fc2.weight": (v.hidden, v.intermediate), f"{pre}.mlp.fc2.bias": (v.hidden,)}
     shapes |= {"projector.linear_1.weight": (t.hidden, v.hidden * len(v.feature_layers)),
