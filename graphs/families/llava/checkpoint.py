@@ -173,7 +173,8 @@ def _vision(f: _Fields, top: _Fields) -> VisionSpec:
     if hidden % heads:
         f.fail("num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
     return VisionSpec(kind=kind, hidden=hidden, intermediate=f.get("intermediate_size", int),
-                      layers=max(feature_layers), heads=heads, image_size=image, patch_size=patch, act=f.choice("hidden_act", ACTIVATIONS),
+                      layers=max(feature_layers), heads=heads, image_size=image, patch_size=patch,
+                      act=f.choice("hidden_act", ACTIVATIONS),
                       eps=f.get("layer_norm_eps", float, 1e-5 if kind == "clip" else 1e-6),
                       feature_layers=feature_layers, drop_cls=strategy == "default")
 
