@@ -17,6 +17,7 @@ Targets (issue 13): decode cpu-int4 at batch 1 >= 4x transformers eager fp32's t
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -133,16 +134,16 @@ def bench_transformers(ckpt: Path, ck, threads: int, seconds: float) -> dict:
         length = ck.vision.features_per_image + PROMPT_TOKENS
         embeds = torch.from_numpy(rng.standard_normal((1, length, ck.text.hidden)).astype(np.float32) * 0.02)
         prefill = timed(lambda: model(inputs_embeds=embeds, use_cache=True), seconds, 1)
-        tps = {}
-        cells = []
+        tps, cells = {}, []
+        prefix = model(inputs_embeds=embeds, use_cache=True).past_key_values  # the prompt's cache, batch 1
         for b in DECODE_BATCHES:
-            cache = model(inputs_embeds=embeds.expand(b, -1, -1).contiguous(), use_cache=True).past_key_values
-            crop = cache.get_seq_length()
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(b)  # b rows holding the same prompt, as ours do
             token = torch.from_numpy(rng.integers(0, ck.text.vocab_size, (b, 1)))
 
             def step():
                 model(input_ids=token, past_key_values=cache, use_cache=True)
-                cache.crop(crop)  # every timed step decodes the same position
+                cache.crop(-1)  # every timed step decodes the same position
             t = timed(step, seconds, 1)
             tps[b] = b / t
             cells.append(f"{t * 1e3:8.2f} ({b / t:7.1f})")
