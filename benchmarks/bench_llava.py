@@ -85,7 +85,7 @@ def bench_vision(out: Path, info: dict, ck, threads: int, seconds: float) -> Non
 
 
 def bench_decoder(out: Path, info: dict, ck, threads: int, seconds: float, features: int) -> dict:
-    from graphs.families.llava.driver import RotaryDecoderRunner
+    from graphs.families.llava.driver import open_runner
     from graphs.families.llava.parity import session
 
     rng = np.random.default_rng(0)
@@ -98,7 +98,7 @@ def bench_decoder(out: Path, info: dict, ck, threads: int, seconds: float, featu
     tps = {}
     for name, v in info["graphs"]["decoder"]["variants"].items():
         before = rss_mb()
-        runner = RotaryDecoderRunner(session(str(out / v["file"]), threads), ck, slots, length + 64)
+        runner = open_runner(session(str(out / v["file"]), threads), ck, slots, length + 64)
         prefill = timed(lambda: runner.prefill(0, prompt), seconds)
         for s in range(1, slots):
             runner.move(0, s, length)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from graphs.families.own.config import PRESETS
 
@@ -22,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", help=f"model dimensions: one of {', '.join(sorted(PRESETS))}")
     source.add_argument("--hf", metavar="DIR", help="a LLaVA checkpoint directory as save_pretrained writes it")
     b.add_argument("--variants", nargs="+", default=None,
-                   help="--hf only: graph/variant names to build (default: all), e.g. decoder/cpu-int4")
+                   help="graph/variant names to build (default: all), e.g. decoder/cpu-int4")
     b.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
     b.add_argument("--weights", default=None, help="safetensors file; default: seeded random weights "
                                                    "(the demo preset uses its shipped trained weights)")
@@ -42,40 +43,17 @@ class _ProgressLine:
             print(f"[{time.monotonic() - self.start:6.1f}s] {step}", file=sys.stderr, flush=True)
 
 
-def _build_hf(args) -> int:
-    from graphs.families.llava.build import BuildError, build_llava
-    from graphs.families.llava.checkpoint import CheckpointError
-    from graphs.families.llava.parity import ParityError
-
-    if args.weights or args.tokenizer:
-        print("mmserve build: error: --weights/--tokenizer: not used with --hf (the checkpoint has its own)",
-              file=sys.stderr)
-        return 2
-    try:
-        info = build_llava(args.hf, args.out, args.variants, _ProgressLine(args.quiet))
-    except (BuildError, CheckpointError, ParityError) as e:
-        print(f"mmserve build: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"mmserve build: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    n = sum(len(g["variants"]) for g in info["graphs"].values())
-    print(f"built {args.out}: llava checkpoint {args.hf}, {n} graph variants, parity gate passed")
-    return 0
-
-
 def _build(args) -> int:
-    if args.hf is not None:
-        return _build_hf(args)
-    if args.variants is not None:
-        print("mmserve build: error: --variants: only with --hf", file=sys.stderr)
-        return 2
     from graphs.build import BuildError, build_artifacts
     from graphs.verify import ParityError
     from graphs.families.own.weights import WeightsError
 
+    if args.hf is not None and not Path(args.hf).is_dir():
+        print(f"mmserve build: error: {args.hf}: not a checkpoint directory", file=sys.stderr)
+        return 1
     try:
-        manifest = build_artifacts(args.preset, args.out, args.weights, args.tokenizer, _ProgressLine(args.quiet))
+        manifest = build_artifacts(args.hf or args.preset, args.out, args.weights, args.tokenizer,
+                                   _ProgressLine(args.quiet), args.variants)
     except (BuildError, WeightsError, ParityError) as e:
         print(f"mmserve build: error: {e}", file=sys.stderr)
         return 1
@@ -83,7 +61,8 @@ def _build(args) -> int:
         print(f"mmserve build: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
     n = sum(len(g.variants) for g in manifest.graphs.values())
-    print(f"built {args.out}: preset {manifest.preset}, {n} graph variants, parity gate passed")
+    what = f"{manifest.family} checkpoint {args.hf}" if args.hf else f"preset {manifest.preset}"
+    print(f"built {args.out}: {what}, {n} graph variants, parity gate passed")
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphs.onnx_ops import MS_DOMAIN, GraphBuilder
+from graphs.emit.onnx_ops import MS_DOMAIN, GraphBuilder
 
 
 def _const(g: GraphBuilder, name: str, value: float) -> str:

@@ -16,6 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from graphs.families.base import SourceError
+
 VISION_TYPES = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 TEXT_TYPES = ("llama", "qwen2", "mistral")
 # Activations the graphs can emit (graphs/families/llava/activations.py), by their transformers name.
@@ -25,7 +27,7 @@ RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SourceError):
     """A checkpoint this family cannot build; the message is one line naming the file and field."""
 
 

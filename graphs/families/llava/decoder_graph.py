@@ -25,7 +25,7 @@ import numpy as np
 
 from graphs.families.llava.checkpoint import Checkpoint
 from graphs.families.llava.rope import cos_sin_cache
-from graphs.onnx_ops import MS_DOMAIN, GraphBuilder
+from graphs.emit.onnx_ops import MS_DOMAIN, GraphBuilder
 
 INT64_MAX = np.iinfo(np.int64).max
 

@@ -1,8 +1,8 @@
-"""Driving the built decoder through serving's own KV runner (serve_app.engine.runner.OrtDecoderRunner), so the
-parity gate proves the runner that serves, on the same per-slot buffer, chunked prefill and ragged decode.
+"""The manifest's DecoderSpec for a LLaVA checkpoint, and prompt embedding for the parity gate.
 
-The only difference from today's decoder contract is that this family's graph has no `position_ids` input
-(GroupQueryAttention derives positions from seqlens_k), so the runner's binding of it is skipped.
+The parity gate, the benchmark and serving all drive the decoder through serving's one KV runner
+(serve_app.runtime.kv_runner.OrtDecoderRunner) built from this spec: its `io.position_ids` is None because this
+family's graph takes no positions (GroupQueryAttention rotates by seqlens_k), so the runner binds none.
 """
 
 from __future__ import annotations
@@ -10,18 +10,25 @@ from __future__ import annotations
 import numpy as np
 
 from graphs.families.llava.checkpoint import Checkpoint
-from serve_app.engine.runner import OrtDecoderRunner
+from graphs.manifest import DecoderIO, DecoderSpec, Positions, TensorSpec
+
+TOKEN_EMBEDDINGS = "token_embeddings.npy"
 
 
-class RotaryDecoderRunner(OrtDecoderRunner):
-    def __init__(self, session, ck: Checkpoint, slots: int, max_context: int):
-        t = ck.text
-        self._graph_inputs = {i.name for i in session.get_inputs()}
-        super().__init__(session, t.layers, t.kv_heads, t.head_dim, t.hidden, t.vocab_size, slots, max_context)
+def decoder_spec(ck: Checkpoint, embeddings_file: str = TOKEN_EMBEDDINGS) -> DecoderSpec:
+    t = ck.text
+    return DecoderSpec(layers=t.layers, heads=t.heads, kv_heads=t.kv_heads, head_dim=t.head_dim, hidden_size=t.hidden,
+                       vocab_size=t.vocab_size, max_positions=t.max_positions,
+                       positions=Positions(scheme="rotary", theta=t.rope_theta, scaling=t.rope_scaling),
+                       eos_token_ids=list(ck.eos_token_ids),
+                       embeddings=TensorSpec(name=embeddings_file, dtype="float32", shape=[t.vocab_size, t.hidden]),
+                       io=DecoderIO(position_ids=None))
 
-    def _bind_array(self, io, name: str, arr: np.ndarray, output: bool = False) -> None:
-        if output or name in self._graph_inputs:
-            OrtDecoderRunner._bind_array(io, name, arr, output)
+
+def open_runner(session, ck: Checkpoint, slots: int, max_context: int):
+    from serve_app.runtime.kv_runner import OrtDecoderRunner
+
+    return OrtDecoderRunner(session, decoder_spec(ck), slots, max_context)
 
 
 def embed(ids: list[int], table: np.ndarray, image_token_id: int, features: np.ndarray | None) -> np.ndarray:

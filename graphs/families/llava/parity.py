@@ -25,7 +25,7 @@ Bounds, and why
   and 90% leaves room for a heavier-than-Gaussian tail; near-ties (most contexts of a random-weight checkpoint,
   whose logits are nearly flat) flip at any precision and are not gated. With fewer than MIN_DECISIVE decisive
   contexts the agreement says nothing and only the RMS bound gates (recorded as `top1_gated: false`).
-  NOISE_REL: 7-bit per-column weights (graphs.quantize.WEIGHT_QMAX) with per-tensor uint8 activations perturb a
+  NOISE_REL: 8-bit per-column weights (uint8, zero point 128: graphs.emit.quantize) with per-tensor uint8 activations perturb a
   GEMM by ~1-2% of its output std, int4 blocks of 32 (scale max/7) by ~9%; with about seven GEMMs on the path to
   a logit, the tiny test checkpoints measure RMS error/std ~0.05 (int8) and ~0.35 (int4). The bounds leave 2-3x
   headroom, while a wrong packing, a transposed weight or a lost bias gives an error of the order of the std
@@ -39,7 +39,8 @@ import numpy as np
 import onnxruntime as ort
 
 from graphs.families.llava.checkpoint import Checkpoint
-from graphs.families.llava.driver import RotaryDecoderRunner, embed
+from graphs.families.llava.driver import embed, open_runner
+from graphs.verify import ParityError  # one error type for every family's gate; the build and the CLI catch it
 
 FP32_REL = 1e-4
 FP16_MIN_COSINE = 0.999
@@ -53,8 +54,6 @@ FORCED_STEPS = 16
 SEED = 1234
 
 
-class ParityError(RuntimeError):
-    """A variant that does not match the reference within its bounds; one line naming it and the figure."""
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -149,7 +148,7 @@ def _forced_figures(runner, inp: Inputs, precision: str) -> dict:
 
 def decoder_figures(ck: Checkpoint, inp: Inputs, model_bytes: bytes, precision: str) -> dict:
     max_context = max(len(r) for r in inp.rows + [inp.prompt + inp.greedy]) + 1
-    runner = RotaryDecoderRunner(session(model_bytes), ck, max(CONTEXTS, 2), max_context)
+    runner = open_runner(session(model_bytes), ck, max(CONTEXTS, 2), max_context)
     return {**_prefill_figures(runner, inp), **_greedy_figures(runner, inp), **_forced_figures(runner, inp, precision)}
 
 

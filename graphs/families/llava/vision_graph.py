@@ -22,7 +22,7 @@ import numpy as np
 
 from graphs.families.llava.activations import activation
 from graphs.families.llava.checkpoint import Checkpoint
-from graphs.onnx_ops import MS_DOMAIN, NP_TO_ONNX, GraphBuilder
+from graphs.emit.onnx_ops import MS_DOMAIN, NP_TO_ONNX, GraphBuilder
 
 INT64_MAX = np.iinfo(np.int64).max
 # Reshape's batch entry: 0 keeps "batch" symbolic for TensorRT's shape inference; -1 keeps ORT's CPU optimizer from

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from graphs.families.llava.build import build_llava  # noqa: E402
+from graphs.build import build_artifacts  # noqa: E402
 from graphs.families.llava.synthetic import SPECS, write_checkpoint  # noqa: E402
 
 
@@ -30,12 +30,12 @@ def siglip_qwen2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory, clip_llama, siglip_qwen2) -> dict[str, tuple[Path, dict]]:
-    """name -> (artifact dir, build JSON), every variant of both checkpoints."""
+def built(tmp_path_factory, clip_llama, siglip_qwen2) -> dict:
+    """name -> (artifact dir, Manifest), every variant of both checkpoints."""
     out = {}
     for name, ck in (("clip-llama", clip_llama), ("siglip-qwen2", siglip_qwen2)):
         target = tmp_path_factory.mktemp("llava_artifacts") / name
-        out[name] = target, build_llava(ck, target)
+        out[name] = target, build_artifacts(ck, target)
     return out
 
 

@@ -1,17 +1,18 @@
-"""Building tiny LLaVA checkpoints end to end: every variant emitted, gated against transformers, written with the
-JSON a manifest needs; and the gate really fails a wrong graph."""
+"""Building tiny LLaVA checkpoints end to end: every variant emitted, gated against transformers, written with a
+manifest v2 (rotary positions, eos ids, the checkpoint's chat template and image token, its preprocessing); and the
+gate really fails a wrong graph."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import onnx
 import pytest
 
 from graphs.families.llava import parity
-from graphs.families.llava.build import BUILD_JSON, VARIANTS
+from graphs.families.llava.variants import VARIANTS
+from graphs.manifest import Manifest
 from graphs.families.llava.checkpoint import read_checkpoint
 from graphs.families.llava.decoder_graph import build_decoder
 from graphs.families.llava.reference import Reference
@@ -22,54 +23,57 @@ NAMES = ["clip-llama", "siglip-qwen2"]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_variant_written_with_its_sha256(built, name):
-    out, info = built[name]
-    assert json.loads((out / BUILD_JSON).read_text()) == info
-    files = {v["file"]: v["sha256"] for g in info["graphs"].values() for v in g["variants"].values()}
-    assert len(files) == len(VARIANTS)
-    files[info["token_embeddings"]["file"]] = info["token_embeddings"]["sha256"]
-    files.update(info["tokenizer_files"])
+    out, m = built[name]
+    assert Manifest.read(out) == m and m.family == "llava" and m.preset == name
+    files = {v.file: v.sha256 for g in m.graphs.values() for v in g.variants.values()}
+    assert len(files) == sum(len(v) for v in VARIANTS.values())
     for f, sha in files.items():
         assert hashlib.sha256((out / f).read_bytes()).hexdigest() == sha, f
-    emb = np.load(out / "token_embeddings.npy")
-    assert list(emb.shape) == info["token_embeddings"]["shape"] == [384, 64]
-    assert info["prompt"]["image_expansion"] == info["vision"]["features_per_image"] == 16
-    assert info["decoder"]["kv_heads"] < info["decoder"]["heads"]
+    emb = np.load(out / m.decoder.embeddings.name)
+    assert list(emb.shape) == m.decoder.embeddings.shape == [384, 64]
+    assert m.prompt.image_features == m.vision.features_per_image == 16
+    assert m.decoder.kv_heads < m.decoder.heads and m.decoder.io.position_ids is None
+    ck = read_checkpoint(m.source["directory"])
+    assert m.decoder.positions.scheme == "rotary" and m.decoder.positions.theta == ck.text.rope_theta
+    assert m.decoder.eos_token_ids == list(ck.eos_token_ids)
+    assert m.prompt.chat_template == ck.chat_template and m.prompt.image_token == "<image>"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fp32_matches_transformers(built, name):
     """Token-identical greedy decoding and logits within rounding, whole and chunked prefill, ragged decode."""
-    f = built[name][1]["graphs"]["decoder"]["variants"]["cpu-fp32"]["parity"]
+    f = built[name][1].graphs["decoder"].variants["cpu-fp32"].parity
     assert f["greedy_identical"] and f["greedy_matching_prefix"] == f["greedy_tokens"] == 32
     bound = parity.FP32_REL * f["logit_scale"]
     for key in ("prefill_logits_max_abs_err", "chunked_prefill_logits_max_abs_err", "forced_logits_max_abs_err"):
         assert f[key] <= bound, key
     for variant in ("portable-fp32", "cpu-fp32"):
-        v = built[name][1]["graphs"]["vision"]["variants"][variant]["parity"]
+        v = built[name][1].graphs["vision"].variants[variant].parity
         assert v["feature_max_abs_err"] <= parity.FP32_REL * v["feature_scale"]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_quantized_figures_recorded_with_their_bounds(built, name):
-    variants = built[name][1]["graphs"]["decoder"]["variants"]
+    variants = built[name][1].graphs["decoder"].variants
     for variant, precision in (("cpu-int8", "int8"), ("cpu-int4", "int4")):
         v = variants[variant]
-        assert v["precision"] == precision
-        assert ["forced_logits_rms_err_over_std", "max", parity.NOISE_REL[precision]] in v["parity_bounds"]
-        assert v["parity"]["forced_logits_rms_err_over_std"] <= parity.NOISE_REL[precision]
-    assert variants["cpu-int8"]["parity"]["top1_gated"]  # enough decisive contexts at int8's noise level
-    assert variants["cpu-int8"]["parity"]["top1_agreement"] >= parity.QUANT_MIN_TOP1
+        assert v.precision == precision
+        assert ("forced_logits_rms_err_over_std", "max", parity.NOISE_REL[precision]) in parity.bounds(precision,
+                                                                                                        v.parity)
+        assert v.parity["forced_logits_rms_err_over_std"] <= parity.NOISE_REL[precision]
+    assert variants["cpu-int8"].parity["top1_gated"]  # enough decisive contexts at int8's noise level
+    assert variants["cpu-int8"].parity["top1_agreement"] >= parity.QUANT_MIN_TOP1
 
 
-def _nodes(out, info, graph, variant):
-    return onnx.load(out / info["graphs"][graph]["variants"][variant]["file"]).graph.node
+def _nodes(out, m, graph, variant):
+    return onnx.load(out / m.graphs[graph].variants[variant].file).graph.node
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_graph_structure(built, name):
     out, info = built[name]
-    ck = read_checkpoint(info["checkpoint"]["directory"])
-    names = [i["name"] for i in info["graphs"]["decoder"]["inputs"]]
+    ck = read_checkpoint(info.source["directory"])
+    names = info.graphs["decoder"].input_names()
     assert names[:3] == ["inputs_embeds", "seqlens_k", "total_sequence_length"] and "position_ids" not in names
     gqa = [n for n in _nodes(out, info, "decoder", "cpu-fp32") if n.op_type == "GroupQueryAttention"]
     assert len(gqa) == ck.text.layers
@@ -81,7 +85,7 @@ def test_graph_structure(built, name):
                for n in _nodes(out, info, "vision", v))  # TensorRT parses no contrib op
     fused = [n for n in _nodes(out, info, "vision", "cpu-fp32") if n.op_type == "Attention"]
     assert len(fused) == ck.vision.layers
-    assert info["graphs"]["vision"]["outputs"][0]["shape"] == ["batch", 16, 64]
+    assert info.graphs["vision"].outputs[0].shape == ["batch", 16, 64]
 
 
 def test_gate_fails_a_wrong_rotary(siglip_qwen2):
