@@ -6,7 +6,7 @@ same checkpoint, in the same run.
 The default checkpoint is random weights with a small real checkpoint's dims (synthetic.SPECS["siglip-qwen2-0.5b"]:
 SigLIP-base-like vision at 384 px, 576 features per image; a Qwen2-0.5B-shaped decoder: 24 layers, hidden 896,
 14 heads over 2 KV heads, vocabulary 151,936), written with save_pretrained into --work and built there with
-`build_llava` (parity gate included) unless already built. Prints:
+`build_artifacts` (parity gate included) unless already built. Prints:
   1. vision: images/s at batch 1 and 8 per variant runnable on the CPU EP, and transformers' get_image_features;
   2. decoder: prefill of one image + 32-token prompt (ms), and one decode step at batch 1/8/32 with every row holding
      that prompt (ms, tokens/s), per variant and for transformers (DynamicCache, batch of identical prompts);
@@ -50,19 +50,19 @@ def timed(fn, seconds: float, min_runs: int = 2) -> float:
 
 
 def ensure_build(work: Path, spec_name: str, variants):
-    from graphs.families.llava.build import BUILD_JSON, build_llava
+    from graphs.build import build_artifacts
     from graphs.families.llava.synthetic import SPECS, write_checkpoint
+    from graphs.manifest import MANIFEST, Manifest
 
     ckpt, out = work / f"{spec_name}-checkpoint", work / f"{spec_name}-artifacts"
     if not (ckpt / "config.json").is_file():
         print(f"writing random checkpoint {spec_name} -> {ckpt}", flush=True)
         write_checkpoint(ckpt, SPECS[spec_name])
-    if not (out / BUILD_JSON).is_file():
+    if not (out / MANIFEST).is_file():
         start = time.perf_counter()
-        build_llava(ckpt, out, variants, progress=lambda m: print(f"  [{time.perf_counter() - start:6.1f}s] {m}",
-                                                                  flush=True))
-    import json
-    return ckpt, out, json.loads((out / BUILD_JSON).read_text())
+        build_artifacts(ckpt, out, progress=lambda m: print(f"  [{time.perf_counter() - start:6.1f}s] {m}",
+                                                            flush=True), variants=variants)
+    return ckpt, out, Manifest.read(out).model_dump(mode="json")
 
 
 def bench_vision(out: Path, info: dict, ck, threads: int, seconds: float) -> None:
@@ -89,7 +89,7 @@ def bench_decoder(out: Path, info: dict, ck, threads: int, seconds: float, featu
     from graphs.families.llava.parity import session
 
     rng = np.random.default_rng(0)
-    table = np.load(out / info["token_embeddings"]["file"])  # (V,D)
+    table = np.load(out / info["decoder"]["embeddings"]["name"])  # (V,D)
     prompt = rng.standard_normal((features + PROMPT_TOKENS, ck.text.hidden)).astype(np.float32) * 0.02
     length = prompt.shape[0]
     slots = max(DECODE_BATCHES)
