@@ -19,7 +19,8 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def llava(served, tmp_path_factory):
-    """llava(spec name) -> (checkpoint dir, artifact dir, base URL); each built and deployed once, on first use."""
+    """llava(spec name) -> (checkpoint dir, artifact dir, base URL); built and deployed on first use. One LLaVA app
+    at a time beside the package's (the tests are ordered by spec): the 4 logical CPUs hold no more replicas."""
     from ray import serve
 
     from graphs.cli import main
@@ -29,6 +30,9 @@ def llava(served, tmp_path_factory):
 
     def deploy(name: str):
         if name not in apps:
+            for other in apps:
+                serve.delete(other)
+            apps.clear()
             ck = write_checkpoint(tmp_path_factory.mktemp("llava_ckpt") / name, SPECS[name])
             out = tmp_path_factory.mktemp("llava_artifacts") / name
             assert main(["build", "--hf", str(ck), "--out", str(out), "--quiet",
