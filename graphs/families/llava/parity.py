@@ -25,8 +25,8 @@ Bounds, and why
   and 90% leaves room for a heavier-than-Gaussian tail; near-ties (most contexts of a random-weight checkpoint,
   whose logits are nearly flat) flip at any precision and are not gated. With fewer than MIN_DECISIVE decisive
   contexts the agreement says nothing and only the RMS bound gates (recorded as `top1_gated: false`).
-  NOISE_REL: 8-bit per-column weights (uint8, zero point 128: graphs.emit.quantize) with per-tensor uint8 activations perturb a
-  GEMM by ~1-2% of its output std, int4 blocks of 32 (scale max/7) by ~9%; with about seven GEMMs on the path to
+  NOISE_REL: 8-bit per-column weights (uint8, zero point 128: graphs.emit.quantize) with per-tensor uint8
+  activations perturb a GEMM by ~1-2% of its output std, int4 blocks of 32 (scale max/7) by ~9%; with about seven GEMMs on the path to
   a logit, the tiny test checkpoints measure RMS error/std ~0.05 (int8) and ~0.35 (int4). The bounds leave 2-3x
   headroom, while a wrong packing, a transposed weight or a lost bias gives an error of the order of the std
   itself (ratio >= 1). Also recorded, ungated: the max abs logit error, agreement over all contexts, the
