@@ -1,6 +1,7 @@
 """Build an artifact directory: reference weights -> every graph variant -> parity gate -> manifest, atomically.
 
-    build_artifacts(preset, out_dir)     always builds; out_dir appears complete or not at all
+    build_artifacts(source, out_dir)     always builds; out_dir appears complete or not at all. `source` is a
+                                         preset name or a checkpoint directory (`mmserve build --hf DIR`)
     ensure_artifacts(preset, cache_dir)  returns a cached complete build for the same inputs and code, else builds
                                          (a file lock makes two processes asking at once build it once)
 
@@ -42,11 +43,11 @@ def _sha256(path: Path) -> str:
 
 def _resolve(preset: str, weights, tokenizer) -> tuple[Family, Source]:
     try:
-        family = family_for_source(preset)
-    except ValueError as e:
+        family = family_for_source(str(preset))
+        source = family.resolve(str(preset), None if weights is None else Path(weights),
+                                None if tokenizer is None else Path(tokenizer))
+    except ValueError as e:  # SourceError included: a bad checkpoint fails here, before anything is written
         raise BuildError(str(e)) from None
-    source = family.resolve(preset, None if weights is None else Path(weights),
-                            None if tokenizer is None else Path(tokenizer))
     if source.weights is not None and not source.weights.is_file():
         from graphs.families.own.weights import WeightsError  # imports torch; a cache hit should not pay for it
 
@@ -61,10 +62,27 @@ def _specs(values) -> list[TensorSpec]:
                        shape=dims(t)) for t in values]
 
 
-def _build_graphs(family: Family, model, tmp: Path, progress: Progress) -> dict[str, dict[str, onnx.ModelProto]]:
+def _selected(family: Family, variants: list[str] | None) -> dict[str, list[str]]:
+    """graph -> variant names to build: all, or the `graph/name`s asked for (at least one per graph)."""
+    known = [f"{g}/{n}" for g, vs in family.variants.items() for n in vs]
+    wanted = known if variants is None else list(variants)
+    unknown = [v for v in wanted if v not in known]
+    if unknown:
+        raise BuildError(f"--variants: unknown {unknown[0]!r} (known: {', '.join(known)})")
+    picked = {g: [n for n in vs if f"{g}/{n}" in wanted] for g, vs in family.variants.items()}
+    missing = [g for g, names in picked.items() if not names]
+    if missing:
+        raise BuildError(f"--variants: need at least one {missing[0]} variant")
+    return picked
+
+
+def _build_graphs(family: Family, model, tmp: Path, progress: Progress,
+                  picked: dict[str, list[str]]) -> dict[str, dict[str, onnx.ModelProto]]:
     built: dict[str, dict[str, onnx.ModelProto]] = {}
     for graph, variants in family.variants.items():
         for name, spec in variants.items():
+            if name not in picked[graph]:
+                continue
             progress(f"emit {graph} {name}")
             proto = spec.build(model)
             (tmp / file_name(graph, name)).write_bytes(proto.SerializeToString())
@@ -108,9 +126,13 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def _write_artifacts(family: Family, source: Source, tmp: Path, progress: Progress) -> Manifest:
+def _write_artifacts(family: Family, source: Source, tmp: Path, progress: Progress,
+                     picked: dict[str, list[str]]) -> Manifest:
     progress("load weights")
-    model = family.load(source)
+    try:
+        model = family.load(source)
+    except SourceError as e:  # e.g. a checkpoint's missing shard or wrong tensor shape
+        raise BuildError(str(e)) from None
     progress("tokenizer")
     try:
         family.write_tokenizer(source, model, tmp / TOKENIZER)
@@ -119,7 +141,7 @@ def _write_artifacts(family: Family, source: Source, tmp: Path, progress: Progre
     wte = family.embeddings(model)  # (V, D)
     np.save(tmp / TOKEN_EMBEDDINGS, wte)
     specs = family.specs(source, model, tmp / TOKENIZER, TOKEN_EMBEDDINGS)
-    built = _build_graphs(family, model, tmp, progress)
+    built = _build_graphs(family, model, tmp, progress, picked)
     parity = family.parity_gate(model, {g: {n: p.SerializeToString() for n, p in ps.items()}
                                         for g, ps in built.items()}, specs.decoder, progress)
     manifest = Manifest(
@@ -165,17 +187,20 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_artifacts(preset: str, out_dir: str | Path, weights: str | Path | None = None,
-                    tokenizer: str | Path | None = None, progress: Progress | None = None) -> Manifest:
-    """Build every variant of `preset` into out_dir. Raises BuildError/WeightsError/ParityError with one-line
-    messages; on any failure out_dir is left as it was."""
+def build_artifacts(source: str | Path, out_dir: str | Path, weights: str | Path | None = None,
+                    tokenizer: str | Path | None = None, progress: Progress | None = None,
+                    variants: list[str] | None = None) -> Manifest:
+    """Build every variant (or the `graph/name`s in `variants`) of `source` -- a preset name or a checkpoint
+    directory -- into out_dir. Raises BuildError/WeightsError/ParityError with one-line messages; on any failure
+    out_dir is left as it was."""
     progress = progress or (lambda _msg: None)
-    family, source = _resolve(preset, weights, tokenizer)
+    family, src = _resolve(source, weights, tokenizer)
+    picked = _selected(family, variants)
     out = Path(out_dir).absolute()
     _check_replaceable(out)
     tmp = _make_temp_dir(out)
     try:
-        manifest = _write_artifacts(family, source, tmp, progress)
+        manifest = _write_artifacts(family, src, tmp, progress, picked)
         progress("write")
         _move_into_place(tmp, out)
         return manifest

@@ -1,4 +1,5 @@
-"""`mmserve build --preset P --out DIR [--weights F] [--tokenizer F]`: the one build command.
+"""`mmserve build (--preset P | --hf DIR) --out DIR [--weights F] [--tokenizer F] [--variants V ...]`: the one build
+command. `--preset` builds the project's own model family; `--hf` a local HuggingFace LLaVA checkpoint directory.
 `mmserve push DIR URI [--force]`: upload a built artifact to s3:// or a shared path, manifest last.
 
 Progress goes to stderr, one line per step; any failure is one line `mmserve build: error: ...` naming the file,
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from graphs.families.own.config import PRESETS
 
@@ -18,7 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmserve", description="Build and serve LLaVA-style multimodal models.")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build an artifact directory (ONNX graph variants, tokenizer, manifest)")
-    b.add_argument("--preset", required=True, help=f"model dimensions: one of {', '.join(sorted(PRESETS))}")
+    source = b.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help=f"model dimensions: one of {', '.join(sorted(PRESETS))}")
+    source.add_argument("--hf", metavar="DIR", help="a LLaVA checkpoint directory as save_pretrained writes it")
+    b.add_argument("--variants", nargs="+", default=None,
+                   help="graph/variant names to build (default: all), e.g. decoder/cpu-int4")
     b.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
     b.add_argument("--weights", default=None, help="safetensors file; default: seeded random weights "
                                                    "(the demo preset uses its shipped trained weights)")
@@ -47,8 +53,12 @@ def _build(args) -> int:
     from graphs.verify import ParityError
     from graphs.families.own.weights import WeightsError
 
+    if args.hf is not None and not Path(args.hf).is_dir():
+        print(f"mmserve build: error: {args.hf}: not a checkpoint directory", file=sys.stderr)
+        return 1
     try:
-        manifest = build_artifacts(args.preset, args.out, args.weights, args.tokenizer, _ProgressLine(args.quiet))
+        manifest = build_artifacts(args.hf or args.preset, args.out, args.weights, args.tokenizer,
+                                   _ProgressLine(args.quiet), args.variants)
     except (BuildError, WeightsError, ParityError) as e:
         print(f"mmserve build: error: {e}", file=sys.stderr)
         return 1
@@ -56,7 +66,8 @@ def _build(args) -> int:
         print(f"mmserve build: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
     n = sum(len(g.variants) for g in manifest.graphs.values())
-    print(f"built {args.out}: preset {manifest.preset}, {n} graph variants, parity gate passed")
+    what = f"{manifest.family} checkpoint {args.hf}" if args.hf else f"preset {manifest.preset}"
+    print(f"built {args.out}: {what}, {n} graph variants, parity gate passed")
     return 0
 
 

@@ -76,7 +76,7 @@ class Variant(_Spec):
     file: str = Field(description="file name inside the artifact directory")
     sha256: str
     providers: list[str] = Field(description="execution providers this variant is built for, best first")
-    precision: Literal["fp32", "fp16", "int8"]
+    precision: Literal["fp32", "fp16", "int8", "int4"]
     fusions: dict[str, int] = Field(default_factory=dict, description="node count by op type of fused/contrib ops")
     parity: dict[str, float | int | bool | str] = Field(default_factory=dict,
                                                          description="figures from the build's parity gate")
@@ -154,8 +154,12 @@ class DecoderSpec(_Spec):
 
 class Preprocessing(_Spec):
     """What the preprocess stage does to a decoded RGB image before the vision graph sees uint8 (3,H,W) pixels."""
-    resize: Literal["crop", "pad", "resize"] = Field(description="crop: fit the short side, center-crop; pad: fit "
-                                                     "the long side, pad to square; resize: stretch")
+    resize: Literal["crop", "pad", "resize", "shortest_edge"] = Field(
+        description="crop: fit the short side, center-crop; pad: fit the long side, pad to square; resize: stretch; "
+                    "shortest_edge: resize the short side to `shortest_edge` (long side int(s * long / short)), then "
+                    "center-crop (top = (h - S) // 2), as transformers' CLIPImageProcessor does")
+    shortest_edge: int | None = Field(default=None, ge=1, description="short side after resizing, for "
+                                      "`shortest_edge` (>= the crop size, image_size)")
     resample: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
     pad_color: tuple[int, int, int] = Field(default=(0, 0, 0), description="RGB fill for `pad`")
     mean: tuple[float, float, float] = Field(description="normalization folded into the vision graph (for reference: "

@@ -9,6 +9,10 @@ large column); activations quantized per tensor at run time to uint8 by the op i
 One activation scale per tensor couples the rows of a batch: in a decode step, one sequence's large activation
 coarsens every other's, so a seeded or greedy request can come out differently under load.
 
+`BlockInt4Weights` (LLaVA decoder `cpu-int4`): ONNX Runtime GenAI's CPU recipe, 4-bit symmetric weights in blocks
+of 32 along K, MatMulNBits with accuracy_level 4 (activations quantized per row and block to int8 at run time).
+Half the weight bytes of int8, which is what a memory-bound decode step at batch 1 pays for.
+
 `BlockInt8Weights` (decoder `cpu-int8-rowwise`): 8-bit weights in blocks of 32 along K, one scale per block;
 MatMulNBits quantizes each activation row per block at run time and multiplies in int8 (accuracy_level 4). No scale
 is shared between rows, so a sequence's logits are bit-identical whatever else shares its step. The price, measured
@@ -114,4 +118,36 @@ class BlockInt8Weights:
             ins += ["", "", g.weight(f"{name}.bias", bias)]
         k, n = w.shape
         return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS_DOMAIN, K=k, N=n, bits=8,
+                    block_size=BLOCK, accuracy_level=4)
+
+
+def quantize_blocks_int4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """w (K, N) float -> MatMulNBits' 4-bit layout: (N, K/block, block/2) uint8, two values a byte (the even index in
+    the low nibble), each q + 8 with q = round(w / scale) in [-8, 7], scale = max|w| / 7 per (column, block).
+
+    max|w| / 7 rather than / 8: the largest weight of a block keeps its sign and magnitude exactly, at the price of
+    never using code -8 (the op's default zero point 8 is kept, so no zero-point tensor is stored).
+    """
+    k, n = w.shape
+    blocks = -(-k // block)
+    padded = np.zeros((blocks * block, n), np.float32)
+    padded[:k] = w
+    cols = padded.T.reshape(n, blocks, block)  # (N, blocks, block)
+    amax = np.abs(cols).max(axis=2)
+    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)  # (N, blocks)
+    q = (np.clip(np.rint(cols / scale[:, :, None]), -8, 7).astype(np.int16) + 8).astype(np.uint8)
+    packed = q[:, :, 0::2] | (q[:, :, 1::2] << 4)  # (N, blocks, block/2)
+    return packed, scale.reshape(-1)
+
+
+class BlockInt4Weights:
+    """MatMulNBits with 4-bit blocks of 32 and accuracy_level 4 (module doc); rows never interact."""
+
+    def matmul(self, g: GraphBuilder, x: str, w: np.ndarray, name: str, bias: np.ndarray | None) -> str:
+        packed, scales = quantize_blocks_int4(w)
+        ins = [x, g.const(f"{name}.weight_blocks", packed), g.const(f"{name}.weight_scales", scales)]
+        if bias is not None:  # inputs 3-4 (zero points, g_idx) stay default: symmetric, no reordering
+            ins += ["", "", g.weight(f"{name}.bias", bias)]
+        k, n = w.shape
+        return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS_DOMAIN, K=k, N=n, bits=4,
                     block_size=BLOCK, accuracy_level=4)

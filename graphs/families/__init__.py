@@ -8,10 +8,12 @@ check imports. Its `family` module defines `FAMILY` and is imported only by a bu
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 # name -> package; a new family adds one line here and its own folder.
 FAMILIES: dict[str, str] = {
     "own": "graphs.families.own",
+    "llava": "graphs.families.llava",
 }
 
 
@@ -30,7 +32,13 @@ def source_names() -> dict[str, str]:
 
 
 def family_for_source(source: str):
-    """The Family that builds `source` (a preset name)."""
+    """The Family that builds `source`: a preset name, or a checkpoint directory that a family's package `accepts`."""
+    path = Path(source)
+    if path.is_dir():
+        for name, package in FAMILIES.items():
+            accepts = getattr(importlib.import_module(package), "accepts", None)
+            if accepts is not None and accepts(path):
+                return get_family(name)
     names = source_names()
     if source not in names:
         raise ValueError(f"unknown preset {source!r}; choose one of: {', '.join(sorted(names))}")

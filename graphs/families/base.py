@@ -41,10 +41,11 @@ class VariantSpec:
 
 @dataclass(frozen=True)
 class Source:
-    """What to build: the family's source name (a preset) and optional input files."""
+    """What to build: the family's source name (a preset, or a checkpoint's folder name) and optional inputs."""
     name: str
     weights: Path | None = None
     tokenizer: Path | None = None
+    directory: Path | None = None  # a checkpoint directory, for families built from one (llava)
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,18 @@ def resize_pad(img: Image.Image, size: int, resample: str = "bicubic", color=(0,
     return _chw(ImageOps.pad(img, (size, size), method=_RESAMPLE[resample], color=tuple(color)))
 
 
+def resize_shortest_edge(img: Image.Image, edge: int, size: int, resample: str = "bicubic") -> np.ndarray:
+    """transformers' shortest-edge resize + center crop, to the pixel: the short side becomes `edge`, the long side
+    int(edge * long / short); then the centered (size, size) window with top = (h - size) // 2 -> (3,size,size)."""
+    w, h = img.size
+    short, long = min(w, h), max(w, h)
+    new_long = int(edge * long / short)
+    new_w, new_h = (edge, new_long) if w <= h else (new_long, edge)
+    img = img.resize((new_w, new_h), _RESAMPLE[resample])
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return _chw(img.crop((left, top, left + size, top + size)))
+
+
 def to_pixels(img: Image.Image, vision: VisionSpec) -> np.ndarray:
     """An RGB image -> (3,S,S) uint8 the way the manifest's vision spec says."""
     pre, size = vision.preprocessing, vision.image_size
@@ -200,6 +212,8 @@ def to_pixels(img: Image.Image, vision: VisionSpec) -> np.ndarray:
         return resize_crop(img, size, pre.resample)
     if pre.resize == "pad":
         return resize_pad(img, size, pre.resample, pre.pad_color)
+    if pre.resize == "shortest_edge":
+        return resize_shortest_edge(img, pre.shortest_edge, size, pre.resample)
     return _chw(img.resize((size, size), _RESAMPLE[pre.resample]))
 
 

@@ -1,0 +1,117 @@
+"""LLaVA checkpoints as a model family: a CLIP or SigLIP vision tower + projector whose features replace the
+image placeholder tokens of a Llama/Qwen2/Mistral decoder (rotary positions, grouped-query attention).
+
+Source: a checkpoint directory as `save_pretrained` writes it (`mmserve build --hf DIR`); read_checkpoint validates
+it before anything is written. Reference: transformers' LlavaForConditionalGeneration in fp32 (reference.py).
+Manifest: rotary positions with the checkpoint's theta and scaling, every eos id, the checkpoint's chat template,
+its image token as the placeholder (expanding to the tower's features per image), and the image processor's
+resize/crop as the preprocessing spec (rescale and mean/std are folded into the vision graph).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from graphs.families.base import Progress, Source, SourceError, Specs
+from graphs.families.llava.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from graphs.families.llava.driver import decoder_spec
+from graphs.families.llava.variants import VARIANTS
+from graphs.manifest import DecoderSpec, Preprocessing, PromptSpec, VisionSpec
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+RESAMPLE = ("bicubic", "bilinear", "nearest")  # what the preprocess stage implements (PIL filters)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    ck: Checkpoint
+    weights: dict  # canonical key -> np.ndarray (weights.py)
+
+
+def preprocessing(ck: Checkpoint) -> Preprocessing:
+    """The image processor's resize and crop as the serving preprocess spec; SourceError for what it cannot do."""
+    p, side, where = ck.preprocess, ck.vision.image_size, ck.directory / PREPROCESSOR_FILE
+    if p.resample not in RESAMPLE:
+        raise SourceError(f"{where}: resample: {p.resample} is not supported (supported: {', '.join(RESAMPLE)})")
+    if abs(p.rescale_factor * 255 - 1) > 1e-6:
+        raise SourceError(f"{where}: rescale_factor: {p.rescale_factor} is not supported (only 1/255)")
+    crop = p.crop
+    if crop is not None and tuple(crop) != (side, side):
+        raise SourceError(f"{where}: crop_size: {crop} differs from the vision tower's image_size {side}")
+    common = dict(resample=p.resample, mean=p.mean, std=p.std)
+    if p.resize == "shortest_edge":
+        if crop is None:
+            raise SourceError(f"{where}: do_center_crop: a shortest_edge resize needs a center crop to {side}")
+        if p.size < side:
+            raise SourceError(f"{where}: size.shortest_edge: {p.size} is smaller than the crop {side}")
+        return Preprocessing(resize="shortest_edge", shortest_edge=p.size, **common)
+    if p.resize == "height_width" and tuple(p.size) == (side, side):
+        return Preprocessing(resize="resize", **common)
+    raise SourceError(f"{where}: size: {p.size} does not resize to the vision tower's {side}x{side}")
+
+
+class LlavaFamily:
+    name = "llava"
+    variants = VARIANTS
+
+    def resolve(self, name: str, weights: Path | None, tokenizer: Path | None) -> Source:
+        """`name` is the checkpoint directory; it is read and validated here, before the build writes anything."""
+        if weights is not None or tokenizer is not None:
+            raise SourceError("--weights/--tokenizer: not used with a checkpoint directory (it has its own)")
+        directory = Path(name).absolute()
+        ck = read_checkpoint(directory)
+        preprocessing(ck)
+        if ck.chat_template is None:
+            raise SourceError(f"{directory / 'tokenizer_config.json'}: chat_template: missing (nor "
+                              f"chat_template.jinja)")
+        return Source(directory.name, directory=directory)
+
+    def load(self, source: Source) -> Loaded:
+        from graphs.families.llava.weights import load_weights
+
+        ck = read_checkpoint(source.directory)
+        return Loaded(ck, load_weights(ck))
+
+    def write_tokenizer(self, source: Source, model: Loaded, dst: Path) -> None:
+        shutil.copyfile(model.ck.directory / "tokenizer.json", dst)
+
+    def embeddings(self, model: Loaded) -> np.ndarray:
+        return model.weights["text.embed_tokens.weight"].astype(np.float32)  # (V, D)
+
+    def specs(self, source: Source, model: Loaded, tokenizer_path: Path, embeddings_file: str) -> Specs:
+        from tokenizers import Tokenizer
+
+        ck, tok = model.ck, Tokenizer.from_file(str(tokenizer_path))
+        v = ck.vision
+        vision = VisionSpec(image_size=v.image_size, patch_size=v.patch_size, features_per_image=v.features_per_image,
+                            feature_dim=ck.text.hidden, preprocessing=preprocessing(ck))
+        prompt = PromptSpec(chat_template=ck.chat_template, image_token=tok.id_to_token(ck.image_token_id),
+                            image_features=v.features_per_image, eos_token=tok.id_to_token(ck.eos_token_ids[0]))
+        return Specs(decoder_spec(ck, embeddings_file), vision, prompt, source=ck.to_dict())
+
+    def parity_gate(self, model: Loaded, built: dict[str, dict[str, bytes]], decoder: DecoderSpec,
+                    progress: Progress) -> dict:
+        from graphs.families.llava import parity
+        from graphs.families.llava.reference import Reference
+
+        progress("reference: transformers LlavaForConditionalGeneration")
+        ref = Reference(model.ck)
+        inputs = parity.Inputs(ref)
+        out: dict = {}
+        for graph, protos in built.items():
+            for name, data in protos.items():
+                precision = self.variants[graph][name].precision
+                progress(f"parity {graph} {name}")
+                figures = (parity.vision_figures(ref, data) if graph == "vision"
+                           else parity.decoder_figures(model.ck, inputs, data, precision))
+                parity.check(graph, name, precision, figures)
+                out.setdefault(graph, {})[name] = figures
+        return out
+
+
+FAMILY = LlavaFamily()
+__all__ = ["FAMILY", "CheckpointError", "Loaded", "LlavaFamily", "preprocessing"]

@@ -1,0 +1,59 @@
+"""The reference the parity gate measures against: transformers' own `LlavaForConditionalGeneration`, loaded from
+the same checkpoint directory with `from_pretrained` (eager attention, float32). Nothing here re-implements the
+model; the only computation of ours is the pixel normalization a processor would do (rescale, mean/std), applied to
+the same already-resized uint8 pixels the graph receives.
+
+Build-time only: imports torch and transformers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from graphs.families.llava.checkpoint import Checkpoint
+
+
+class Reference:
+    def __init__(self, ck: Checkpoint):
+        import torch
+        from transformers import LlavaForConditionalGeneration
+
+        self.torch, self.ck = torch, ck
+        self.model = LlavaForConditionalGeneration.from_pretrained(
+            Path(ck.directory), dtype=torch.float32, attn_implementation="eager").eval()
+
+    def pixel_values(self, pixels: np.ndarray):
+        """uint8 (B,3,H,W) -> the float pixel_values the image processor would produce from them."""
+        pre = self.ck.preprocess
+        x = pixels.astype(np.float32) * np.float32(pre.rescale_factor)
+        mean = np.asarray(pre.mean, np.float32)[None, :, None, None]
+        std = np.asarray(pre.std, np.float32)[None, :, None, None]
+        return self.torch.from_numpy((x - mean) / std)
+
+    def image_features(self, pixels: np.ndarray) -> np.ndarray:
+        """(B,3,H,W) uint8 -> (B,P,Dt) projected features, from get_image_features."""
+        with self.torch.no_grad():
+            out = self.model.get_image_features(pixel_values=self.pixel_values(pixels))
+        feats = out.pooler_output if hasattr(out, "pooler_output") else out
+        return np.stack([f.numpy() for f in feats])
+
+    def logits(self, ids: list[int], pixels: np.ndarray | None) -> np.ndarray:
+        """One forward over the whole sequence (image placeholders expanded in ids) -> logits (S,V)."""
+        kwargs = {} if pixels is None else {"pixel_values": self.pixel_values(pixels)}
+        with self.torch.no_grad():
+            out = self.model(input_ids=self.torch.tensor([ids]), **kwargs)
+        return out.logits[0].numpy()
+
+    def greedy(self, ids: list[int], pixels: np.ndarray, steps: int) -> list[int]:
+        """`steps` greedy tokens after ids (image placeholders expanded), via transformers' generate with no stop."""
+        with self.torch.no_grad():
+            out = self.model.generate(input_ids=self.torch.tensor([ids]), pixel_values=self.pixel_values(pixels),
+                                      attention_mask=self.torch.ones(1, len(ids), dtype=self.torch.long),
+                                      do_sample=False, max_new_tokens=steps, min_new_tokens=steps,
+                                      eos_token_id=None, pad_token_id=0)
+        return out[0, len(ids):].tolist()
+
+    def token_embeddings(self) -> np.ndarray:
+        return self.model.get_input_embeddings().weight.detach().float().numpy()  # (V,Dt)

@@ -1,0 +1,44 @@
+"""The LLaVA family's graph variants, in fallback order per graph (graphs.families.base.VariantSpec).
+
+Each `build` takes the loaded checkpoint (family.Loaded: the typed Checkpoint and its weights by canonical key) and
+returns one ONNX proto. cpu-int8 uses the project's one int8 scheme (graphs.emit.quantize.Int8Weights: uint8
+weights with zero point 128, MLAS's u8u8 path); cpu-int4 is MatMulNBits 4-bit blocks of 32 (BlockInt4Weights).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphs.emit.quantize import BlockInt4Weights, Int8Weights
+from graphs.families.base import VariantSpec
+from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
+
+
+def _vision(style: str, dtype=np.float32, quantize=None):
+    def build(model):
+        from graphs.families.llava.vision_graph import build_vision
+        return build_vision(model.ck, model.weights, style, dtype, quantize() if quantize else None)
+    return build
+
+
+def _decoder(quantize=None):
+    def build(model):
+        from graphs.families.llava.decoder_graph import build_decoder
+        return build_decoder(model.ck, model.weights, quantize() if quantize else None)
+    return build
+
+
+VARIANTS: dict[str, dict[str, VariantSpec]] = {
+    "vision": {
+        "portable-fp32": VariantSpec("vision", "fp32", (TENSORRT_EP, CUDA_EP, CPU_EP), _vision("portable"), False),
+        "portable-fp16": VariantSpec("vision", "fp16", (TENSORRT_EP, CUDA_EP), _vision("portable", np.float16),
+                                     False),
+        "cpu-fp32": VariantSpec("vision", "fp32", (CPU_EP,), _vision("cpu"), True),
+        "cpu-int8": VariantSpec("vision", "int8", (CPU_EP,), _vision("cpu", quantize=Int8Weights), True),
+    },
+    "decoder": {
+        "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), _decoder(), True),
+        "cpu-int8": VariantSpec("decoder", "int8", (CPU_EP,), _decoder(Int8Weights), True),
+        "cpu-int4": VariantSpec("decoder", "int4", (CPU_EP,), _decoder(BlockInt4Weights), True),
+    },
+}
