@@ -99,7 +99,7 @@ def test_int8_cache_engine_chunks_and_compacts_like_each_stream_alone(tiny_artif
     assert crowded.variant == variant
     fp32_bytes = load_engine(tiny_artifacts, EngineConfig(slots=3), prefer=["cpu-int8-rowwise"]).runner.cache_bytes
     assert crowded.runner._host[0][0].dtype == np.int8 and crowded.runner.cache_bytes * 4 == fp32_bytes
-    reqs = [DecodeRequest(f"r{i}", np.random.default_rng(i).integers(10, 400, 2 + 9 * i).tolist(), None,
+    reqs = [DecodeRequest(f"r{i}", [TokenSegment(np.random.default_rng(i).integers(10, 400, 2 + 9 * i).tolist())],
                           max_tokens=4 + 5 * i, temperature=0.0, ignore_eos=True) for i in range(6)]
     moves = []
     real_move = crowded.runner.move
