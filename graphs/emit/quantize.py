@@ -91,34 +91,27 @@ class Int8Weights:
 BLOCK = 32  # MatMulNBits block length along K: 32 keeps per-block scales fine and the int8 kernel on its fast path
 
 
-def quantize_blocks(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """w (K, N) float -> MatMulNBits' 8-bit layout: (N, K/block, block) uint8 holding q + 128, scales (N*K/block,).
-
-    Symmetric: q = round(w / scale) in [-127, 127] with scale = max|w| / 127 per (column, block); stored with the
-    op's default zero point 128. K is zero-padded to whole blocks (padding contributes nothing to the dot product).
-    """
+def _column_blocks(w: np.ndarray, block: int) -> np.ndarray:
+    """w (K, N) -> (N, K/block, block): each column's K split into blocks, K zero-padded to whole blocks (padding
+    contributes nothing to the dot product)."""
     k, n = w.shape
     blocks = -(-k // block)
     padded = np.zeros((blocks * block, n), np.float32)
     padded[:k] = w
-    cols = padded.T.reshape(n, blocks, block)  # (N, blocks, block): each column's K split into blocks
+    return padded.T.reshape(n, blocks, block)
+
+
+def quantize_blocks(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """w (K, N) float -> MatMulNBits' 8-bit layout: (N, K/block, block) uint8 holding q + 128, scales (N*K/block,).
+
+    Symmetric: q = round(w / scale) in [-127, 127] with scale = max|w| / 127 per (column, block); stored with the
+    op's default zero point 128.
+    """
+    cols = _column_blocks(w, block)
     amax = np.abs(cols).max(axis=2)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)  # (N, blocks)
     q = np.clip(np.rint(cols / scale[:, :, None]), -127, 127).astype(np.int16) + 128
     return q.astype(np.uint8), scale.reshape(-1)
-
-
-class BlockInt8Weights:
-    """MatMulNBits with 8-bit blocks and per-row activation quantization (module doc): rows never interact."""
-
-    def matmul(self, g: GraphBuilder, x: str, w: np.ndarray, name: str, bias: np.ndarray | None) -> str:
-        packed, scales = quantize_blocks(w)
-        ins = [x, g.const(f"{name}.weight_blocks", packed), g.const(f"{name}.weight_scales", scales)]
-        if bias is not None:  # inputs 3-4 (zero points, g_idx) stay default: symmetric, no reordering
-            ins += ["", "", g.weight(f"{name}.bias", bias)]
-        k, n = w.shape
-        return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS_DOMAIN, K=k, N=n, bits=8,
-                    block_size=BLOCK, accuracy_level=4)
 
 
 def quantize_blocks_int4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
@@ -128,11 +121,7 @@ def quantize_blocks_int4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray,
     max|w| / 7 rather than / 8: the largest weight of a block keeps its sign and magnitude exactly, at the price of
     never using code -8 (the op's default zero point 8 is kept, so no zero-point tensor is stored).
     """
-    k, n = w.shape
-    blocks = -(-k // block)
-    padded = np.zeros((blocks * block, n), np.float32)
-    padded[:k] = w
-    cols = padded.T.reshape(n, blocks, block)  # (N, blocks, block)
+    cols = _column_blocks(w, block)
     amax = np.abs(cols).max(axis=2)
     scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)  # (N, blocks)
     q = (np.clip(np.rint(cols / scale[:, :, None]), -8, 7).astype(np.int16) + 8).astype(np.uint8)
@@ -140,14 +129,29 @@ def quantize_blocks_int4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray,
     return packed, scale.reshape(-1)
 
 
-class BlockInt4Weights:
-    """MatMulNBits with 4-bit blocks of 32 and accuracy_level 4 (module doc); rows never interact."""
+class BlockWeights:
+    """MatMulNBits with `bits`-bit symmetric blocks of BLOCK and accuracy_level 4 (module doc): activations are
+    quantized per row, so rows never interact."""
+
+    bits = 8
+    quantize = staticmethod(quantize_blocks)
 
     def matmul(self, g: GraphBuilder, x: str, w: np.ndarray, name: str, bias: np.ndarray | None) -> str:
-        packed, scales = quantize_blocks_int4(w)
+        packed, scales = self.quantize(w)
         ins = [x, g.const(f"{name}.weight_blocks", packed), g.const(f"{name}.weight_scales", scales)]
         if bias is not None:  # inputs 3-4 (zero points, g_idx) stay default: symmetric, no reordering
             ins += ["", "", g.weight(f"{name}.bias", bias)]
         k, n = w.shape
-        return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS_DOMAIN, K=k, N=n, bits=4,
+        return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS_DOMAIN, K=k, N=n, bits=self.bits,
                     block_size=BLOCK, accuracy_level=4)
+
+
+class BlockInt8Weights(BlockWeights):
+    """8-bit blocks (decoder `cpu-int8-rowwise`)."""
+
+
+class BlockInt4Weights(BlockWeights):
+    """4-bit blocks (LLaVA decoder `cpu-int4`, ONNX Runtime GenAI's CPU recipe)."""
+
+    bits = 4
+    quantize = staticmethod(quantize_blocks_int4)
