@@ -214,7 +214,7 @@ async def run_server(name: str, url: str, args, images: Images) -> dict[int, dic
     await wait_models(url)
     model = await resolve_model(url)
     results: dict[int, dict] = {}
-    for c in sorted(args.concurrency, key=lambda c: (name != "naive", c)):
+    for c in sorted(args.concurrency) if name == "naive" else args.concurrency:
         # one request at a time: c clients reach steady state after c requests' service time (x1 measures it)
         ramp_s = args.ramp_s + (c * results[1]["service_s"] if name == "naive" and 1 in results else 0.0)
         profile_dir = None
@@ -238,7 +238,8 @@ def main() -> None:
     p.add_argument("--ramp-s", type=float, default=3.0, help="load before the window opens")
     p.add_argument("--images", type=int, default=1500, help="distinct images generated up front; more requests "
                                                              "than this wrap around (and would hit the cache)")
-    p.add_argument("--naive-threads", type=int, default=2, help="torch threads (and num_cpus) of the naive server")
+    p.add_argument("--naive-threads", type=int, default=1, help="torch threads (and num_cpus) of the naive server; "
+                                                                "1: what Ray gives a deployment that sets none")
     p.add_argument("--servers", nargs="+", default=["mmserve", "naive"], choices=["mmserve", "naive"])
     p.add_argument("--profile", default=None, help="folder: py-spy every process under the largest load")
     p.add_argument("--set", nargs=3, action="append", default=[], metavar=("STAGE", "FIELD", "JSON"),
