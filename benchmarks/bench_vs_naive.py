@@ -213,6 +213,13 @@ def report(name: str, c: int, f: dict) -> None:
 async def run_server(name: str, url: str, args, images: Images) -> dict[int, dict]:
     await wait_models(url)
     model = await resolve_model(url)
+    if args.idle_s > 0:  # what the processes cost with no request at all: pollers, metrics, health checks
+        procs = serve_processes()
+        before = cpu_seconds(procs)
+        await asyncio.sleep(args.idle_s)
+        after = cpu_seconds(procs)
+        print(f"{name:<8} idle {args.idle_s:.0f} s, CPU s: " +
+              ", ".join(f"{k} {after[k] - before[k]:.2f}" for k in procs if not k.startswith("client")))
     results: dict[int, dict] = {}
     for c in sorted(args.concurrency) if name == "naive" else args.concurrency:
         # one request at a time: c clients reach steady state after c requests' service time (x1 measures it)
@@ -238,6 +245,7 @@ def main() -> None:
     p.add_argument("--ramp-s", type=float, default=3.0, help="load before the window opens")
     p.add_argument("--images", type=int, default=1500, help="distinct images generated up front; more requests "
                                                              "than this wrap around (and would hit the cache)")
+    p.add_argument("--idle-s", type=float, default=10.0, help="CPU of every process with no load, first (0: skip)")
     p.add_argument("--naive-threads", type=int, default=1, help="torch threads (and num_cpus) of the naive server; "
                                                                 "1: what Ray gives a deployment that sets none")
     p.add_argument("--servers", nargs="+", default=["mmserve", "naive"], choices=["mmserve", "naive"])
