@@ -58,9 +58,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def stages_without_replica() -> list[str]:
-    """Deployments of this application with no RUNNING replica (empty = ready). The StageWatch asks every second:
-    from the controller's plain details dict, which serve.status() would turn into pydantic models (re-pickling
-    every deployment's request router class) at about ten times the CPU, most of the ingress's own under load."""
+    """Deployments of this application with no RUNNING replica (empty = ready). The StageWatch asks every second,
+    so it reads the controller's plain details dict, which serve.status() would turn into pydantic models
+    (re-pickling every deployment's request router class) at about ten times the ingress CPU per call."""
     from ray.serve.context import _get_global_client  # noqa: PLC0415 -- serve.status's own source, minus models
 
     app_name = serve.get_replica_context().app_name
