@@ -24,9 +24,13 @@ PROMPT = ("describe the image in a few words, then say what is on the left and w
 
 
 def image_url(size: int = 224, seed: int = 0) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8)
+    return png_data_url(np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8))
+
+
+def png_data_url(pixels: np.ndarray, compress_level: int = 6) -> str:
+    """(H,W,3) uint8 -> a data:image/png;base64 URL."""
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 import yaml
 
-from bench_http import body, image_url, one_stream, resolve_model, wait_models
+from bench_http import body, image_url, one_stream, png_data_url, resolve_model, wait_models
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
@@ -118,16 +118,9 @@ class Images:
         self.urls = [self._url(i) for i in range(count)] if count else [image_url(seed=7)]
 
     def _url(self, i: int) -> str:
-        import base64
-        import io
-
-        from PIL import Image
-
         px = self.pixels.copy()
         px[0, :4, 0] = np.frombuffer(i.to_bytes(4, "little"), np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(px).save(buf, format="PNG", compress_level=1)
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        return png_data_url(px, compress_level=1)  # fast to make: noise does not compress anyway
 
     def take(self) -> str:
         url = self.urls[self.next % len(self.urls)]
