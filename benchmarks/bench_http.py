@@ -23,10 +23,14 @@ PROMPT = ("describe the image in a few words, then say what is on the left and w
           "and answer in one short sentence please")
 
 
-def image_url(size: int = 224) -> str:
-    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), np.uint8)
+def image_url(size: int = 224, seed: int = 0) -> str:
+    return png_data_url(np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8))
+
+
+def png_data_url(pixels: np.ndarray, compress_level: int = 6) -> str:
+    """(H,W,3) uint8 -> a data:image/png;base64 URL."""
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -36,15 +40,18 @@ def body(model: str, max_tokens: int, image: str) -> dict:
             "temperature": 0.0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, payload: dict, window, seen: dict) -> None:
-    """Stream one completion; chunks inside the window count, and usage (when the stream ends) gives tokens/chunk."""
-    chunks, last = 0, None
+async def one_stream(client: httpx.AsyncClient, url: str, payload: dict, window, seen: dict,
+                     drain: bool = False) -> None:
+    """Stream one completion; chunks inside the window count, and usage (when the stream ends) gives tokens/chunk.
+    At the window's end the stream is closed, unless `drain`: then it is read to its end, uncounted.
+    Optional lists in `seen`: "ttft" gets (sent, seconds to the first content chunk), "finished" the end times."""
+    chunks, last, sent = 0, None, time.perf_counter()
     async with client.stream("POST", f"{url}/v1/chat/completions", json=payload) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
         async for line in r.aiter_lines():
             now = time.perf_counter()
-            if now > window[1]:
+            if now > window[1] and not drain:
                 return  # leaving the block closes the connection: the server cancels the request
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -52,9 +59,13 @@ async def one_stream(client: httpx.AsyncClient, url: str, payload: dict, window,
             if event.get("usage"):
                 seen["usage_tokens"] += event["usage"]["completion_tokens"]
                 seen["usage_chunks"] += chunks
+                if "finished" in seen:
+                    seen["finished"].append(now)
             if event.get("choices") and event["choices"][0]["delta"].get("content") is not None:
+                if chunks == 0 and "ttft" in seen:
+                    seen["ttft"].append((sent, now - sent))
                 chunks += 1
-                if now >= window[0]:
+                if window[0] <= now <= window[1]:
                     seen["chunks"] += 1
                     if last is not None:
                         seen["gaps"].append(now - last)
@@ -84,6 +95,21 @@ async def http_load(url: str, model: str, concurrency: int, gen: int, ramp_s: fl
             f"chunk gap p50 {np.percentile(g, 50):6.2f} ms  p99 {np.percentile(g, 99):7.2f} ms   "
             f"{per_chunk:.2f} tok/chunk ({seen['chunks']} chunks in {duration_s:.1f} s)")
     return tok_s, line
+
+
+async def wait_models(url: str, timeout_s: float = 300.0) -> None:
+    """Poll /v1/models until it answers 200 (a fresh deployment's route may 404 for a moment)."""
+    deadline = time.perf_counter() + timeout_s
+    async with httpx.AsyncClient(timeout=10) as client:
+        while True:
+            try:
+                if (await client.get(f"{url}/v1/models")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{url}/v1/models did not answer 200 in {timeout_s:.0f} s")
+            await asyncio.sleep(0.5)
 
 
 async def resolve_model(url: str) -> str:

@@ -14,7 +14,15 @@ SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if "argparse" in p.read_text
 
 
 def test_every_script_is_found():
-    assert {p.name for p in SCRIPTS} >= {"bench_graphs.py", "bench_engine.py", "bench_bounds.py", "bench_soak.py"}
+    assert {p.name for p in SCRIPTS} >= {"bench_graphs.py", "bench_engine.py", "bench_bounds.py", "bench_soak.py",
+                                        "bench_vs_naive.py"}
+
+
+def test_naive_server_module_imports():
+    """bench_vs_naive ships this module to its replica by value: it must import on its own."""
+    run = subprocess.run([sys.executable, "-c", "import naive_server; print(naive_server.NaiveServer.name)"],
+                         cwd=BENCHMARKS, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "NaiveServer" in run.stdout, run.stderr[-2000:]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

@@ -67,6 +67,8 @@ def deeper_than(body: bytes, limit: int) -> bool:
     structure, so a body still holding a pair after `limit` passes is deeper than `limit`. What is left when no
     pair remains is unbalanced: "]]][[[" -- the unclosed opening brackets are depth the parser would recurse into.
     """
+    if body.count(b"[") + body.count(b"{") <= limit:  # no more openings than the limit: none nests deeper
+        return False  # (a chat body is mostly one base64 string, which the regex below would walk for nothing)
     skeleton = _STRINGS.sub(b"", body).translate(_BRACKETS_ONLY, _NOT_BRACKETS)
     for _ in range(limit):
         reduced = skeleton.replace(b"[]", b"")
