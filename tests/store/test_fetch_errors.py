@@ -12,7 +12,7 @@ import pytest
 from serve_app.store import RetryPolicy, StoreError, fetch_artifacts, fetch_events, push_artifacts
 from serve_app.store import backends
 from serve_app.store.uri import TransientStoreError
-from tests.store.conftest import free_port
+from tests.object_store import free_port
 
 QUICK = RetryPolicy(attempts=3, base_delay_s=0.05, max_delay_s=0.1, deadline_s=5)
 
