@@ -1,7 +1,7 @@
 """Where a replica's artifacts come from: `resolve_model(source) -> artifact directory`, called by every stage
 replica at its own start (Ingress, Preprocess, VisionEncoder, Decoder), on its own node.
 
-    artifacts_uri  s3://bucket/prefix, file:///path or a path written by `mmserve push`: fetched into this node's
+    artifacts_uri  s3://bucket/prefix, gs://bucket/prefix, file:///path or a path written by `mmserve push`: fetched into this node's
                    <cache_dir>/fetched (serve_app.store.fetch_artifacts: a directory named by the manifest's sha256,
                    every file checked; replicas on one node download once under its file lock), counted in
                    `mmserve_artifact_fetches_total{outcome="downloaded"|"cached"}`
@@ -40,9 +40,10 @@ class ModelSource(BaseModel):
     artifacts_dir: str | None = Field(default=None,
                                       description="a built artifact directory; overrides preset/cache_dir")
     artifacts_uri: str | None = Field(default=None,
-                                      description="s3://bucket/prefix, file:///path or a path written by `mmserve "
-                                                  "push`; fetched into cache_dir/fetched on each node, every file "
-                                                  "checked against the manifest; overrides preset and artifacts_dir")
+                                      description="s3://bucket/prefix, gs://bucket/prefix, file:///path or a path "
+                                                  "written by `mmserve push`; fetched into cache_dir/fetched on each "
+                                                  "node, every file checked against the manifest; overrides preset "
+                                                  "and artifacts_dir")
     cache_dir: str = Field(default=DEFAULT_CACHE_DIR, description="where artifacts for a preset are built and kept "
                                                                   "(on each node)")
     served_name: str | None = Field(default=None,

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from graphs.manifest import FORMAT_VERSION, MANIFEST, Manifest
 from serve_app.store.backends import Backend, open_backend
 from serve_app.store.retry import RetryPolicy, with_retries
-from serve_app.store.uri import StoreError, parse_uri
+from serve_app.store.uri import StoreError, endpoint_for, parse_uri
 
 log = logging.getLogger("mmserve.store")
 FETCH_LOG = "fetch.log"
@@ -120,9 +120,7 @@ def fetch_events(cache_dir: str | Path) -> list[dict]:
 
 def _endpoint(scheme: str, override: str | None) -> str:
     """Two stores may hold a bucket of the same name: the endpoint is part of what a URI means."""
-    if scheme != "s3":
-        return ""
-    return override or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    return endpoint_for(scheme, override) or ""
 
 
 def _writable_cache(cache_dir: str | Path) -> Path:
