@@ -1,8 +1,8 @@
 """Where a replica's artifacts come from: `resolve_model(source) -> artifact directory`, called by every stage
 replica at its own start (Ingress, Preprocess, VisionEncoder, Decoder), on its own node.
 
-    artifacts_uri  s3://bucket/prefix, gs://bucket/prefix, file:///path or a path written by `mmserve push`: fetched into this node's
-                   <cache_dir>/fetched (serve_app.store.fetch_artifacts: a directory named by the manifest's sha256,
+    artifacts_uri  s3://bucket/prefix, gs://bucket/prefix, file:///path or a path written by `mmserve push`:
+                   fetched into this node's <cache_dir>/fetched (serve_app.store.fetch_artifacts: a directory named by the manifest's sha256,
                    every file checked; replicas on one node download once under its file lock), counted in
                    `mmserve_artifact_fetches_total{outcome="downloaded"|"cached"}`
     artifacts_dir  a built directory on this node's disk: checked, never built
