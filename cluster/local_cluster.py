@@ -279,6 +279,10 @@ def _signal_pid(pid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    try:  # a `ray start` this process launched stays a zombie in its group until reaped: that is not alive
+        os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:  # not our child (another process started the cluster): init reaps it
+        pass
     try:
         os.killpg(pgid, 0)
         return True
