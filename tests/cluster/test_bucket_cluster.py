@@ -7,7 +7,8 @@ Checked: vision replicas on the GPU node, the other stages on the CPU node; a ch
 HTTP; each node downloaded the artifact once, counted by `mmserve_artifact_fetches_total` on that node's own
 Prometheus endpoint (and by its cache's fetch.log), the other replicas on the node `cached`, the head nothing; an
 object overwritten in the bucket fails a new deployment's replica with a message naming the file, in `serve status`,
-while the running application keeps serving.
+while the running application keeps serving; a `serve deploy` of the live application onto such a URI fails every
+stage's rollout naming the file, and Serve keeps the previous version serving every request meanwhile.
 """
 
 from __future__ import annotations
@@ -242,3 +243,40 @@ def test_an_overwritten_object_fails_a_new_deployment_naming_the_file(cluster, t
         assert serve.status().applications[APP].status == "RUNNING"
     finally:
         serve.delete("corrupt-b")
+
+
+def test_redeploying_onto_an_overwritten_object_keeps_the_old_model_serving(cluster, tmp_path):
+    """`serve deploy` of the live app onto a URI with an overwritten object: every new replica fails its start
+    naming the file, the deploy is reported failed, and requests meanwhile are answered by the old model (last in
+    the module: it leaves the application DEPLOY_FAILED)."""
+    from ray import serve
+
+    uri = cluster.uri.replace("/tiny", "/tiny-c")
+    with environment(cluster.s3.env()):
+        assert push_artifacts(variant_of(cluster.artifacts, tmp_path / "c", note="c"), uri) == "pushed"
+    bucket, prefix = uri.removeprefix("s3://").split("/", 1)
+    cluster.s3.client().put_object(Bucket=bucket, Key=f"{prefix}/decoder.cpu-fp32.onnx", Body=b"not the graph")
+    old = f"mmserve-{artifact_key(cluster.artifacts)[:16]}"
+    http_port = int(cluster.url.rsplit(":", 1)[1])
+    local_cluster.deploy(cluster.info, Path(cluster.info.temp_dir).parent, _serve_config(http_port, uri))
+    answers: list[tuple[int, str]] = []
+    deadline, deployments = time.monotonic() + 240, {}
+    while time.monotonic() < deadline:  # each stage rolls on its own (none listed while the app builds): wait for all
+        r = httpx.post(f"{cluster.url}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "which model?"}]})
+        answers.append((r.status_code, r.json().get("system_fingerprint") if r.status_code == 200 else r.text))
+        deployments = serve.status().applications[APP].deployments
+        if set(deployments) == set(REPLICAS) and all(d.status == "DEPLOY_FAILED" for d in deployments.values()):
+            break
+        time.sleep(0.5)
+    print(f"\nredeploy onto a corrupt object: answers {Counter(answers)}")
+    assert serve.status().applications[APP].status == "DEPLOY_FAILED"
+    assert {name: d.status for name, d in deployments.items()} == dict.fromkeys(REPLICAS, "DEPLOY_FAILED")
+    for name, d in deployments.items():  # Serve keeps every replica of the previous version running (a start
+        # already in flight when it gave up may still show STARTING: it fails the same way)
+        assert d.replica_states.get("RUNNING") == REPLICAS[name], (name, d.replica_states)
+        assert re.search(f"{uri}/decoder.cpu-fp32.onnx: sha256 [0-9a-f]{{64}} does not match", d.message), d.message
+    assert answers and set(answers) == {(200, old)}  # no failed request, none from a half-started new model
+    for node in ("gpu", "cpu"):
+        fetched = cluster.caches[node] / "fetched"
+        assert {p.name for p in fetched.iterdir() if p.is_dir()} == {"uris", artifact_key(cluster.artifacts)}
