@@ -188,9 +188,10 @@ def start(directory: Path = DEFAULT_DIR, nodes: list[NodeSpec] | None = None, ti
 class _Launcher:
     """Starts one `ray start --block` per node, each in its own process group, and relaunches a worker node whose
     raylet died at startup: with several Ray instances on one machine, a port Ray picked can be taken before its
-    raylet binds it ("bind: Address already in use")."""
+    raylet binds it ("bind: Address already in use"), and on a loaded machine a raylet can miss `ray start`'s fixed
+    30 s registration wait ("The current node timed out during startup")."""
 
-    RELAUNCHES = 2
+    RELAUNCHES = 4
 
     def __init__(self, directory: Path, info: ClusterInfo, object_store_bytes: int):
         self.directory, self.info, self.object_store_bytes = directory, info, object_store_bytes
