@@ -20,6 +20,8 @@ Why it looks the way it does (Ray 2.60 on a shared machine):
 - Token auth on (`RAY_AUTH_MODE=token`), as a real cluster should run, with the user's default token (created the
   way `ray get-auth-token --generate` does when missing): Ray caches the token per process, so a test process that
   already ran a local `ray.init()` must see the same one. Clients need both variables (`env` prints them).
+- Each node may have its own environment (NodeSpec.env): nodes of a real cluster share no disk, so a test gives
+  each its own MMSERVE_CACHE_DIR (and the store's AWS variables), which its replicas inherit.
 - Each node is a `ray start --block` in its own process group; stop signals exactly those groups (never
   `ray stop`, which would kill every Ray on the machine) and removes our ray_current_cluster.
 """
@@ -52,6 +54,7 @@ class NodeSpec:
     num_gpus: int = 0
     resources: dict = field(default_factory=dict)
     head: bool = False
+    env: dict = field(default_factory=dict)  # this node's own environment on top of ours (e.g. its MMSERVE_CACHE_DIR)
 
 
 def default_nodes(gpu_cpus: int = 1, cpu_cpus: int = 2) -> list[NodeSpec]:
@@ -75,6 +78,7 @@ class ClusterInfo:
     process_groups: dict[str, int]  # node name -> pid of its `ray start --block` (= its process group id)
     node_resources: dict[str, dict]
     metrics_ports: dict[str, int] = field(default_factory=dict)  # node name -> its Prometheus endpoint's port
+    node_env: dict[str, dict] = field(default_factory=dict)  # node name -> NodeSpec.env, to restart it the same
 
     def auth_env(self) -> dict[str, str]:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
@@ -163,7 +167,8 @@ def start(directory: Path = DEFAULT_DIR, nodes: list[NodeSpec] | None = None, ti
     info = ClusterInfo(address=f"127.0.0.1:{base_port}", base_port=base_port,
                        dashboard_url=f"http://127.0.0.1:{base_port + 2}",
                        token=default_token(), temp_dir=str(temp_dir), process_groups={},
-                       node_resources={n.name: {"CPU": n.num_cpus, "GPU": n.num_gpus, **n.resources} for n in nodes})
+                       node_resources={n.name: {"CPU": n.num_cpus, "GPU": n.num_gpus, **n.resources} for n in nodes},
+                       node_env={n.name: dict(n.env) for n in nodes})
     if _port_open(base_port):  # a head here would join that GCS and fail on its session name
         raise RuntimeError(f"port {base_port} is in use (another Ray cluster?): pick another base port "
                            f"(MMSERVE_LOCAL_CLUSTER_PORT)")
@@ -183,9 +188,10 @@ def start(directory: Path = DEFAULT_DIR, nodes: list[NodeSpec] | None = None, ti
 class _Launcher:
     """Starts one `ray start --block` per node, each in its own process group, and relaunches a worker node whose
     raylet died at startup: with several Ray instances on one machine, a port Ray picked can be taken before its
-    raylet binds it ("bind: Address already in use")."""
+    raylet binds it ("bind: Address already in use"), and on a loaded machine a raylet can miss `ray start`'s fixed
+    30 s registration wait ("The current node timed out during startup")."""
 
-    RELAUNCHES = 2
+    RELAUNCHES = 4
 
     def __init__(self, directory: Path, info: ClusterInfo, object_store_bytes: int):
         self.directory, self.info, self.object_store_bytes = directory, info, object_store_bytes
@@ -197,7 +203,7 @@ class _Launcher:
     def launch(self, index: int, node: NodeSpec) -> subprocess.Popen:
         cmd = _command(node, index, Path(self.info.temp_dir), self.object_store_bytes, self.info.base_port)
         with open(self.directory / f"{node.name}.log", "a") as log:
-            proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, env={**self.env, **node.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[node.name] = proc
         self.info.process_groups[node.name] = proc.pid
         self.info.metrics_ports[node.name] = _ports(self.info.base_port, index)["--metrics-export-port"]
@@ -274,6 +280,10 @@ def _signal_pid(pid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    try:  # a `ray start` this process launched stays a zombie in its group until reaped: that is not alive
+        os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:  # not our child (another process started the cluster): init reaps it
+        pass
     try:
         os.killpg(pgid, 0)
         return True
@@ -301,7 +311,8 @@ def restart_node(directory: Path, name: str, timeout_s: float = 120) -> None:
     info = read_info(directory)
     index = list(info.node_resources).index(name)
     res = dict(info.node_resources[name])
-    node = NodeSpec(name, num_cpus=res.pop("CPU"), num_gpus=res.pop("GPU"), resources=res)
+    node = NodeSpec(name, num_cpus=res.pop("CPU"), num_gpus=res.pop("GPU"), resources=res,
+                    env=info.node_env.get(name, {}))
     launcher = _Launcher(directory, info, 200 * 2**20)
     proc, relaunches = launcher.launch(index, node), _Launcher.RELAUNCHES
     deadline = time.monotonic() + timeout_s

@@ -1,6 +1,6 @@
 """`mmserve build (--preset P | --hf DIR) --out DIR [--weights F] [--tokenizer F] [--variants V ...]`: the one build
 command. `--preset` builds the project's own model family; `--hf` a local HuggingFace LLaVA checkpoint directory.
-`mmserve push DIR URI [--force]`: upload a built artifact to s3:// or a shared path, manifest last.
+`mmserve push DIR URI [--force]`: upload a built artifact to s3://, gs:// or a shared path, manifest last.
 
 Progress goes to stderr, one line per step; any failure is one line `mmserve build: error: ...` naming the file,
 tensor or setting, with exit status 1 (2 for bad arguments, argparse's convention) and no artifact left behind.
@@ -30,9 +30,11 @@ def _parser() -> argparse.ArgumentParser:
                                                    "(the demo preset uses its shipped trained weights)")
     b.add_argument("--tokenizer", default=None, help="tokenizer.json; default: built for the preset's vocabulary")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
-    u = sub.add_parser("push", help="upload a built artifact directory to s3://bucket/prefix or a shared path")
+    u = sub.add_parser("push", help="upload a built artifact directory to s3://bucket/prefix, gs://bucket/prefix "
+                                    "or a shared path")
     u.add_argument("dir", help="artifact directory written by `mmserve build`")
-    u.add_argument("uri", help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL), file:///path or a path")
+    u.add_argument("uri", help="s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL), gs://bucket/prefix (GCS, "
+                               "HMAC keys in the AWS key variables), file:///path or a path")
     u.add_argument("--force", action="store_true", help="replace a different artifact already at URI (or re-upload the same one)")
     return p
 

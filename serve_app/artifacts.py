@@ -1,9 +1,10 @@
 """Where a replica's artifacts come from: `resolve_model(source) -> artifact directory`, called by every stage
 replica at its own start (Ingress, Preprocess, VisionEncoder, Decoder), on its own node.
 
-    artifacts_uri  s3://bucket/prefix, file:///path or a path written by `mmserve push`: fetched into this node's
-                   <cache_dir>/fetched (serve_app.store.fetch_artifacts: a directory named by the manifest's sha256,
-                   every file checked; replicas on one node download once under its file lock)
+    artifacts_uri  s3://bucket/prefix, gs://bucket/prefix, file:///path or a path written by `mmserve push`:
+                   fetched into this node's <cache_dir>/fetched (serve_app.store.fetch_artifacts: a directory named by the manifest's sha256,
+                   every file checked; replicas on one node download once under its file lock), counted in
+                   `mmserve_artifact_fetches_total{outcome="downloaded"|"cached"}`
     artifacts_dir  a built directory on this node's disk: checked, never built
     preset         built into this node's cache_dir when missing (graphs.build.ensure_artifacts under the cache's
                    file lock: replicas starting at once on one node build it once; torch is imported only then)
@@ -39,9 +40,10 @@ class ModelSource(BaseModel):
     artifacts_dir: str | None = Field(default=None,
                                       description="a built artifact directory; overrides preset/cache_dir")
     artifacts_uri: str | None = Field(default=None,
-                                      description="s3://bucket/prefix, file:///path or a path written by `mmserve "
-                                                  "push`; fetched into cache_dir/fetched on each node, every file "
-                                                  "checked against the manifest; overrides preset and artifacts_dir")
+                                      description="s3://bucket/prefix, gs://bucket/prefix, file:///path or a path "
+                                                  "written by `mmserve push`; fetched into cache_dir/fetched on each "
+                                                  "node, every file checked against the manifest; overrides preset "
+                                                  "and artifacts_dir")
     cache_dir: str = Field(default=DEFAULT_CACHE_DIR, description="where artifacts for a preset are built and kept "
                                                                   "(on each node)")
     served_name: str | None = Field(default=None,
@@ -97,10 +99,11 @@ def resolve_model(source: ModelSource) -> Path:
     """The artifact directory for `source` on this node: fetched from artifacts_uri, the given one (must have a
     manifest), or the preset's, built into cache_dir if missing (progress lines on stdout)."""
     if source.artifacts_uri:
+        from serve_app.observability.fetch_metrics import count_fetch
         from serve_app.store import StoreError, fetch_artifacts  # boto3 only when a store is used
 
         try:
-            return fetch_artifacts(source.artifacts_uri, source.cache_path() / FETCHED)
+            return fetch_artifacts(source.artifacts_uri, source.cache_path() / FETCHED, on_fetch=count_fetch)
         except StoreError as e:
             raise ArtifactsError(f"model.artifacts_uri: {e}") from None
     if source.artifacts_dir:

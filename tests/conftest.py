@@ -27,3 +27,12 @@ def tiny_artifacts_dir(tmp_path_factory) -> Path:
 def demo_artifacts(tmp_path_factory) -> Path:
     """The demo captioner's artifacts, built once per test session from the shipped weights and tokenizer."""
     return _artifacts("demo", "MMSERVE_DEMO_ARTIFACTS", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on loopback, started on first use, killed at session end."""
+    from tests.object_store import running_s3_server
+
+    with running_s3_server(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

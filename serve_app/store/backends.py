@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from serve_app.store.uri import ArtifactURI, StoreError, TransientStoreError
+from serve_app.store.uri import ArtifactURI, StoreError, TransientStoreError, endpoint_for
 
 CHUNK = 1 << 20  # bytes per read: hashing and writing stream through this much memory at a time
 
@@ -37,7 +37,7 @@ class Backend(Protocol):
 
 
 def open_backend(uri: ArtifactURI, endpoint_url: str | None = None) -> Backend:
-    return LocalBackend(uri) if uri.scheme == "file" else S3Backend(uri, endpoint_url)
+    return LocalBackend(uri) if uri.scheme == "file" else S3Backend(uri, endpoint_url)  # s3:// and gs://
 
 
 class LocalBackend:
@@ -89,16 +89,17 @@ class LocalBackend:
 
 
 class S3Backend:
-    """Any S3-compatible store through boto3; the endpoint is AWS_ENDPOINT_URL unless `endpoint_url` is given."""
+    """Any S3-compatible store through boto3, GCS's XML API included (gs://): the endpoint is `endpoint_url` if
+    given, else GCS for gs:// and AWS_ENDPOINT_URL (or AWS itself) for s3://."""
 
     def __init__(self, uri: ArtifactURI, endpoint_url: str | None = None):
         try:
             import boto3
             from botocore.config import Config
         except ImportError:
-            raise StoreError(f"{uri}: s3:// needs boto3: pip install 'mmserve[s3]'") from None
+            raise StoreError(f"{uri}: {uri.scheme}:// needs boto3: pip install 'mmserve[s3]'") from None
         self.uri = uri
-        custom = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        custom = endpoint_for(uri.scheme, endpoint_url)
         config = Config(
             retries={"total_max_attempts": 1},  # fetch retries with its own bounded backoff; two layers multiply
             connect_timeout=5, read_timeout=60,
@@ -108,15 +109,16 @@ class S3Backend:
             # Newer botocore sends CRC checksums by default, which several S3-compatible stores reject; integrity
             # is checked end to end by sha256 against the manifest anyway.
             request_checksum_calculation="when_required", response_checksum_validation="when_required")
-        # botocore reads AWS_DEFAULT_REGION only; AWS_REGION is what the other AWS SDKs read, so honour both.
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        self._client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region,
-                                                      config=config)
+        # botocore reads AWS_DEFAULT_REGION only; AWS_REGION is what the other AWS SDKs read, so honour both. GCS
+        # signs with any region; "auto" is the one Google's own boto3 examples use.
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or (
+            "auto" if uri.scheme == "gs" else None)
+        self._client = boto3.session.Session().client("s3", endpoint_url=custom, region_name=region, config=config)
 
     def _error(self, name: str, e: Exception) -> StoreError:
         from botocore import exceptions as bx
 
-        where = f"s3://{self.uri.bucket}/{self.uri.key(name)}"
+        where = self.uri.url(name)
         if isinstance(e, (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)):
             return StoreError(f"{where}: no S3 credentials ({e}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                               "a profile or a role")
@@ -160,8 +162,7 @@ class S3Backend:
             raise
         except Exception as e:  # noqa: BLE001
             if self._missing(e):
-                raise StoreError(f"s3://{self.uri.bucket}/{self.uri.key(name)}: named in the manifest but "
-                                 "missing") from None
+                raise StoreError(f"{self.uri.url(name)}: named in the manifest but missing") from None
             raise self._error(name, e) from None
 
     def put_file(self, path: Path, name: str) -> None:
@@ -171,7 +172,7 @@ class S3Backend:
             from boto3.exceptions import S3UploadFailedError
 
             if isinstance(e, S3UploadFailedError):  # the transfer manager wraps the ClientError's text
-                raise StoreError(f"s3://{self.uri.bucket}/{self.uri.key(name)}: upload failed: {e}") from None
+                raise StoreError(f"{self.uri.url(name)}: upload failed: {e}") from None
             raise self._error(name, e) from None
 
     def put_bytes(self, data: bytes, name: str) -> None:

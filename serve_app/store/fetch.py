@@ -7,7 +7,8 @@
     under <cache>/<key>.lock (replicas on one node download once; the others wait, then reuse):
         download every file into <cache>/.<key>.partial-XXXX, hashing as it streams; a mismatch fails, naming it
         write the manifest last, fsync, rename the partial directory to <cache>/<key>
-    record the uri in the index; append one line to <cache>/fetch.log (`fetch_events` reads it back)
+    record the uri in the index; append one line to <cache>/fetch.log (`fetch_events` reads it back) and tell
+    `on_fetch` the outcome, "downloaded" or "cached" (the replica turns it into a Prometheus counter)
 
 A directory named <key> exists only after every file in it matched its hash, so a crash mid-download leaves a
 partial directory that nothing trusts (the next fetch for that key removes it). Cached artifacts are not re-hashed
@@ -27,6 +28,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from filelock import FileLock
 from pydantic import ValidationError
@@ -34,21 +36,24 @@ from pydantic import ValidationError
 from graphs.manifest import FORMAT_VERSION, MANIFEST, Manifest
 from serve_app.store.backends import Backend, open_backend
 from serve_app.store.retry import RetryPolicy, with_retries
-from serve_app.store.uri import StoreError, parse_uri
+from serve_app.store.uri import StoreError, endpoint_for, parse_uri
 
 log = logging.getLogger("mmserve.store")
 FETCH_LOG = "fetch.log"
 
 
 def fetch_artifacts(uri: str, cache_dir: str | Path, *, endpoint_url: str | None = None,
-                    retry: RetryPolicy = RetryPolicy()) -> Path:
-    """The local, verified artifact directory for `uri`, downloading it into `cache_dir` unless already there."""
+                    retry: RetryPolicy = RetryPolicy(), on_fetch: Callable[[str], None] | None = None) -> Path:
+    """The local, verified artifact directory for `uri`, downloading it into `cache_dir` unless already there;
+    `on_fetch("downloaded" | "cached")` once it is in place (never for a fetch that failed)."""
+    on_fetch = on_fetch or (lambda outcome: None)
     parsed = parse_uri(uri)
     cache = _writable_cache(cache_dir)
     index = cache / "uris" / hashlib.sha256(f"{_endpoint(parsed.scheme, endpoint_url)}\n{uri}".encode()).hexdigest()
     known = _indexed(cache, index)
     if known is not None:
         _record(cache, "reuse", uri, known.name, store_read=False)
+        on_fetch("cached")
         return known
     backend = open_backend(parsed, endpoint_url)
     raw = with_retries(f"read {uri}/{MANIFEST}", lambda: backend.get_bytes(MANIFEST), retry)
@@ -60,10 +65,13 @@ def fetch_artifacts(uri: str, cache_dir: str | Path, *, endpoint_url: str | None
     with FileLock(str(cache / f"{key}.lock")):
         if _complete(target, files):
             _record(cache, "reuse", uri, key, store_read=True)  # another replica fetched it while we waited
+            outcome = "cached"
         else:
             stats = _download_all(backend, uri, raw, files, cache, target, retry)
             _record(cache, "download", uri, key, **stats)
+            outcome = "downloaded"
     _write_atomically(index, key.encode())
+    on_fetch(outcome)
     return target
 
 
@@ -112,9 +120,7 @@ def fetch_events(cache_dir: str | Path) -> list[dict]:
 
 def _endpoint(scheme: str, override: str | None) -> str:
     """Two stores may hold a bucket of the same name: the endpoint is part of what a URI means."""
-    if scheme != "s3":
-        return ""
-    return override or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    return endpoint_for(scheme, override) or ""
 
 
 def _writable_cache(cache_dir: str | Path) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from serve_app.store import RetryPolicy, StoreError, fetch_artifacts, fetch_events, push_artifacts
 from serve_app.store import backends
 from serve_app.store.uri import TransientStoreError
-from tests.store.conftest import free_port
+from tests.object_store import free_port
 
 QUICK = RetryPolicy(attempts=3, base_delay_s=0.05, max_delay_s=0.1, deadline_s=5)
 
@@ -143,9 +143,9 @@ def test_no_such_bucket(aws_env, tmp_path):
 
 
 @pytest.mark.parametrize("uri,expected", [
-    ("hdfs://cluster/x", "hdfs://cluster/x: unknown scheme 'hdfs'; use s3://, file:// or a plain path"),
-    ("gs://bucket/x", "gs://bucket/x: gs:// is not built in; serve it through GCS's S3-compatible API"),
+    ("hdfs://cluster/x", "hdfs://cluster/x: unknown scheme 'hdfs'; use s3://, gs://, file:// or a plain path"),
     ("s3:///x", "s3:///x: no bucket; expected s3://bucket/prefix"),
+    ("gs:///x", "gs:///x: no bucket; expected gs://bucket/prefix"),
     ("", "artifacts_uri '': empty"),
 ])
 def test_bad_uris(uri, expected, tmp_path):

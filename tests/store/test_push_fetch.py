@@ -3,7 +3,6 @@ byte-identical, downloaded once per cache however many fetch at once, reused wit
 
 from __future__ import annotations
 
-import json
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -14,6 +13,7 @@ import pytest
 from graphs.cli import main
 from serve_app.store import StoreError, artifact_key, fetch_artifacts, fetch_events, push_artifacts
 from serve_app.store import backends
+from tests.object_store import variant_of
 
 
 def artifact_files(directory: Path) -> dict[str, bytes]:
@@ -79,20 +79,11 @@ def test_push_uploads_the_manifest_last(s3_uri, aws_env, tiny_artifacts_dir, mon
     assert sorted(order) == sorted(artifact_files(tiny_artifacts_dir))
 
 
-def _variant_of(src: Path, dst: Path) -> Path:
-    """A different artifact with valid hashes: the same files, a manifest that differs in its recorded versions."""
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["versions"]["note"] = "rebuilt"
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
-
-
 def test_push_refuses_a_different_artifact_at_the_uri_unless_forced(s3_uri, aws_env, tiny_artifacts_dir, tmp_path,
                                                                    capsys):
     assert push_artifacts(tiny_artifacts_dir, s3_uri) == "pushed"
     assert push_artifacts(tiny_artifacts_dir, s3_uri) == "unchanged"
-    other = _variant_of(tiny_artifacts_dir, tmp_path / "other")
+    other = variant_of(tiny_artifacts_dir, tmp_path / "other")
     with pytest.raises(StoreError, match=f"{s3_uri}: holds a different artifact.*--force"):
         push_artifacts(other, s3_uri)
     assert main(["push", str(other), s3_uri]) == 1
@@ -119,3 +110,18 @@ def test_file_uri_and_plain_path_push_and_fetch(tiny_artifacts_dir, tmp_path):
     b = fetch_artifacts(str(shared), tmp_path / "cache")
     assert a == b and artifact_files(a) == artifact_files(tiny_artifacts_dir)
     assert len(downloads(tmp_path / "cache")) == 1  # same manifest, same cache entry, whichever spelling
+
+
+def test_on_fetch_reports_downloaded_once_then_cached(tiny_artifacts_dir, tmp_path):
+    """What the replica's fetch counter (mmserve_artifact_fetches_total) is fed: one outcome per successful fetch."""
+    shared = tmp_path / "nfs" / "tiny-v1"
+    push_artifacts(tiny_artifacts_dir, f"file://{shared}")
+    outcomes: list[str] = []
+    for uri in (f"file://{shared}", f"file://{shared}", str(shared)):  # the index hit, then the manifest-key hit
+        fetch_artifacts(uri, tmp_path / "cache", on_fetch=outcomes.append)
+    assert outcomes == ["downloaded", "cached", "cached"]
+    bad = variant_of(tiny_artifacts_dir, tmp_path / "bad", note="corrupt")
+    (bad / "tokenizer.json").write_text("{}")
+    with pytest.raises(StoreError, match=r"tokenizer\.json: sha256 .* does not match"):
+        fetch_artifacts(str(bad), tmp_path / "cache", on_fetch=outcomes.append)
+    assert outcomes == ["downloaded", "cached", "cached"]  # a failed fetch is not counted as either
