@@ -306,8 +306,9 @@ def kill_node(directory: Path, name: str) -> None:
     _signal_group(read_info(directory).process_groups[name], signal.SIGKILL)
 
 
-def restart_node(directory: Path, name: str, timeout_s: float = 120) -> None:
-    """Start a lost worker node again with the same resources and ports; returns when it has joined."""
+def restart_node(directory: Path, name: str, timeout_s: float = 240) -> None:
+    """Start a lost worker node again with the same resources and ports; returns when it has joined. The limit
+    leaves room for several relaunches: on a loaded machine each can spend ray start's own 30 s wait."""
     info = read_info(directory)
     index = list(info.node_resources).index(name)
     res = dict(info.node_resources[name])
