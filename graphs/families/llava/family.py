@@ -113,19 +113,21 @@ class LlavaFamily:
                 else:
                     figures, forced[name] = parity.decoder_run(model.ck, inputs, protos[name], spec.kv_cache)
                     if spec.kv_cache is not None:
-                        figures |= self._kv_figures(model, ref, inputs, forced[name], spec, forced)
+                        figures |= self._kv_figures(model, ref, inputs, (forced[name], figures), spec,
+                                                   (forced, out[graph]))
                 parity.check(graph, name, spec.precision, figures)
                 out.setdefault(graph, {})[name] = figures
         return out
 
-
     @staticmethod
-    def _kv_figures(model: Loaded, ref, inputs, mine: np.ndarray, spec, forced: dict) -> dict:
+    def _kv_figures(model: Loaded, ref, inputs, mine: tuple, spec, siblings: tuple) -> dict:
+        """mine: (forced logits, figures) of the kv variant; siblings: (forced logits, figures) by variant name."""
         from graphs.families.llava import kv_calibration, kv_parity
 
         quant = kv_calibration.calibrate(model, spec.kv_cache.bits)
         clipped = kv_parity.clipped_fraction(ref, inputs, quant)
-        return kv_parity.kv_figures(mine, forced[spec.same_weights_as], clipped)
+        sib, key = spec.same_weights_as, "forced_logits_rms_err_over_std"
+        return kv_parity.kv_figures(mine[0], siblings[0][sib], mine[1][key], siblings[1][sib][key], clipped)
 
 
 FAMILY = LlavaFamily()

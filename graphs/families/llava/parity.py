@@ -182,7 +182,7 @@ def bounds(precision: str, figures: dict) -> list[tuple[str, str, float]]:
         return [("feature_cosine", "min", QUANT_MIN_COSINE)]
     gate = [("forced_logits_rms_err_over_std", "max", NOISE_REL[precision])]
     gate += [("top1_agreement", "min", QUANT_MIN_TOP1)] if figures["top1_gated"] else []
-    return gate + (kv_parity.bounds(figures) if "kv_logits_rms_err_over_std" in figures else [])
+    return gate + (kv_parity.bounds(figures) if "kv_err_ratio_vs_fp32_cache" in figures else [])
 
 
 _PASSES = {"max": lambda v, b: v <= b, "min": lambda v, b: v >= b, "equal": lambda v, b: v == b}

@@ -38,10 +38,12 @@ def test_manifest_records_the_cache_and_gates_it(built, name):
         assert "post-rotary" in v.kv_cache.calibration and "absmax / 127" in v.kv_cache.calibration
         assert v.precision == variants[sibling].precision and variants[sibling].kv_cache is None
         f = v.parity
-        assert f["kv_logits_rms_err_over_std"] <= kv_parity.KV_NOISE_REL
+        assert f["kv_err_ratio_vs_fp32_cache"] <= kv_parity.KV_MAX_ERR_RATIO
+        assert f["kv_err_ratio_vs_fp32_cache"] == pytest.approx(
+            f["forced_logits_rms_err_over_std"] / variants[sibling].parity["forced_logits_rms_err_over_std"])
         assert f["kv_top1_gated"] and f["kv_top1_agreement_vs_fp32_cache"] >= kv_parity.KV_MIN_TOP1
         assert 0 <= f["kv_clipped_fraction"] < 0.01
-        assert ("kv_logits_rms_err_over_std", "max", kv_parity.KV_NOISE_REL) in parity.bounds(v.precision, f)
+        assert ("kv_err_ratio_vs_fp32_cache", "max", kv_parity.KV_MAX_ERR_RATIO) in parity.bounds(v.precision, f)
         assert f["forced_logits_rms_err_over_std"] <= parity.NOISE_REL[v.precision]  # its own gate vs the reference
 
 
@@ -84,14 +86,16 @@ def test_the_kernel_caches_the_rotated_key_at_the_calibrated_scale(loaded):
 
 @pytest.mark.parametrize("factor, clipped", [(32.0, False), (0.25, True)])
 def test_gate_fails_a_cache_at_the_wrong_scale(loaded, factor, clipped):
-    """Scales 32x too coarse (a ~3-bit cache) or 4x too fine (ranges clipped): past KV_NOISE_REL vs the sibling."""
+    """Scales 32x too coarse (a ~3-bit cache) or 4x too fine (ranges clipped): the error vs the reference past
+    KV_MAX_ERR_RATIO x the float-cache sibling's."""
     ck, ref = loaded.ck, Reference(loaded.ck)
     inp, good = parity.Inputs(ref), kv_calibration.calibrate(loaded, 8)
     wrong = kv_quant.KvCacheQuant(8, [s * factor for s in good.k_scales], [s * factor for s in good.v_scales], "-")
-    _, sibling = parity.decoder_run(ck, inp, build_decoder(ck, loaded.weights, Int8Weights()).SerializeToString())
+    base, sibling = parity.decoder_run(ck, inp, build_decoder(ck, loaded.weights, Int8Weights()).SerializeToString())
     f, mine = parity.decoder_run(ck, inp, build_decoder(ck, loaded.weights, Int8Weights(), kv_cache=wrong)
                                  .SerializeToString(), kv_calibration.cache_entry(8))
-    f |= kv_parity.kv_figures(mine, sibling, kv_parity.clipped_fraction(ref, inp, wrong))
+    key = "forced_logits_rms_err_over_std"
+    f |= kv_parity.kv_figures(mine, sibling, f[key], base[key], kv_parity.clipped_fraction(ref, inp, wrong))
     assert (f["kv_clipped_fraction"] > 0.1) == clipped
-    with pytest.raises(parity.ParityError, match="decoder cpu-int8-kv8: .*kv_logits_rms_err_over_std"):
+    with pytest.raises(parity.ParityError, match="decoder cpu-int8-kv8: .*kv_err_ratio_vs_fp32_cache"):
         parity.check("decoder", "cpu-int8-kv8", "int8", f)
