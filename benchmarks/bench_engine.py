@@ -1,7 +1,8 @@
 """Decoder engine benchmark (prints figures; not a test).
 
-Measures, in one run, on the `reference` preset's decoder (cpu-int8 when built) with 228-position contexts
-(196 image features + 32 prompt tokens):
+Measures, in one run, on any family's artifacts (the own `reference` preset, a LLaVA checkpoint's), one or more
+decoder variants side by side, with contexts of the model's own image features (manifest prompt.image_features; 196
+for the reference preset) + --prompt-positions prompt tokens (32):
   1. engine alone, continuous batching, at 1/4/16/32 concurrent sequences: aggregate tokens/s, p50/p99
      inter-token latency (closed loop: each client sends its next request when the previous one ends; output
      lengths vary, seeded, so batches really have stragglers), over a window the load covers from start to end;
@@ -11,11 +12,15 @@ Measures, in one run, on the `reference` preset's decoder (cpu-int8 when built) 
   4. the first token of a short request arriving while 16 long ones run, in decode steps after its arrival and
      after its prefill, continuous and run-to-completion;
   5. with --serve (starts the app here) or --http URL (a running app): the same loads end to end through the
-     OpenAI streaming API, as a fraction of the engine-alone figure.
+     OpenAI streaming API, as a fraction of the engine-alone figure (the first variant);
+  6. with --profile-batch N: one ORT profile per variant of decode steps at batch N over full-length contexts,
+     summarized per operator type (serve_app/observability/profile_summary.py).
 
     python benchmarks/bench_engine.py --artifacts /tmp/artifacts/reference
     python benchmarks/bench_engine.py --artifacts /tmp/artifacts/reference --serve
     (build the artifacts once: mmserve build --preset reference --out /tmp/artifacts/reference)
+    python benchmarks/bench_engine.py --artifacts DIR --variants cpu-int8 cpu-int8-kv8 --concurrency 1 8 32 \
+        --skip-baseline --profile-batch 32
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graphs.manifest import Manifest
 from serve_app.engine import Engine, EngineConfig, NullMetrics, load_engine
-from serve_app.engine.types import DecodeRequest
+from serve_app.engine.types import DecodeRequest, FeatureSegment, TokenSegment
 
-IMAGE_POSITIONS, TEXT_POSITIONS = 196, 32  # 228-position contexts: one 224px image (14x14 patches) + a prompt
+# context shape of every request: one image's features + a prompt; set from the manifest and flags in main()
+SHAPE = {"image": 196, "prompt": 32, "vocab": 4000, "max_context": None}
 
 
 class StepRecorder(NullMetrics):
@@ -65,9 +72,15 @@ SAMPLING = {"temperature": 0.0, "top_p": 1.0}  # greedy unless --temperature/--t
 
 
 def make_request(i: int, width: int, max_tokens: int, rng: np.random.Generator) -> DecodeRequest:
-    feats = rng.standard_normal((IMAGE_POSITIONS, width)).astype(np.float32) * 0.02  # (196,D)
-    ids = rng.integers(10, 4000, TEXT_POSITIONS).tolist()
-    return DecodeRequest(f"b{i}", ids, feats, max_tokens=max_tokens, ignore_eos=True, seed=i, **SAMPLING)
+    feats = rng.standard_normal((SHAPE["image"], width)).astype(np.float32) * 0.02  # (P,D)
+    ids = rng.integers(10, min(4000, SHAPE["vocab"]), SHAPE["prompt"]).tolist()
+    return DecodeRequest(f"b{i}", [FeatureSegment(feats), TokenSegment(ids)], max_tokens=max_tokens,
+                         ignore_eos=True, seed=i, **SAMPLING)
+
+
+def config(**kw) -> EngineConfig:
+    """Engine config with the benchmark's cache length (a rotary model's max_positions would size it to GBs)."""
+    return EngineConfig(max_context=SHAPE["max_context"], **kw)
 
 
 def instrument(engine, result: LoadResult) -> None:
@@ -110,14 +123,13 @@ async def client(engine, c: int, gen: int, result: LoadResult) -> None:
             await stream.aclose()
 
 
-async def run_load(args, concurrency: int, scheduling: str) -> LoadResult:
+async def run_load(args, variant: str, concurrency: int, scheduling: str) -> LoadResult:
     recorder = StepRecorder()
-    engine = load_engine(args.artifacts, EngineConfig(slots=concurrency, scheduling=scheduling,
-                                                      max_queue=concurrency), threads=args.threads,
-                         prefer=[args.variant], metrics=recorder)
+    engine = load_engine(args.artifacts, config(slots=concurrency, scheduling=scheduling, max_queue=concurrency),
+                         threads=args.threads, prefer=[variant], metrics=recorder)
     await warm(engine)
-    if engine.variant != args.variant:
-        print(f"    (variant {args.variant} not built: running {engine.variant})")
+    if engine.variant != variant:
+        print(f"    (variant {variant} not built: running {engine.variant})")
     now = time.perf_counter()
     result = LoadResult(start=now + args.ramp_s, end=now + args.ramp_s + args.duration_s)
     instrument(engine, result)
@@ -166,9 +178,9 @@ class InstantRunner:
 
 
 async def engine_ceiling(args, concurrency: int) -> str:
-    real = load_engine(args.artifacts, EngineConfig(slots=concurrency, max_queue=concurrency), prefer=[args.variant])
+    real = load_engine(args.artifacts, config(slots=concurrency, max_queue=concurrency), prefer=[args.variant])
     engine = Engine(InstantRunner(real.runner), real.embeddings, real.tokenizer, real.eos_ids,
-                    EngineConfig(slots=concurrency, max_queue=concurrency))
+                    config(slots=concurrency, max_queue=concurrency))
     now = time.perf_counter()
     result = LoadResult(start=now + 0.5, end=now + 2.5)
     steps0 = 0
@@ -193,8 +205,7 @@ async def drain(stream) -> None:
 async def short_request_ttft(artifacts, variant, gen, threads, scheduling: str) -> str:
     """16 long sequences decoding; a short request arrives: decode steps from its arrival and from its prefill to
     its first token."""
-    engine = load_engine(artifacts, EngineConfig(slots=17, scheduling=scheduling), threads=threads,
-                         prefer=[variant])
+    engine = load_engine(artifacts, config(slots=17, scheduling=scheduling), threads=threads, prefer=[variant])
     width = engine.embeddings.shape[1]
     rng = np.random.default_rng(3)
     await warm(engine)
@@ -219,23 +230,34 @@ async def short_request_ttft(artifacts, variant, gen, threads, scheduling: str) 
 
 
 async def main_async(args) -> None:
-    print(f"decoder variant {args.variant}, {args.threads} ORT thread(s), temperature {args.temperature} top_p "
-          f"{args.top_p}, contexts {IMAGE_POSITIONS}+{TEXT_POSITIONS} positions, outputs "
+    print(f"decoder variants {' '.join(args.variants)}, {args.threads} ORT thread(s), temperature {args.temperature} "
+          f"top_p {args.top_p}, contexts {SHAPE['image']}+{SHAPE['prompt']} positions, outputs "
           f"{args.gen // 4}..{args.gen} tokens, closed-loop clients, {args.duration_s:.0f} s window after "
           f"{args.ramp_s:.0f} s ramp")
-    engine_figures: dict[int, float] = {}
+    figures: dict[str, dict[int, float]] = {}  # variant -> concurrency -> tok/s
     for c in ([] if args.skip_engine else args.concurrency):
-        cont = await run_load(args, c, "continuous")
-        engine_figures[c] = cont.tokens / cont.wall_s
-        print(cont.line(f"engine continuous   x{c}"))
-        print(overhead_line(cont))
-        print(await engine_ceiling(args, c))
-        if not args.skip_baseline:
-            rtc = await run_load(args, c, "run_to_completion")
-            print(rtc.line(f"engine run-to-completion x{c}"))
-    if not args.skip_engine:
+        for variant in args.variants:
+            cont = await run_load(args, variant, c, "continuous")
+            figures.setdefault(variant, {})[c] = cont.tokens / cont.wall_s
+            print(cont.line(f"{variant} continuous x{c}"))
+            print(overhead_line(cont))
+            if not args.skip_baseline:
+                rtc = await run_load(args, variant, c, "run_to_completion")
+                print(rtc.line(f"{variant} run-to-completion x{c}"))
+        if not args.skip_ceiling:
+            print(await engine_ceiling(args, c))
+    if figures:
+        print(side_by_side(figures))
+    if not (args.skip_engine or args.skip_ttft):
         for scheduling in ("continuous", "run_to_completion"):
             print(await short_request_ttft(args.artifacts, args.variant, args.gen, args.threads, scheduling))
+    if args.profile_batch:
+        from bench_profile import profile_decode  # noqa: PLC0415
+
+        for variant in args.variants:
+            print(profile_decode(args.artifacts, variant, args.profile_batch, SHAPE["image"] + SHAPE["prompt"],
+                                 args.threads, args.profile_steps))
+    engine_figures = figures.get(args.variant, {})
     if args.serve:
         from bench_http import start_local_app  # noqa: PLC0415 -- only for the e2e part
 
@@ -248,10 +270,34 @@ async def main_async(args) -> None:
         await run_http_loads(args, engine_figures)
 
 
+def side_by_side(figures: dict[str, dict[int, float]]) -> str:
+    """Aggregate tokens/s, one column per variant, one row per concurrency."""
+    variants = list(figures)
+    lines = [f"{'aggregate tok/s':<18}" + "".join(f"{v:>16}" for v in variants)]
+    for c in sorted({c for f in figures.values() for c in f}):
+        lines.append(f"{'x' + str(c):<18}" + "".join(f"{figures[v].get(c, float('nan')):>16.1f}" for v in variants))
+    return "\n".join(lines)
+
+
+def shape_from_manifest(args) -> None:
+    m = Manifest.read(args.artifacts)
+    image = args.image_positions if args.image_positions is not None else m.prompt.image_features
+    SHAPE.update(image=image, prompt=args.prompt_positions, vocab=m.decoder.vocab_size,
+                 max_context=min(m.decoder.max_positions, image + args.prompt_positions + 4 * args.gen + 8))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifacts", required=True, help="artifact directory of the reference preset")
-    p.add_argument("--variant", default="cpu-int8", help="decoder variant to run")
+    p.add_argument("--artifacts", required=True, help="artifact directory (any family)")
+    p.add_argument("--variants", nargs="+", default=["cpu-int8"],
+                   help="decoder variants to run side by side; the first for TTFT and the e2e part")
+    p.add_argument("--image-positions", type=int, default=None,
+                   help="image features per request (default: the manifest's prompt.image_features)")
+    p.add_argument("--prompt-positions", type=int, default=32, help="prompt tokens per request")
+    p.add_argument("--skip-ceiling", action="store_true", help="skip the engine-without-graph ceiling")
+    p.add_argument("--skip-ttft", action="store_true", help="skip the short-request first-token figures")
+    p.add_argument("--profile-batch", type=int, default=0, help="also profile decode steps at this batch (ORT)")
+    p.add_argument("--profile-steps", type=int, default=5, help="decode steps profiled per variant")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request (0 greedy)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus of every request")
     p.add_argument("--threads", type=int, default=1, help="ORT intra-op threads of the decoder (1 = one replica's)")
@@ -268,6 +314,8 @@ def main() -> None:
     p.add_argument("--model", default=None, help="model id for --http (default: the first of /v1/models)")
     args = p.parse_args()
     SAMPLING.update(temperature=args.temperature, top_p=args.top_p)
+    args.variant = args.variants[0]  # bench_http's start_local_app and the TTFT part run one variant
+    shape_from_manifest(args)
     asyncio.run(main_async(args))
 
 

@@ -63,12 +63,16 @@ def _specs(values) -> list[TensorSpec]:
 
 
 def _selected(family: Family, variants: list[str] | None) -> dict[str, list[str]]:
-    """graph -> variant names to build: all, or the `graph/name`s asked for (at least one per graph)."""
+    """graph -> variant names to build: all, or the `graph/name`s asked for (at least one per graph) and their
+    same-weights siblings."""
     known = [f"{g}/{n}" for g, vs in family.variants.items() for n in vs]
     wanted = known if variants is None else list(variants)
     unknown = [v for v in wanted if v not in known]
     if unknown:
         raise BuildError(f"--variants: unknown {unknown[0]!r} (known: {', '.join(known)})")
+    # a quantized-cache variant is gated against its float-cache sibling, so asking for it builds both
+    wanted += [f"{g}/{s.same_weights_as}" for g, vs in family.variants.items() for n, s in vs.items()
+               if f"{g}/{n}" in wanted and s.same_weights_as is not None]
     picked = {g: [n for n in vs if f"{g}/{n}" in wanted] for g, vs in family.variants.items()}
     missing = [g for g, names in picked.items() if not names]
     if missing:

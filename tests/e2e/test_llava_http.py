@@ -28,19 +28,20 @@ def llava(served, tmp_path_factory):
 
     apps: dict[str, tuple] = {}
 
-    def deploy(name: str):
-        if name not in apps:
+    def deploy(name: str, decoder: str = "cpu-fp32"):
+        app = name if decoder == "cpu-fp32" else f"{name}-{decoder}"
+        if app not in apps:
             for other in apps:
                 serve.delete(other)
             apps.clear()
             ck = write_checkpoint(tmp_path_factory.mktemp("llava_ckpt") / name, SPECS[name])
             out = tmp_path_factory.mktemp("llava_artifacts") / name
             assert main(["build", "--hf", str(ck), "--out", str(out), "--quiet",
-                         "--variants", "vision/cpu-fp32", "decoder/cpu-fp32"]) == 0
-            start_app({**served.args, "model": {"artifacts_dir": str(out)}}, name, f"/{name}")
-            apps[name] = ck, out, f"{served.url}/{name}"
-            wait_ready(apps[name][2])
-        return apps[name]
+                         "--variants", "vision/cpu-fp32", f"decoder/{decoder}"]) == 0
+            start_app({**served.args, "model": {"artifacts_dir": str(out)}}, app, f"/{app}")
+            apps[app] = ck, out, f"{served.url}/{app}"
+            wait_ready(apps[app][2])
+        return apps[app]
 
     try:
         yield deploy
@@ -108,3 +109,28 @@ def test_greedy_equals_transformers_generate(served, llava, spec, case):
     assert body["choices"][0]["message"]["content"] == text
     assert body["choices"][0]["finish_reason"] == finish
     assert body["usage"]["completion_tokens"] == completion
+
+
+def test_int8_cache_decoder_serves_first_on_cpu(served, llava):
+    """Built with the int8-cache decoder (and its float-cache sibling, which the gate needs), the replica runs
+    cpu-int8-kv8 with no preference for it (the app's args prefer cpu-fp32, absent here: manifest order decides),
+    and its greedy answer starts as transformers' fp32 one does (int8 weights and cache: tokens may part later)."""
+    from ray import serve
+
+    ck, artifacts, url = llava("clip-llama", "cpu-int8-kv8")
+    info = serve.get_deployment_handle("Decoder", app_name="clip-llama-cpu-int8-kv8").info.remote().result(
+        timeout_s=30)
+    assert info["variant"] == "cpu-int8-kv8"
+    images, prompt = CASES["image"]
+    wire = [{"type": "image_url", "image_url": {"url": u}} for u in images] + [{"type": "text", "text": prompt}]
+    r = httpx.post(f"{url}/v1/chat/completions", headers=auth_headers(served), timeout=120,
+                   json={"model": "mmserve-clip-llama", "messages": [{"role": "user", "content": wire}],
+                         "max_tokens": MAX_TOKENS, "temperature": 0})
+    assert r.status_code == 200, r.text
+    hf = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text, _, _, prompt_tokens = _reference(ck, artifacts, hf, images)
+    body = r.json()
+    assert body["usage"]["prompt_tokens"] == prompt_tokens
+    got = body["choices"][0]["message"]["content"]
+    common = next((i for i, (a, b) in enumerate(zip(got, text)) if a != b), min(len(got), len(text)))
+    assert common >= len(text) // 4, (got, text)

@@ -5,7 +5,8 @@ positions from its own `seqlens_k` (past = seqlens_k + 1 - S), so a decode batch
 and a second prompt chunk into a slot that already holds `start` tokens both rotate at the right positions.
 
     inputs_embeds (B,S,D)      seqlens_k (B,) int32      total_sequence_length () int32
-    past_key.{i} / past_value.{i}  (B,kv_heads,max_cache,head_dim): bound to the same buffer as present_*.{i}
+    past_key.{i} / past_value.{i}  (B,kv_heads,max_cache,head_dim): bound to the same buffer as present_*.{i};
+                                   float32, or int8 (uint8 at head_dim/2 for 4 bits) in a quantized-cache variant
     -> logits (B,V) at each row's last position
 
     x = inputs_embeds
@@ -25,24 +26,29 @@ import numpy as np
 
 from graphs.families.llava.checkpoint import Checkpoint
 from graphs.families.llava.rope import cos_sin_cache
+from graphs.emit import kv_quant
+from graphs.emit.kv_quant import KvCacheQuant
 from graphs.emit.onnx_ops import MS_DOMAIN, GraphBuilder
 
 INT64_MAX = np.iinfo(np.int64).max
 
 
-def _io(g: GraphBuilder, ck: Checkpoint) -> None:
+def _io(g: GraphBuilder, ck: Checkpoint, kv_cache: KvCacheQuant | None) -> None:
+    """A quantized cache is int8, or uint8 holding two 4-bit values (last dim head_dim / 2)."""
     t = ck.text
+    dtype = np.float32 if kv_cache is None else kv_cache.dtype
+    last = t.head_dim if kv_cache is None else kv_cache.cache_last_dim(t.head_dim)
     g.input("inputs_embeds", np.float32, ["batch", "seq", t.hidden])
     g.input("seqlens_k", np.int32, ["batch"])
     g.input("total_sequence_length", np.int32, [])
-    cache = ["batch", t.kv_heads, "max_cache", t.head_dim]
+    cache = ["batch", t.kv_heads, "max_cache", last]
     for i in range(t.layers):
-        g.input(f"past_key.{i}", np.float32, cache)
-        g.input(f"past_value.{i}", np.float32, cache)
+        g.input(f"past_key.{i}", dtype, cache)
+        g.input(f"past_value.{i}", dtype, cache)
     g.output("logits", np.float32, ["batch", t.vocab_size])
     for i in range(t.layers):
-        g.output(f"present_key.{i}", np.float32, cache)
-        g.output(f"present_value.{i}", np.float32, cache)
+        g.output(f"present_key.{i}", dtype, cache)
+        g.output(f"present_value.{i}", dtype, cache)
 
 
 def _rms(g: GraphBuilder, x: str, skip: str | None, gamma: np.ndarray, eps: float, name: str) -> tuple[str, str]:
@@ -57,15 +63,22 @@ def _rms(g: GraphBuilder, x: str, skip: str | None, gamma: np.ndarray, eps: floa
     return outs[0], outs[3]
 
 
-def _attention(g: GraphBuilder, ck: Checkpoint, w: dict, h: str, i: int, caches: tuple[str, str]) -> str:
+def _attention(g: GraphBuilder, ck: Checkpoint, w: dict, h: str, i: int, caches: tuple[str, str],
+               kv_cache: KvCacheQuant | None) -> str:
+    """Packed QKV -> GroupQueryAttention (rotary inside; with `kv_cache`, the rotated K and V quantized by static
+    per-channel scales: inputs 12-13, after the unused position_ids, attention_bias, head_sink) -> o_proj."""
     t, pre, name = ck.text, f"text.layers.{i}.self_attn", f"/decoder/layers.{i}/attn"
     wqkv = np.concatenate([w[f"{pre}.{p}_proj.weight"].T for p in "qkv"], axis=1)  # (D,(nh+2kvh)*hs)
     bqkv = np.concatenate([w[f"{pre}.{p}_proj.bias"] for p in "qkv"]) if t.qkv_bias else None
     qkv = g.matmul(h, wqkv, f"{name}/qkv", bias=bqkv)  # (B,S,(nh+2kvh)*hs)
     outs = [f"{name}/GroupQueryAttention/output_0", f"present_key.{i}", f"present_value.{i}"]
     ins = [qkv, "", "", f"past_key.{i}", f"past_value.{i}", "seqlens_k", "total_sequence_length", *caches]
+    attrs = {}
+    if kv_cache is not None:
+        k_scale, v_scale, attrs = kv_quant.gqa_inputs(g, kv_cache, t.kv_heads, i, name)
+        ins += ["", "", "", k_scale, v_scale]
     g.node("GroupQueryAttention", ins, f"{name}/GroupQueryAttention", outputs=outs, domain=MS_DOMAIN,
-           num_heads=t.heads, kv_num_heads=t.kv_heads, do_rotary=1, rotary_interleaved=0)
+           num_heads=t.heads, kv_num_heads=t.kv_heads, do_rotary=1, rotary_interleaved=0, **attrs)
     return g.matmul(outs[0], w[f"{pre}.o_proj.weight"].T, f"{name}/o_proj")  # (B,S,D)
 
 
@@ -85,8 +98,10 @@ def _last_position(g: GraphBuilder, x: str, name: str) -> str:
     return g.op("Slice", [x, *bounds], f"{name}/Slice")
 
 
-def build_decoder(ck: Checkpoint, w: dict, quantize=None, cache_positions: int | None = None):
-    """The decoder ModelProto; `quantize` (a graphs.quantize scheme) for int8/int4 weights, LM head included.
+def build_decoder(ck: Checkpoint, w: dict, quantize=None, cache_positions: int | None = None,
+                  kv_cache: KvCacheQuant | None = None):
+    """The decoder ModelProto; `quantize` (a graphs.emit.quantize scheme) for int8/int4 weights, LM head included;
+    `kv_cache` (graphs.emit.kv_quant) for an int8 or 4-bit KV cache with static per-channel scales.
 
     `cache_positions`: rows of the rotary caches, the most positions a slot can hold (default: the config's
     max_position_embeddings).
@@ -94,7 +109,7 @@ def build_decoder(ck: Checkpoint, w: dict, quantize=None, cache_positions: int |
     t = ck.text
     g = GraphBuilder("llava_decoder_cpu")
     g.quantize = quantize
-    _io(g, ck)
+    _io(g, ck, kv_cache)
     cos, sin = cos_sin_cache(t, cache_positions or t.max_positions)
     caches = (g.const("/decoder/rotary.cos_cache", cos), g.const("/decoder/rotary.sin_cache", sin))
     x, m = "inputs_embeds", None
@@ -102,7 +117,7 @@ def build_decoder(ck: Checkpoint, w: dict, quantize=None, cache_positions: int |
         pre, name = f"text.layers.{i}", f"/decoder/layers.{i}"
         h, res = _rms(g, m if m is not None else x, x if m is not None else None,
                       w[f"{pre}.input_layernorm.weight"], t.eps, f"{name}/input_norm")
-        a = _attention(g, ck, w, h, i, caches)
+        a = _attention(g, ck, w, h, i, caches, kv_cache)
         if i == t.layers - 1:  # only the last position feeds the LM head; every position's KV is already written
             a, res = _last_position(g, a, f"{name}/attn/last"), _last_position(g, res, f"{name}/residual/last")
         h, x = _rms(g, a, res, w[f"{pre}.post_attention_layernorm.weight"], t.eps, f"{name}/post_attention_norm")

@@ -25,10 +25,11 @@ def decoder_spec(ck: Checkpoint, embeddings_file: str = TOKEN_EMBEDDINGS) -> Dec
                        io=DecoderIO(position_ids=None))
 
 
-def open_runner(session, ck: Checkpoint, slots: int, max_context: int):
+def open_runner(session, ck: Checkpoint, slots: int, max_context: int, cache=None):
+    """`cache`: the variant's quantized KV cache (manifest KvCacheEntry), None for a float32 cache."""
     from serve_app.runtime.kv_runner import OrtDecoderRunner
 
-    return OrtDecoderRunner(session, decoder_spec(ck), slots, max_context)
+    return OrtDecoderRunner(session, decoder_spec(ck), slots, max_context, cache=cache)
 
 
 def embed(ids: list[int], table: np.ndarray, image_token_id: int, features: np.ndarray | None) -> np.ndarray:

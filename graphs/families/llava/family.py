@@ -103,14 +103,31 @@ class LlavaFamily:
         inputs = parity.Inputs(ref)
         out: dict = {}
         for graph, protos in built.items():
-            for name, data in protos.items():
-                precision = self.variants[graph][name].precision
+            forced: dict[str, np.ndarray] = {}  # decoder variant -> its forced-decode logits, for kv siblings
+            # float-cache siblings first: a -kv8 variant is measured against its sibling's logits
+            for name in sorted(protos, key=lambda n: self.variants[graph][n].same_weights_as is not None):
+                spec = self.variants[graph][name]
                 progress(f"parity {graph} {name}")
-                figures = (parity.vision_figures(ref, data) if graph == "vision"
-                           else parity.decoder_figures(model.ck, inputs, data, precision))
-                parity.check(graph, name, precision, figures)
+                if graph == "vision":
+                    figures = parity.vision_figures(ref, protos[name])
+                else:
+                    figures, forced[name] = parity.decoder_run(model.ck, inputs, protos[name], spec.kv_cache)
+                    if spec.kv_cache is not None:
+                        figures |= self._kv_figures(model, ref, inputs, (forced[name], figures), spec,
+                                                   (forced, out[graph]))
+                parity.check(graph, name, spec.precision, figures)
                 out.setdefault(graph, {})[name] = figures
         return out
+
+    @staticmethod
+    def _kv_figures(model: Loaded, ref, inputs, mine: tuple, spec, siblings: tuple) -> dict:
+        """mine: (forced logits, figures) of the kv variant; siblings: (forced logits, figures) by variant name."""
+        from graphs.families.llava import kv_calibration, kv_parity
+
+        quant = kv_calibration.calibrate(model, spec.kv_cache.bits)
+        clipped = kv_parity.clipped_fraction(ref, inputs, quant)
+        sib, key = spec.same_weights_as, "forced_logits_rms_err_over_std"
+        return kv_parity.kv_figures(mine[0], siblings[0][sib], mine[1][key], siblings[1][sib][key], clipped)
 
 
 FAMILY = LlavaFamily()

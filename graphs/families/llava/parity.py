@@ -31,6 +31,8 @@ Bounds, and why
   headroom, while a wrong packing, a transposed weight or a lost bias gives an error of the order of the std
   itself (ratio >= 1). Also recorded, ungated: the max abs logit error, agreement over all contexts, the
   decisive count.
+- a quantized KV cache (`-kv8`), on top of its precision's bounds: against its same-weights float-cache sibling,
+  kv_parity.py (what it measures and why its bounds).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from graphs.families.llava import kv_parity
 from graphs.families.llava.checkpoint import Checkpoint
 from graphs.families.llava.driver import embed, open_runner
+from graphs.manifest import KvCacheEntry
 from graphs.verify import ParityError  # one error type for every family's gate; the build and the CLI catch it
 
 FP32_REL = 1e-4
@@ -123,7 +127,7 @@ def _greedy_figures(runner, inp: Inputs) -> dict:
     return {"greedy_tokens": len(inp.greedy), "greedy_identical": tokens == inp.greedy, "greedy_matching_prefix": same}
 
 
-def _forced_figures(runner, inp: Inputs, precision: str) -> dict:
+def _forced_figures(runner, inp: Inputs) -> tuple[dict, np.ndarray]:
     got = [[runner.prefill(r, inp.embeds(row[:-FORCED_STEPS])).copy()] for r, row in enumerate(inp.rows)]
     lengths = np.array([len(row) - FORCED_STEPS for row in inp.rows])
     for t in range(FORCED_STEPS - 1):
@@ -143,13 +147,21 @@ def _forced_figures(runner, inp: Inputs, precision: str) -> dict:
             "top1_agreement": float(agree[decisive].mean()) if decisive.any() else 1.0,
             "top1_agreement_all_contexts": float(agree.mean()), "top1_contexts": int(agree.size),
             "top1_decisive_contexts": int(decisive.sum()),
-            "logit_scale": float(max(1.0, np.abs(ref).max(), np.abs(inp.prompt_logits).max()))}
+            "logit_scale": float(max(1.0, np.abs(ref).max(), np.abs(inp.prompt_logits).max()))}, mine
 
 
-def decoder_figures(ck: Checkpoint, inp: Inputs, model_bytes: bytes, precision: str) -> dict:
+def decoder_run(ck: Checkpoint, inp: Inputs, model_bytes: bytes, cache: KvCacheEntry | None = None):
+    """-> (figures, forced-decode logits (CONTEXTS*FORCED_STEPS, V)); `cache`: the variant's quantized KV cache."""
     max_context = max(len(r) for r in inp.rows + [inp.prompt + inp.greedy]) + 1
-    runner = open_runner(session(model_bytes), ck, max(CONTEXTS, 2), max_context)
-    return {**_prefill_figures(runner, inp), **_greedy_figures(runner, inp), **_forced_figures(runner, inp, precision)}
+    runner = open_runner(session(model_bytes), ck, max(CONTEXTS, 2), max_context, cache)
+    forced, logits = _forced_figures(runner, inp)
+    return {**_prefill_figures(runner, inp), **_greedy_figures(runner, inp), **forced}, logits
+
+
+def decoder_figures(ck: Checkpoint, inp: Inputs, model_bytes: bytes, precision: str,
+                    cache: KvCacheEntry | None = None) -> dict:
+    """The figures alone (`precision` picks the bounds at check(), not what is measured)."""
+    return decoder_run(ck, inp, model_bytes, cache)[0]
 
 
 def _fp32_bounds(f: dict) -> list[tuple[str, str, float]]:
@@ -169,7 +181,8 @@ def bounds(precision: str, figures: dict) -> list[tuple[str, str, float]]:
     if "feature_cosine" in figures:
         return [("feature_cosine", "min", QUANT_MIN_COSINE)]
     gate = [("forced_logits_rms_err_over_std", "max", NOISE_REL[precision])]
-    return gate + ([("top1_agreement", "min", QUANT_MIN_TOP1)] if figures["top1_gated"] else [])
+    gate += [("top1_agreement", "min", QUANT_MIN_TOP1)] if figures["top1_gated"] else []
+    return gate + (kv_parity.bounds(figures) if "kv_err_ratio_vs_fp32_cache" in figures else [])
 
 
 _PASSES = {"max": lambda v, b: v <= b, "min": lambda v, b: v >= b, "equal": lambda v, b: v == b}

@@ -46,14 +46,35 @@ class Reference:
             out = self.model(input_ids=self.torch.tensor([ids]), **kwargs)
         return out.logits[0].numpy()
 
-    def greedy(self, ids: list[int], pixels: np.ndarray, steps: int) -> list[int]:
+    def greedy(self, ids: list[int], pixels: np.ndarray | None, steps: int) -> list[int]:
         """`steps` greedy tokens after ids (image placeholders expanded), via transformers' generate with no stop."""
+        return self._generate(ids, pixels, steps, cache=False)
+
+    def greedy_cache(self, ids: list[int], pixels: np.ndarray | None, steps: int):
+        """The same, and transformers' cache after it -> (tokens, per layer (K, V) (1,kvh,T,hs) float32): K after
+        rotary, as the model's attention caches it; T = len(ids) + steps - 1 (the last token is not fed back)."""
+        return self._generate(ids, pixels, steps, cache=True)
+
+    def kv(self, ids: list[int], pixels: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One forward over ids -> per layer (K, V) (1,kvh,S,hs) as transformers caches them (K after rotary)."""
+        kwargs = {} if pixels is None else {"pixel_values": self.pixel_values(pixels)}
         with self.torch.no_grad():
-            out = self.model.generate(input_ids=self.torch.tensor([ids]), pixel_values=self.pixel_values(pixels),
+            out = self.model(input_ids=self.torch.tensor([ids]), use_cache=True, **kwargs)
+        return _layers(out.past_key_values)
+
+    def _generate(self, ids, pixels, steps: int, cache: bool):
+        kwargs = {} if pixels is None else {"pixel_values": self.pixel_values(pixels)}
+        with self.torch.no_grad():
+            out = self.model.generate(input_ids=self.torch.tensor([ids]),
                                       attention_mask=self.torch.ones(1, len(ids), dtype=self.torch.long),
                                       do_sample=False, max_new_tokens=steps, min_new_tokens=steps,
-                                      eos_token_id=None, pad_token_id=0)
-        return out[0, len(ids):].tolist()
+                                      eos_token_id=None, pad_token_id=0, return_dict_in_generate=True, **kwargs)
+        tokens = out.sequences[0, len(ids):].tolist()
+        return (tokens, _layers(out.past_key_values)) if cache else tokens
 
     def token_embeddings(self) -> np.ndarray:
         return self.model.get_input_embeddings().weight.detach().float().numpy()  # (V,Dt)
+
+
+def _layers(cache) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(layer.keys.float().numpy(), layer.values.float().numpy()) for layer in cache.layers]

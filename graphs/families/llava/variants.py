@@ -3,6 +3,11 @@
 Each `build` takes the loaded checkpoint (family.Loaded: the typed Checkpoint and its weights by canonical key) and
 returns one ONNX proto. cpu-int8 uses the project's one int8 scheme (graphs.emit.quantize.Int8Weights: uint8
 weights with zero point 128, MLAS's u8u8 path); cpu-int4 is MatMulNBits 4-bit blocks of 32 (BlockInt4Weights).
+A `-kv8` variant has its sibling's weights (same_weights_as) over an int8 KV cache whose static per-channel scales
+are calibrated at build on the checkpoint's reference (kv_calibration.py): a quarter of the cache bytes, and the
+parity gate bounds what the cache costs against the sibling (parity.py, kv_parity.py).
+
+Order is the fallback order (GraphEntry.variant_for): the int8-cache decoder first, so it serves on CPU when built.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import numpy as np
 
 from graphs.emit.quantize import BlockInt4Weights, Int8Weights
 from graphs.families.base import VariantSpec
+from graphs.families.llava.kv_calibration import cache_entry
 from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
 
 
@@ -21,10 +27,14 @@ def _vision(style: str, dtype=np.float32, quantize=None):
     return build
 
 
-def _decoder(quantize=None):
+def _decoder(quantize=None, kv_bits: int | None = None):
     def build(model):
         from graphs.families.llava.decoder_graph import build_decoder
-        return build_decoder(model.ck, model.weights, quantize() if quantize else None)
+        kv_cache = None
+        if kv_bits is not None:
+            from graphs.families.llava.kv_calibration import calibrate  # torch + transformers: build time only
+            kv_cache = calibrate(model, kv_bits)
+        return build_decoder(model.ck, model.weights, quantize() if quantize else None, kv_cache=kv_cache)
     return build
 
 
@@ -37,6 +47,10 @@ VARIANTS: dict[str, dict[str, VariantSpec]] = {
         "cpu-int8": VariantSpec("vision", "int8", (CPU_EP,), _vision("cpu", quantize=Int8Weights), True),
     },
     "decoder": {
+        "cpu-int8-kv8": VariantSpec("decoder", "int8", (CPU_EP,), _decoder(Int8Weights, 8), True,
+                                    kv_cache=cache_entry(8), same_weights_as="cpu-int8"),
+        "cpu-int4-kv8": VariantSpec("decoder", "int4", (CPU_EP,), _decoder(BlockInt4Weights, 8), True,
+                                    kv_cache=cache_entry(8), same_weights_as="cpu-int4"),
         "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), _decoder(), True),
         "cpu-int8": VariantSpec("decoder", "int8", (CPU_EP,), _decoder(Int8Weights), True),
         "cpu-int4": VariantSpec("decoder", "int4", (CPU_EP,), _decoder(BlockInt4Weights), True),

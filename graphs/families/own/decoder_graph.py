@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphs.emit import kv_quant
 from graphs.emit.onnx_ops import MS_DOMAIN, GraphBuilder, torch_linear, torch_ln
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -35,7 +36,7 @@ def skip_layer_norm(g: GraphBuilder, x: str, skip: str, ln, bias: np.ndarray | N
 
 def _io(g: GraphBuilder, cfg, kv_cache=None) -> list[tuple[str, str]]:
     """Declare graph inputs/outputs; returns (past_key, past_value) names per layer. A quantized cache (kv_cache,
-    graphs.families.own.kv_calibration.KvCacheQuant) is int8, or uint8 holding two 4-bit values (last dim hs/2)."""
+    graphs.emit.kv_quant.KvCacheQuant) is int8, or uint8 holding two 4-bit values (last dim hs/2)."""
     d = cfg.decoder
     cache_dtype = np.float32 if kv_cache is None else kv_cache.dtype
     last = d.head_dim if kv_cache is None else kv_cache.cache_last_dim(d.head_dim)
@@ -60,9 +61,7 @@ def _kv_quant(g: GraphBuilder, kv_cache, heads: int, layer: int, name: str) -> t
     sin_cache, position_ids, attention_bias, head_sink unused), and its cache attributes; nothing for fp32."""
     if kv_cache is None:
         return [], {}
-    k = g.weight(f"{name}/k_scale", kv_cache.k_scales[layer].reshape(1, heads, 1, -1))  # (1,nh,1,hs)
-    v = g.weight(f"{name}/v_scale", kv_cache.v_scales[layer].reshape(1, heads, 1, -1))
-    attrs = {"k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL", "kv_cache_bit_width": kv_cache.bits}
+    k, v, attrs = kv_quant.gqa_inputs(g, kv_cache, heads, layer, name)
     return ["", "", "", "", "", k, v], attrs
 
 
@@ -88,7 +87,7 @@ def _last_position(g: GraphBuilder, x: str, name: str) -> str:
 
 def build_decoder(model, quantize=None, kv_cache=None):
     """The decoder ModelProto (contrib ops, CPU EP); `quantize` (graphs.emit.quantize) makes its weights int8,
-    `kv_cache` (graphs.families.own.kv_calibration.KvCacheQuant) its KV cache int8 or 4-bit with static per-channel scales."""
+    `kv_cache` (graphs.emit.kv_quant.KvCacheQuant) its KV cache int8 or 4-bit with static per-channel scales."""
     dec, eps = model.decoder, model.cfg.layer_norm_eps
     g = GraphBuilder("decoder_cpu")
     g.quantize = quantize

@@ -1,10 +1,5 @@
-"""Static per-channel scales for a quantized KV cache, calibrated at build on image + prompt contexts.
-
-GroupQueryAttention's quantized cache (k_quant_type / v_quant_type = PER_CHANNEL, kv_cache_bit_width 8 or 4) stores
-q = clamp(round(x / scale)) per (head, channel) with *static* scales given as inputs k_scale / v_scale, shape
-(1, nh, 1, hs). Static scales are constants of the graph, so what one row writes into the cache never depends on the
-other rows of its batch (dynamic per-batch scales would couple them, as a per-tensor activation scale does in the
-int8 GEMMs).
+"""The own family's KV cache calibration: its contexts and its reference's K and V (graphs/emit/kv_quant.py turns
+them into static per-channel scales, and says why absmax).
 
 Calibration (the reference's own K and V, post-projection: positions are learned and added before the blocks, so
 there is no rotary to apply first):
@@ -12,51 +7,27 @@ there is no rotary to apply first):
     CALIBRATION_CONTEXTS seeded contexts, [image features ; prompt of 4..40 tokens ; greedy continuation] and, every
     other one, the same without an image (text-only requests: their first positions have other K/V ranges)
       -> Decoder.forward -> per layer present (B,nh,T,hs) keys and values
-      -> absmax over every position of every context, per (layer, head, channel)
-      -> scale = absmax / qmax   (qmax = 127 for 8 bits, 7 for 4 bits)
+      -> kv_quant.KvAbsmax: absmax over every position of every context, per (layer, head, channel)
+      -> kv_quant.from_absmax: scale = absmax / qmax
 
-Why absmax and not a percentile: a per-channel absmax already ignores other channels' outliers, and clipping a key
-channel moves every attention score that reads it, while rounding error is spread and averages out over positions.
-At 8 bits the step absmax/127 is fine enough that clipping buys nothing; at 4 bits it might, and the parity gate
-decides whether the variant ships. The seeds are not the parity gate's, so the gate measures held-out contexts;
-a serving context past a calibrated absmax saturates at +-qmax (the kernel clamps), which the gate's clip figure
-reports.
+The seeds are not the parity gate's, so the gate measures held-out contexts.
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
 
 import numpy as np
 
+from graphs.emit import kv_quant
+from graphs.emit.kv_quant import (CALIBRATION_CONTEXTS, CALIBRATION_SEED, CONTINUATION_TOKENS, QMAX,  # noqa: F401
+                                  KvCacheQuant)
 from graphs.manifest import KvCacheEntry
 
-CALIBRATION_SEED = 4321  # not graphs.verify.PARITY_SEED: the gate checks contexts the scales never saw
-CALIBRATION_CONTEXTS = 16
-CONTINUATION_TOKENS = 16
-QMAX = {8: 127, 4: 7}
-CACHE_DTYPE = {8: np.int8, 4: np.uint8}  # 4-bit: two values per uint8, so the cache's last dim is hs / 2
+SOURCE = "the reference's K and V"
 
 
-@dataclass(frozen=True)
-class KvCacheQuant:
-    """How a decoder variant stores its KV cache: bits, and per layer (nh, hs) key and value scales."""
-
-    bits: int
-    k_scales: list[np.ndarray]  # per layer (nh,hs) float32
-    v_scales: list[np.ndarray]
-    method: str
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(CACHE_DTYPE[self.bits])
-
-    def cache_last_dim(self, head_dim: int) -> int:
-        return head_dim * self.bits // 8
-
-
-_ABSMAX: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (k, v) absmax: calibrate once a build
+_ABSMAX: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> kv_quant.KvAbsmax: calibrate once a build
 
 
 def _contexts(model) -> list:
@@ -84,40 +55,29 @@ def kv_absmax(model) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     if model in _ABSMAX:
-        return _ABSMAX[model]
+        return _ABSMAX[model].k, _ABSMAX[model].v
     d = model.cfg.decoder
-    k_max = np.zeros((d.layers, d.heads, d.head_dim), np.float32)
-    v_max = np.zeros_like(k_max)
+    acc = kv_quant.KvAbsmax(d.layers, d.heads, d.head_dim)
     with torch.no_grad():
         for x in _contexts(model):
             _, present = model.decoder(x, torch.arange(x.shape[1])[None])
             for i, (k, v) in enumerate(present):  # (1,nh,T,hs)
-                k_max[i] = np.maximum(k_max[i], k.abs().amax(dim=(0, 2)).numpy())
-                v_max[i] = np.maximum(v_max[i], v.abs().amax(dim=(0, 2)).numpy())
-    _ABSMAX[model] = (k_max, v_max)
-    return k_max, v_max
+                acc.update(i, k.numpy(), v.numpy())
+    _ABSMAX[model] = acc
+    return acc.k, acc.v
 
 
 def calibrate(model, bits: int) -> KvCacheQuant:
     """The KV cache scheme of `bits` with scales calibrated on `model`'s own K and V."""
-    k_max, v_max = kv_absmax(model)
-    qmax = QMAX[bits]
-
-    def scales(amax: np.ndarray) -> list[np.ndarray]:
-        s = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)  # an all-zero channel: any scale is exact
-        return list(s)
-
-    return KvCacheQuant(bits=bits, k_scales=scales(k_max), v_scales=scales(v_max), method=method(bits))
+    kv_absmax(model)
+    return kv_quant.from_absmax(_ABSMAX[model], bits, method(bits))
 
 
 def method(bits: int) -> str:
     """How the scales of a `bits` cache are calibrated, in words (recorded in the manifest)."""
-    return (f"static per-channel scales: absmax / {QMAX[bits]} of the reference's K and V per (layer, head, channel) "
-            f"over {CALIBRATION_CONTEXTS} calibration contexts (half image + prompt, half prompt only, each + "
-            f"{CONTINUATION_TOKENS} greedy tokens, seed {CALIBRATION_SEED})")
+    return kv_quant.method(bits, SOURCE)
 
 
 def cache_entry(bits: int) -> KvCacheEntry:
     """What the manifest records of a `bits` cache: the runner allocates its dtype and last dim."""
-    return KvCacheEntry(dtype=np.dtype(CACHE_DTYPE[bits]).name, bits=bits, quantization="PER_CHANNEL",
-                        calibration=method(bits))
+    return kv_quant.cache_entry(bits, method(bits))

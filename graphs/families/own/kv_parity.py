@@ -20,23 +20,20 @@ import torch
 
 from graphs import verify
 from graphs.manifest import DecoderSpec, KvCacheEntry
-from graphs.families.own.kv_calibration import QMAX, calibrate
+from graphs.emit.kv_quant import ClipCounter
+from graphs.families.own.kv_calibration import calibrate
 
 
 def _clipped_fraction(model, bits: int) -> float:
-    q = calibrate(model, bits)
+    clip = ClipCounter(calibrate(model, bits))
     seqs, feats = verify._forced_contexts(model)
-    over = total = 0
     with torch.no_grad():
         for r, seq in enumerate(seqs):
             x = model.embed_prompt(feats if r == 0 else None, torch.tensor([seq]))
             _, present = model.decoder(x, torch.arange(x.shape[1])[None])
             for i, (k, v) in enumerate(present):  # (1,nh,T,hs)
-                for t, s in ((k, q.k_scales[i]), (v, q.v_scales[i])):
-                    limit = torch.from_numpy(s * QMAX[bits])[None, :, None, :]  # (1,nh,1,hs)
-                    over += int((t.abs() > limit).sum())
-                    total += t.numel()
-    return over / total
+                clip.update(i, k.numpy(), v.numpy())
+    return clip.fraction
 
 
 def kv_cache_figures(model, decoder: DecoderSpec, cache: KvCacheEntry, mine: bytes, sibling: bytes) -> dict:
