@@ -92,8 +92,10 @@ def save_checkpoint(model, tok, out: Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(PROCESSOR, indent=2) + "\n")
 
 
-def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, log_every: int = 50) -> float:
-    """-> training seconds."""
+def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, init: Path | None = None,
+          first_step: int = 0, log_every: int = 50) -> float:
+    """-> training seconds. `init` continues from an earlier checkpoint; `first_step` then moves the data on, so a
+    second stage sees no image of the first."""
     import torch
     from transformers import LlavaForConditionalGeneration
 
@@ -101,14 +103,15 @@ def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, log_e
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     tok = build_tokenizer()
-    model = LlavaForConditionalGeneration(llava_config()).train()
+    model = (LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32) if init
+             else LlavaForConditionalGeneration(llava_config())).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
     start = time.perf_counter()
     for step in range(steps):
-        seeds = training_seeds(step, batch_size)
+        seeds = training_seeds(first_step + step, batch_size)
         examples = [render_seed(s) for s in seeds]
         pixels, ids, labels = make_batch(tok, [e[0] for e in examples], [e[1] for e in examples],
                                          [PROMPTS[s % len(PROMPTS)] for s in seeds])
@@ -137,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    p.add_argument("--init", type=Path, help="continue from this checkpoint (a second stage) instead of the seeded init")
+    p.add_argument("--first-step", type=int, default=0, help="data position: a second stage continues the first's")
     a = p.parse_args(argv)
-    train(a.out, a.steps, a.batch_size, a.lr, a.threads)
+    train(a.out, a.steps, a.batch_size, a.lr, a.threads, a.init, a.first_step)
 
 
 if __name__ == "__main__":
