@@ -231,23 +231,34 @@ def _is_complete(directory: Path) -> bool:
     return all((directory / f).is_file() for f in manifest.files())
 
 
+def checkpoint_sha256(directory: Path) -> str:
+    """Content hash of a checkpoint directory: every file's name and bytes, in name order (subfolders included)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(directory)).encode() + b"\0" + _sha256(path).encode())
+    return h.hexdigest()
+
+
 def ensure_artifacts(preset: str, cache_dir: str | Path, weights: str | Path | None = None,
                      tokenizer: str | Path | None = None, progress: Progress | None = None) -> Path:
-    """A complete artifact dir for (preset, weights, tokenizer, build code): cached, or built now under a lock."""
+    """A complete artifact dir for (source, weights, tokenizer, build code): cached, or built now under a lock.
+    `preset` is a preset name or a checkpoint directory; a checkpoint (a directory, or a shipped one like `demo`)
+    is keyed by its files' content, so an edited or retrained checkpoint builds anew, whatever its path."""
     from filelock import FileLock
 
     _, source = _resolve(preset, weights, tokenizer)
     weights, tokenizer = source.weights, source.tokenizer
     if tokenizer is not None and not tokenizer.is_file():
         raise BuildError(f"{tokenizer}: tokenizer file not found")
-    key = {"preset": preset, "code": build_code_version(),
+    key = {"preset": source.name, "code": build_code_version(),
            "weights": None if weights is None else _sha256(weights),
-           "tokenizer": None if tokenizer is None else _sha256(tokenizer)}
+           "tokenizer": None if tokenizer is None else _sha256(tokenizer),
+           "checkpoint": None if source.directory is None else checkpoint_sha256(source.directory)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{preset}-{digest}"
-    with FileLock(str(cache / f"{preset}-{digest}.lock")):
+    target = cache / f"{source.name}-{digest}"  # a checkpoint directory's folder name, not its path
+    with FileLock(str(cache / f"{source.name}-{digest}.lock")):
         if not _is_complete(target):
             build_artifacts(preset, target, source.weights, source.tokenizer, progress)
     return target

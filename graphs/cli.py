@@ -1,5 +1,6 @@
 """`mmserve build (--preset P | --hf DIR) --out DIR [--weights F] [--tokenizer F] [--variants V ...]`: the one build
-command. `--preset` builds the project's own model family; `--hf` a local HuggingFace LLaVA checkpoint directory.
+command. `--preset` builds a named source (the own family's presets; `demo`, the shipped LLaVA checkpoint); `--hf` a
+local HuggingFace LLaVA checkpoint directory.
 `mmserve push DIR URI [--force]`: upload a built artifact to s3://, gs:// or a shared path, manifest last.
 
 Progress goes to stderr, one line per step; any failure is one line `mmserve build: error: ...` naming the file,
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from graphs.families.own.config import PRESETS
+from graphs.families import source_names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,13 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build an artifact directory (ONNX graph variants, tokenizer, manifest)")
     source = b.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help=f"model dimensions: one of {', '.join(sorted(PRESETS))}")
+    source.add_argument("--preset", help=f"a named source: one of {', '.join(sorted(source_names()))} (demo: the "
+                                         f"shipped LLaVA captioner, as --hf graphs/assets/demo-llava builds it)")
     source.add_argument("--hf", metavar="DIR", help="a LLaVA checkpoint directory as save_pretrained writes it")
     b.add_argument("--variants", nargs="+", default=None,
                    help="graph/variant names to build (default: all), e.g. decoder/cpu-int4")
     b.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
-    b.add_argument("--weights", default=None, help="safetensors file; default: seeded random weights "
-                                                   "(the demo preset uses its shipped trained weights)")
+    b.add_argument("--weights", default=None, help="own-family presets: a safetensors file; default: seeded random "
+                                                   "weights")
     b.add_argument("--tokenizer", default=None, help="tokenizer.json; default: built for the preset's vocabulary")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
     u = sub.add_parser("push", help="upload a built artifact directory to s3://bucket/prefix, gs://bucket/prefix "

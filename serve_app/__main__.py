@@ -48,7 +48,8 @@ Liveness {base}/health, readiness {base}/ready. Ctrl-C stops the service.
 def served_model(config: dict) -> tuple[str, int]:
     app = config["applications"][0]
     model = (app.get("args") or {}).get("model") or {}
-    name = model.get("served_name") or f"mmserve-{model.get('preset', 'demo')}"
+    default = Path(model["checkpoint"]).name if model.get("checkpoint") else model.get("preset", "demo")
+    name = model.get("served_name") or f"mmserve-{default}"
     return name, int((config.get("http_options") or {}).get("port", 8000))
 
 

@@ -6,6 +6,9 @@ replica at its own start (Ingress, Preprocess, VisionEncoder, Decoder), on its o
                    every file checked; replicas on one node download once under its file lock), counted in
                    `mmserve_artifact_fetches_total{outcome="downloaded"|"cached"}`
     artifacts_dir  a built directory on this node's disk: checked, never built
+    checkpoint     a LLaVA checkpoint directory as save_pretrained writes it (the same path on every node): built
+                   into this node's cache_dir when missing, keyed by the checkpoint files' content hash, under the
+                   same file lock as a preset (graphs.build.ensure_artifacts)
     preset         built into this node's cache_dir when missing (graphs.build.ensure_artifacts under the cache's
                    file lock: replicas starting at once on one node build it once; torch is imported only then)
 
@@ -44,6 +47,11 @@ class ModelSource(BaseModel):
                                                   "written by `mmserve push`; fetched into cache_dir/fetched on each "
                                                   "node, every file checked against the manifest; overrides preset "
                                                   "and artifacts_dir")
+    checkpoint: str | None = Field(default=None,
+                                   description="a local HF LLaVA checkpoint directory (save_pretrained files, "
+                                               "tokenizer, chat template, preprocessor_config.json); built into "
+                                               "cache_dir on first start, keyed by its files' content; overrides "
+                                               "preset")
     cache_dir: str = Field(default=DEFAULT_CACHE_DIR, description="where artifacts for a preset are built and kept "
                                                                   "(on each node)")
     served_name: str | None = Field(default=None,
@@ -56,6 +64,16 @@ class ModelSource(BaseModel):
         known = source_names()
         if v not in known:
             raise ValueError(f"unknown preset {v!r}; choose one of: {', '.join(sorted(known))}")
+        return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _llava_checkpoint(cls, v: str | None) -> str | None:
+        """Refused here, naming the file and field, when the directory is not a LLaVA checkpoint the build can use."""
+        if v is not None:
+            from graphs.families.llava.checkpoint import read_checkpoint  # no torch: config.json and tokenizer only
+
+            read_checkpoint(Path(v).expanduser())  # CheckpointError is a ValueError: pydantic names the field
         return v
 
     @field_validator("artifacts_uri")
@@ -76,7 +94,8 @@ class ModelSource(BaseModel):
 
     def name(self, built_preset: str | None = None) -> str:
         """The model id clients send; by default named after the preset the artifacts were built from."""
-        return self.served_name or f"mmserve-{built_preset or self.preset}"
+        default = Path(self.checkpoint).name if self.checkpoint else self.preset
+        return self.served_name or f"mmserve-{built_preset or default}"
 
 
 class ArtifactsError(ValueError):
@@ -97,7 +116,7 @@ def _print_progress(preset: str):
 
 def resolve_model(source: ModelSource) -> Path:
     """The artifact directory for `source` on this node: fetched from artifacts_uri, the given one (must have a
-    manifest), or the preset's, built into cache_dir if missing (progress lines on stdout)."""
+    manifest), or the checkpoint's or preset's, built into cache_dir if missing (progress lines on stdout)."""
     if source.artifacts_uri:
         from serve_app.observability.fetch_metrics import count_fetch
         from serve_app.store import StoreError, fetch_artifacts  # boto3 only when a store is used
@@ -113,4 +132,5 @@ def resolve_model(source: ModelSource) -> Path:
         return path
     from graphs.build import ensure_artifacts  # the build pipeline and torch: only when a build may be needed
 
-    return Path(ensure_artifacts(source.preset, source.cache_path(), progress=_print_progress(source.preset)))
+    what = str(Path(source.checkpoint).expanduser()) if source.checkpoint else source.preset
+    return Path(ensure_artifacts(what, source.cache_path(), progress=_print_progress(Path(what).name)))

@@ -1,79 +1,114 @@
-"""Splits, prompts, tokenizer and training batches for the demo captioner.
+"""Tokenizer, chat template, prompts and training batches of the demo captioner (an HF LLaVA checkpoint).
 
-Splits are disjoint seed ranges: training draws seeds below HELDOUT_START, evaluation uses the held-out range.
-A training example is laid out exactly as serving lays out a request:
+A training example is laid out exactly as serving lays out a request (serve_app/api/prompt.py: the chat template
+rendered with jinja2 as transformers renders it, split at `<image>`, each text piece tokenized without specials,
+the placeholder expanded to the tower's features), with the caption and `<|im_end|>` after it:
 
-    [image features (P) ; <|user|> prompt <|end|> <|assistant|> ; caption ; <|end|>]   positions 0..S-1
-    loss on:              --------------------- none -------------------  ^^^^^^^^^^^^^^^^^^^^^^^
+    <|im_start|> user \\n <image> x64 \\n Describe the image. <|im_end|> \\n <|im_start|> assistant \\n  caption <|im_end|>
+    loss on:   ---------------------------- none --------------------------------------------------  ^^^^^^^^^^^^^^^^^^^
 
-so the served prompt "Describe the image." (or any phrasing in PROMPTS) is a prompt the model was trained on.
+The model sees images the way the served model does: a square image resized to IMAGE_SIZE with Pillow's bicubic
+filter, which for a square input is exactly the preprocess stage's shortest-edge resize + center crop.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from tokenizers import Tokenizer
+from PIL import Image
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from graphs.demo.render import render_seed
 from graphs.demo.scenes import all_captions
-from graphs.families.own.tokenizer import EOS, build_tokenizer, encode_chat, token_id
 
-TRAIN_SEEDS = range(0, 1_000_000_000)
-HELDOUT_START = 1_000_000_000  # held-out seeds: HELDOUT_START, HELDOUT_START + 1, ...
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+IMAGE_FEATURES = (IMAGE_SIZE // PATCH_SIZE) ** 2  # CLS dropped (vision_feature_select_strategy "default")
+VOCAB_SIZE = 512  # 256 byte symbols + specials + enough merges that every caption word is one token
+IMAGE_TOKEN = "<image>"
+PAD, BOS, EOS = "<|pad|>", "<|im_start|>", "<|im_end|>"
+SPECIALS = [PAD, BOS, EOS]
+# ChatML, the shape real LLaVA-OneVision/Qwen2 checkpoints ship; `<image>` on its own line before the text.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 PROMPTS = (
     "Describe the image.",
     "What is in this picture?",
     "Caption this image.",
     "What do you see?",
 )
-IGNORE = -100  # label value cross_entropy skips
+TRAIN_SEEDS_END = 1_000_000_000  # training seeds are below; the in-distribution held-out set starts here
+IGNORE = -100  # label value transformers' loss skips
 
 
 def heldout_seeds(n: int) -> list[int]:
-    return list(range(HELDOUT_START, HELDOUT_START + n))
+    return list(range(TRAIN_SEEDS_END, TRAIN_SEEDS_END + n))
 
 
-def demo_tokenizer(vocab_size: int) -> Tokenizer:
-    """BPE merges learned from the grammar and the prompts, so each caption word is one token or a few."""
-    return build_tokenizer(vocab_size, corpus=all_captions() + list(PROMPTS))
+def build_tokenizer() -> Tokenizer:
+    """Byte-level BPE (any text encodes) whose merges come from the grammar and prompts, padded with reserved
+    tokens to VOCAB_SIZE, `<image>` the last id. Deterministic."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE - 1, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(all_captions() + list(PROMPTS) * 20 + ["user", "assistant"] * 20, trainer=trainer)
+    filler = [f"<|reserved_{i}|>" for i in range(VOCAB_SIZE - 1 - tok.get_vocab_size())]
+    tok.add_special_tokens(filler + [IMAGE_TOKEN])
+    assert tok.get_vocab_size() == VOCAB_SIZE and tok.token_to_id(IMAGE_TOKEN) == VOCAB_SIZE - 1
+    return tok
+
+
+def render_chat(prompt: str) -> str:
+    """The chat template applied to one user turn (image, then text), as serving renders it."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    return env.from_string(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
+
+
+def prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
+    """Token ids of the rendered prompt, `<image>` expanded to IMAGE_FEATURES placeholder ids."""
+    before, after = render_chat(prompt).split(IMAGE_TOKEN)
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    return enc(before) + [tok.token_to_id(IMAGE_TOKEN)] * IMAGE_FEATURES + enc(after)
 
 
 def caption_ids(tok: Tokenizer, caption: str) -> list[int]:
-    """Target ids: the caption then <|end|>, which is where greedy decoding must stop."""
-    return tok.encode(caption, add_special_tokens=False).ids + [token_id(tok, EOS)]
+    """Target ids: the caption then <|im_end|>, where greedy decoding must stop."""
+    return tok.encode(caption, add_special_tokens=False).ids + [tok.token_to_id(EOS)]
 
 
 def decode_caption(tok: Tokenizer, ids: list[int]) -> str:
-    """Generated ids -> caption text, cut at the first <|end|>."""
-    end = token_id(tok, EOS)
+    end = tok.token_to_id(EOS)
     if end in ids:
         ids = ids[: ids.index(end)]
     return tok.decode(ids, skip_special_tokens=True).strip()
 
 
-class Batch:
-    """One padded training batch. Rows differ in length only after the image, and padding is at the right end
-    where causal attention keeps it from touching any real token."""
-
-    def __init__(self, pixels: np.ndarray, prompt_ids: list[list[int]], target_ids: list[list[int]], pad_id: int):
-        text = [p + t for p, t in zip(prompt_ids, target_ids)]
-        width = max(len(t) for t in text)
-        self.pixels = torch.from_numpy(pixels)  # (B,3,H,W) uint8
-        self.text_ids = torch.full((len(text), width), pad_id, dtype=torch.long)  # (B,T)
-        # labels[i, j] is the token that follows text position j (the last prompt token predicts the first word)
-        self.labels = torch.full((len(text), width), IGNORE, dtype=torch.long)  # (B,T)
-        for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
-            self.text_ids[i, : len(p) + len(t)] = torch.tensor(p + t)
-            self.labels[i, len(p) - 1 : len(p) + len(t) - 1] = torch.tensor(t)
+def model_pixels(rgb: np.ndarray) -> np.ndarray:
+    """(H,W,3) uint8 square image -> (3,IMAGE_SIZE,IMAGE_SIZE) uint8, as the preprocess stage resizes it."""
+    img = Image.fromarray(rgb)
+    if img.size != (IMAGE_SIZE, IMAGE_SIZE):
+        img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def make_batch(tok: Tokenizer, seeds: list[int], image_size: int, prompt_of: callable) -> Batch:
-    """Render `seeds` and lay them out as served requests; prompt_of(seed) picks each row's phrasing."""
-    images, prompts, targets = [], [], []
-    for seed in seeds:
-        pixels, caption = render_seed(seed, image_size)
-        images.append(pixels)
-        prompts.append(encode_chat(tok, [("user", prompt_of(seed))]))
-        targets.append(caption_ids(tok, caption))
-    return Batch(np.stack(images), prompts, targets, token_id(tok, "<|pad|>"))
+def make_batch(tok: Tokenizer, images: list[np.ndarray], captions: list[str], prompts: list[str]):
+    """-> (pixels (B,3,S,S) uint8, input_ids (B,T), labels (B,T)) as torch tensors; rows right-padded, where causal
+    attention keeps padding from touching any real token. labels[i, j] is the token at j (transformers shifts)."""
+    import torch
+
+    rows = [(prompt_ids(tok, p), caption_ids(tok, c)) for p, c in zip(prompts, captions)]
+    width = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), width), tok.token_to_id(PAD), dtype=torch.long)  # (B,T)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)  # (B,T)
+    for i, (p, c) in enumerate(rows):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[i, len(p): len(p) + len(c)] = torch.tensor(c)
+    pixels = torch.from_numpy(np.stack([model_pixels(im) for im in images]))
+    return pixels, ids, labels

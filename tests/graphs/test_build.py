@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -186,21 +187,27 @@ def test_rebuilding_replaces_an_existing_artifact_dir(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_demo_preset_uses_shipped_weights_and_tokenizer_by_default(tmp_path, monkeypatch):
-    from graphs.families.own.tokenizer import build_tokenizer
+def test_demo_preset_builds_the_shipped_llava_checkpoint(demo_artifacts):
+    """`--preset demo` is `--hf graphs/assets/demo-llava` under the name demo: the LLaVA family, its files."""
+    from graphs.families.llava import SHIPPED
 
-    demo = PRESETS["demo"]
-    assets = tmp_path / "assets"
-    assets.mkdir()
-    trained = MultimodalModel.seeded(type(demo)(**{**demo.__dict__, "seed": 11}))
-    save_weights(trained, assets / "model.safetensors")
-    build_tokenizer(demo.decoder.vocab_size, corpus=["a red circle on the left"]).save(str(assets / "tokenizer.json"))
-    monkeypatch.setattr("graphs.families.own.family.DEMO_ASSETS", assets)
-    manifest = build_artifacts("demo", tmp_path / "out")
-    assert manifest.weights_sha256 == hashlib.sha256((assets / "model.safetensors").read_bytes()).hexdigest()
-    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (assets / "tokenizer.json").read_bytes()
-    emb = np.load(tmp_path / "out" / "token_embeddings.npy")
-    assert np.array_equal(emb, trained.decoder.wte.weight.detach().numpy())
+    manifest = Manifest.read(demo_artifacts)
+    assert manifest.family == "llava" and manifest.preset == "demo"
+    assert manifest.source["directory"] == str(SHIPPED["demo"])
+    assert (demo_artifacts / "tokenizer.json").read_bytes() == (SHIPPED["demo"] / "tokenizer.json").read_bytes()
+    assert "demo" not in PRESETS  # the own family no longer claims it
+
+
+def test_checkpoint_cache_key_is_its_content(tmp_path):
+    from graphs.build import checkpoint_sha256
+    from graphs.families.llava import SHIPPED
+
+    a, b = tmp_path / "a" / "demo-llava", tmp_path / "b" / "demo-llava"
+    shutil.copytree(SHIPPED["demo"], a)
+    shutil.copytree(SHIPPED["demo"], b)
+    assert checkpoint_sha256(a) == checkpoint_sha256(b) == checkpoint_sha256(SHIPPED["demo"])
+    (b / "chat_template.jinja").write_text((b / "chat_template.jinja").read_text() + " ")
+    assert checkpoint_sha256(a) != checkpoint_sha256(b)
 
 
 def test_refuses_to_replace_what_is_not_an_artifact_dir(tmp_path, capsys):

@@ -52,6 +52,20 @@ def test_api_keys_from_config_and_env(monkeypatch):
     assert IngressOptions().keys() == frozenset()
 
 
+def test_a_checkpoint_that_is_not_llava_is_refused_naming_the_field(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    for bad in (tmp_path, tmp_path / "missing"):
+        with pytest.raises(ConfigError, match=r"model\.checkpoint: .*(model_type|not a checkpoint directory)"):
+            parse_args({"model": {"checkpoint": str(bad)}})
+
+
+def test_a_llava_checkpoint_is_served_under_its_folder_name():
+    from graphs.families.llava import SHIPPED
+
+    model = parse_args({"model": {"checkpoint": str(SHIPPED["demo"])}}).model
+    assert model.checkpoint == str(SHIPPED["demo"]) and model.name() == "mmserve-demo-llava"
+
+
 def test_artifacts_dir_without_manifest_is_named(tmp_path):
     with pytest.raises(ArtifactsError, match="model.artifacts_dir"):
         resolve_model(ModelSource(artifacts_dir=str(tmp_path)))

@@ -1,9 +1,12 @@
 """LLaVA checkpoints (CLIP/SigLIP + Llama/Qwen2/Mistral) built from a save_pretrained directory
-(graphs/families/llava/family.py). No preset names: its sources are checkpoint directories (`accepts`)."""
+(graphs/families/llava/family.py). Its sources are checkpoint directories (`accepts`) and the named checkpoints the
+package ships (`SOURCES`): `demo`, the trained captioner in graphs/assets/demo-llava (graphs/demo trains it), so
+`mmserve build --preset demo` runs exactly what `mmserve build --hf graphs/assets/demo-llava` runs."""
 
 from pathlib import Path
 
-SOURCES: tuple[str, ...] = ()
+SHIPPED: dict[str, Path] = {"demo": Path(__file__).resolve().parents[2] / "assets" / "demo-llava"}
+SOURCES: tuple[str, ...] = tuple(SHIPPED)
 
 
 def accepts(path: Path) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from graphs.families.base import Progress, Source, SourceError, Specs
+from graphs.families.llava import SHIPPED
 from graphs.families.llava.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from graphs.families.llava.driver import decoder_spec
 from graphs.families.llava.variants import VARIANTS
@@ -59,16 +60,17 @@ class LlavaFamily:
     variants = VARIANTS
 
     def resolve(self, name: str, weights: Path | None, tokenizer: Path | None) -> Source:
-        """`name` is the checkpoint directory; it is read and validated here, before the build writes anything."""
+        """`name` is a checkpoint directory or a shipped checkpoint's name (SHIPPED: its directory, the source
+        keeping the name, so the manifest says `demo`); read and validated here, before the build writes anything."""
         if weights is not None or tokenizer is not None:
             raise SourceError("--weights/--tokenizer: not used with a checkpoint directory (it has its own)")
-        directory = Path(name).absolute()
+        directory = (SHIPPED[name] if name in SHIPPED else Path(name)).absolute()
         ck = read_checkpoint(directory)
         preprocessing(ck)
         if ck.chat_template is None:
             raise SourceError(f"{directory / 'tokenizer_config.json'}: chat_template: missing (nor "
                               f"chat_template.jinja)")
-        return Source(directory.name, directory=directory)
+        return Source(name if name in SHIPPED else directory.name, directory=directory)
 
     def load(self, source: Source) -> Loaded:
         from graphs.families.llava.weights import load_weights

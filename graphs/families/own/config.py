@@ -86,14 +86,6 @@ PRESETS: dict[str, ModelConfig] = {
         vision=VisionConfig(image_size=32, patch_size=8, width=64, heads=2, layers=2),
         decoder=DecoderConfig(width=64, heads=2, layers=2, vocab_size=512, max_positions=128),
     ),
-    # The trained captioner shipped as the default model, sized so training finishes in ~15 min on 2 cores:
-    # 48 px is the smallest canvas where a small triangle and a small square still differ by several pixels, and
-    # 36 patches keep the sequence (image + prompt + caption) under 64 positions.
-    "demo": ModelConfig(
-        name="demo",
-        vision=VisionConfig(image_size=48, patch_size=8, width=128, heads=4, layers=3),
-        decoder=DecoderConfig(width=128, heads=4, layers=3, vocab_size=512, max_positions=128),
-    ),
 }
 
 

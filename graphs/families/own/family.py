@@ -1,8 +1,8 @@
 """The project's own family: a ViT encoder whose patch features, projected to the decoder width, come before a
 GPT-2-style decoder's prompt (learned positions, LayerNorm, GELU, one EOS, its own role tokens).
 
-Source: a preset (graphs/families/own/config.py), seeded weights or a safetensors file; the demo preset ships its
-trained weights and tokenizer (graphs/assets/demo). Prompt: every image first, then `<|role|> text <|end|>` per
+Source: a preset (graphs/families/own/config.py), seeded weights or a safetensors file (the default model, `demo`,
+is a LLaVA checkpoint: graphs/families/llava). Prompt: every image first, then `<|role|> text <|end|>` per
 message and `<|assistant|>` (graphs/families/own/tokenizer.py).
 """
 
@@ -19,7 +19,6 @@ from graphs.families.own.tokenizer import EOS, ROLE_TOKENS, build_tokenizer, loa
 from graphs.families.own.variants import VARIANTS
 from graphs.manifest import DecoderSpec, Positions, Preprocessing, PromptSpec, TensorSpec, VisionSpec
 
-DEMO_ASSETS = Path(__file__).resolve().parents[2] / "assets" / "demo"
 IMAGE_TOKEN = "<image>"  # text the template writes per image; split out before tokenizing, never a vocabulary entry
 
 # Rendered with jinja2 the way transformers renders chat templates (trim_blocks, lstrip_blocks). It reproduces
@@ -44,11 +43,6 @@ class OwnFamily:
         return get_preset(source.name)
 
     def resolve(self, name: str, weights: Path | None, tokenizer: Path | None) -> Source:
-        """The demo preset uses its shipped trained weights and tokenizer unless others are given."""
-        if name == "demo" and weights is None and (DEMO_ASSETS / "model.safetensors").is_file():
-            weights = DEMO_ASSETS / "model.safetensors"
-            if tokenizer is None and (DEMO_ASSETS / "tokenizer.json").is_file():
-                tokenizer = DEMO_ASSETS / "tokenizer.json"
         return Source(name, None if weights is None else Path(weights),
                       None if tokenizer is None else Path(tokenizer))
 

@@ -17,7 +17,7 @@ SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>
 EOS = "<|end|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 
-# A few lines of plain English so merges form real words; the captioner's grammar (graphs/demo) brings its own.
+# A few lines of plain English so merges form real words.
 _BASE_CORPUS = [
     "a small model that sees an image and describes it in a few words",
     "the quick brown fox jumps over the lazy dog",

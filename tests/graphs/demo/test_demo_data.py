@@ -1,52 +1,114 @@
-"""The labelled-image generator: seeded, captions from the grammar, disjoint splits."""
+"""The demo captioner's data: two seeded renderers sharing only the scene grammar, disjoint seed ranges, a tokenizer
+and prompt layout identical to what serving builds, pixels resized as the preprocess stage resizes them."""
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from graphs.families.own.config import get_preset
-from graphs.demo.dataset import HELDOUT_START, PROMPTS, caption_ids, decode_caption, demo_tokenizer, heldout_seeds
+from graphs.demo.dataset import (IMAGE_SIZE, PROMPTS, TRAIN_SEEDS_END, VOCAB_SIZE, build_tokenizer, caption_ids,
+                                 decode_caption, heldout_seeds, model_pixels, prompt_ids)
+from graphs.demo.evaluate import names_every_shape, shapes_named
+from graphs.demo.heldout_render import EVAL_SEED_START, eval_seeds, render_eval_seed
 from graphs.demo.render import render_seed
 from graphs.demo.scenes import all_captions
-from graphs.demo.train import DEFAULT_BATCH, DEFAULT_STEPS, training_seeds
+from graphs.demo.train import ASSETS, DEFAULT_BATCH, DEFAULT_STEPS, training_seeds
 
-SIZE = get_preset("demo").vision.image_size
+RENDERERS = {"training": render_seed, "second": render_eval_seed}
 
 
-def test_a_seed_is_an_image():
-    a, cap_a = render_seed(7, SIZE)
-    b, cap_b = render_seed(7, SIZE)
-    assert a.shape == (3, SIZE, SIZE) and a.dtype == np.uint8
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_a_seed_is_an_image(renderer):
+    draw = RENDERERS[renderer]
+    a, cap_a = draw(7)
+    b, cap_b = draw(7)
+    assert a.ndim == 3 and a.shape[2] == 3 and a.shape[0] == a.shape[1] and a.dtype == np.uint8
     assert np.array_equal(a, b) and cap_a == cap_b
-    assert not np.array_equal(a, render_seed(8, SIZE)[0])
+    assert not np.array_equal(model_pixels(a), model_pixels(draw(8)[0]))
 
 
-def test_captions_come_from_the_grammar_and_cover_every_layout():
-    grammar = set(all_captions())
-    caps = [render_seed(s, SIZE)[1] for s in range(300)]
-    assert set(caps) <= grammar
-    assert any(" and " in c for c in caps)  # pairs
-    assert any(c.startswith(("two ", "three ")) for c in caps)  # counts
-    assert any(c.startswith(("a small", "a large")) for c in caps)  # singles
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_captions_come_from_the_grammar_and_cover_every_layout(renderer):
+    caps = [RENDERERS[renderer](s)[1] for s in range(200)]
+    assert set(caps) <= set(all_captions())
+    assert any(" and " in c for c in caps) and any(c.startswith(("two ", "three ")) for c in caps)
+    assert any(c.startswith(("a small", "a large")) for c in caps)
 
 
-def test_shapes_are_drawn_in_their_colour():
-    pixels, caption = next((p, c) for p, c in (render_seed(s, SIZE) for s in range(100)) if c.startswith("a large red"))
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_shapes_are_drawn_in_their_colour(renderer):
+    pixels = next(model_pixels(p) for p, c in (RENDERERS[renderer](s) for s in range(300))
+                  if c.startswith("a large red"))
     r, g, b = (pixels[i].astype(int) for i in range(3))
-    assert ((r > 170) & (g < 90) & (b < 90)).sum() > 0.05 * SIZE * SIZE  # a large red shape covers >5% of the canvas
+    assert ((r > 160) & (g < 90) & (b < 100)).sum() > 0.05 * IMAGE_SIZE ** 2  # a large red shape: > 5% of the image
 
 
-def test_training_and_heldout_seeds_are_disjoint():
-    last_step = training_seeds(DEFAULT_STEPS - 1, DEFAULT_BATCH)
-    assert max(last_step) < HELDOUT_START == min(heldout_seeds(200))
+def test_the_second_renderer_shares_no_drawing_code():
+    """Independence is structural: the evaluation renderer imports neither Pillow nor the training renderer."""
+    code = "import sys, graphs.demo.heldout_render; print(' '.join(sys.modules))"
+    mods = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split())
+    assert "PIL" not in mods and "graphs.demo.render" not in mods
+
+
+def test_seed_ranges_are_disjoint():
+    assert max(training_seeds(DEFAULT_STEPS - 1, DEFAULT_BATCH)) < TRAIN_SEEDS_END == min(heldout_seeds(200))
+    assert max(heldout_seeds(10_000)) < EVAL_SEED_START == min(eval_seeds(200))
     with pytest.raises(ValueError, match="held-out"):
-        training_seeds(HELDOUT_START // DEFAULT_BATCH, DEFAULT_BATCH)
+        training_seeds(TRAIN_SEEDS_END // DEFAULT_BATCH, DEFAULT_BATCH)
 
 
-def test_every_caption_tokenizes_round_trip_and_short():
-    tok = demo_tokenizer(get_preset("demo").decoder.vocab_size)
-    assert tok.get_vocab_size() == get_preset("demo").decoder.vocab_size
+def test_every_caption_tokenizes_round_trip_in_whole_words():
+    tok = build_tokenizer()
+    assert tok.get_vocab_size() == VOCAB_SIZE
     for cap in all_captions():
         ids = caption_ids(tok, cap)
-        assert decode_caption(tok, ids) == cap
-        assert len(ids) <= 16  # words are whole tokens: merges were learned from the grammar
-    assert all(len(tok.encode(p).ids) <= 8 for p in PROMPTS)
+        assert decode_caption(tok, ids) == cap and len(ids) == len(cap.split()) + 1  # one token per word + end
+
+
+def test_the_shipped_tokenizer_is_the_one_training_builds_and_transformers_agrees():
+    from transformers import AutoTokenizer
+
+    assert (ASSETS / "tokenizer.json").read_text() == build_tokenizer().to_str(pretty=True)
+    hf = AutoTokenizer.from_pretrained(ASSETS)
+    tok = build_tokenizer()
+    for text in all_captions()[::7] + list(PROMPTS):
+        assert hf.encode(text, add_special_tokens=False) == tok.encode(text, add_special_tokens=False).ids
+
+
+def test_prompt_ids_are_what_serving_builds_from_the_checkpoint():
+    from graphs.families.llava.checkpoint import read_checkpoint
+    from graphs.manifest import PromptSpec
+    from serve_app.api.prompt import ImageSlot, PromptRenderer
+    from serve_app.api.protocol import ChatMessage
+
+    ck, tok = read_checkpoint(ASSETS), build_tokenizer()
+    spec = PromptSpec(chat_template=ck.chat_template, image_token="<image>", image_features=ck.vision.features_per_image)
+    for prompt in PROMPTS:
+        msg = ChatMessage.model_validate({"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}, {"type": "text", "text": prompt}]})
+        served = []
+        for piece in PromptRenderer(spec, tok).pieces([msg], 1):
+            served += [ck.image_token_id] * spec.image_features if isinstance(piece, ImageSlot) else piece
+        assert served == prompt_ids(tok, prompt)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_model_pixels_are_the_preprocess_stage_resize(seed):
+    from serve_app.stages.preprocess import resize_shortest_edge
+
+    for draw in RENDERERS.values():
+        rgb, _ = draw(seed)
+        assert np.array_equal(model_pixels(rgb), resize_shortest_edge(Image.fromarray(rgb), IMAGE_SIZE, IMAGE_SIZE))
+
+
+def test_names_every_shape_reads_color_and_kind_only():
+    truth = "a red circle on the left and a blue square on the right"
+    assert shapes_named("three green triangles") == [("green", "triangle")]
+    assert names_every_shape("a blue square at the top and a red circle at the bottom", truth)
+    assert not names_every_shape("a red circle on the left and a blue triangle on the right", truth)
+    assert not names_every_shape("a large red circle on the left", truth)
+    assert names_every_shape("a large red circle in the center", "a small red circle on the left")
+    assert not names_every_shape("a large purple circle in the center", "a small red circle on the left")
+    assert names_every_shape("two blue squares", "three blue squares")

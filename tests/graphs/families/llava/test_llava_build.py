@@ -5,6 +5,7 @@ gate really fails a wrong graph."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import numpy as np
 import onnx
@@ -130,3 +131,17 @@ def test_supported_options_match_transformers(tmp_path, variant):
         assert ck.vision.feature_layers == (1, 3)  # -3 and -1 of hidden_states[0..3]
         figures = parity.vision_figures(ref, build_vision(ck, w, "cpu").SerializeToString())
     parity.check("test", "fp32", "fp32", figures)
+
+
+def test_model_checkpoint_is_built_once_into_the_cache_keyed_by_content(clip_llama, tmp_path):
+    """`model.checkpoint` in the app args: built into cache_dir on first start, found again by content."""
+    from serve_app.artifacts import ModelSource, resolve_model
+
+    first = resolve_model(ModelSource(checkpoint=str(clip_llama), cache_dir=str(tmp_path / "cache")))
+    assert first.parent == tmp_path / "cache" and first.name.startswith("clip-llama-")
+    assert Manifest.read(first).family == "llava"
+    built_at = (first / "manifest.json").stat().st_mtime_ns
+    moved = tmp_path / "elsewhere" / "clip-llama"
+    shutil.copytree(clip_llama, moved)  # the same files at another path: the same cache entry, no rebuild
+    assert resolve_model(ModelSource(checkpoint=str(moved), cache_dir=str(tmp_path / "cache"))) == first
+    assert (first / "manifest.json").stat().st_mtime_ns == built_at
