@@ -91,8 +91,10 @@ def reference_captions(model, tok, images: list[np.ndarray], prompt: str = PROMP
     return out
 
 
-def onnx_captions(artifacts: Path, variant: str, images: list[np.ndarray], prompt: str = PROMPTS[0]) -> list[str]:
-    """Greedy captions from a built artifact's vision and decoder `variant`, one image at a time."""
+def onnx_captions(artifacts: Path, variant: str, images: list[np.ndarray], prompt: str = PROMPTS[0],
+                  decoder_variant: str | None = None) -> list[str]:
+    """Greedy captions from a built artifact's vision `variant` and decoder `decoder_variant` (default: the same
+    name), one image at a time; the decoder runs on its own KV cache dtype (an int8-cache variant's included)."""
     from tokenizers import Tokenizer
 
     from graphs.families.llava.driver import embed
@@ -104,8 +106,9 @@ def onnx_captions(artifacts: Path, variant: str, images: list[np.ndarray], promp
     tok = Tokenizer.from_file(str(artifacts / man.tokenizer_file))
     table = np.load(artifacts / man.decoder.embeddings.name)  # (V,D)
     vision = cpu_session(str(artifacts / man.graphs["vision"].variants[variant].file))
-    runner = OrtDecoderRunner(cpu_session(str(artifacts / man.graphs["decoder"].variants[variant].file)),
-                              man.decoder, slots=1, max_context=man.decoder.max_positions)
+    decoder = man.graphs["decoder"].variants[decoder_variant or variant]
+    runner = OrtDecoderRunner(cpu_session(str(artifacts / decoder.file)), man.decoder, slots=1,
+                              max_context=man.decoder.max_positions, cache=decoder.kv_cache)
     ids, image_id = prompt_ids(tok, prompt), tok.token_to_id(man.prompt.image_token)
     eos, out = set(man.decoder.eos_token_ids), []
     for im in images:
@@ -135,14 +138,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Caption accuracy of the demo captioner on held-out images.")
     p.add_argument("--checkpoint", type=Path, default=ASSETS)
     p.add_argument("--n", type=int, default=200, help="images per test set")
-    p.add_argument("--artifacts", type=Path, help="a build of the checkpoint: also score its cpu-fp32 and cpu-int8")
+    p.add_argument("--artifacts", type=Path, help="a build of the checkpoint: also score its cpu-fp32, cpu-int8 and cpu-int8-kv8 decoders")
     p.add_argument("--write", action="store_true", help=f"record the figures in the checkpoint's {EVAL_FILE}")
     a = p.parse_args(argv)
     model, tok = load_reference(a.checkpoint)
     report = {"transformers": figures(lambda ims: reference_captions(model, tok, ims), a.n)}
     if a.artifacts:
-        for variant in ("cpu-fp32", "cpu-int8"):
-            report[f"onnx {variant}"] = figures(lambda ims: onnx_captions(a.artifacts, variant, ims), a.n)
+        for variant, decoder in (("cpu-fp32", "cpu-fp32"), ("cpu-int8", "cpu-int8"), ("cpu-int8", "cpu-int8-kv8")):
+            report[f"onnx {decoder}"] = figures(lambda ims: onnx_captions(a.artifacts, variant, ims,
+                                                                          decoder_variant=decoder), a.n)
     for name, f in report.items():
         print(f"{name:18s} in-distribution exact {f['in_distribution_exact_match']:7.2%}   second renderer: "
               f"names every shape {f['second_renderer_names_every_shape']:7.2%}, exact "

@@ -1,6 +1,6 @@
 """End to end through every stage: images from the second, independent renderer (never used in training), sent as PNG
 data URLs over HTTP to the served demo captioner (the shipped LLaVA checkpoint built by the LLaVA family, default
-variants: cpu-int8), get captions that name every shape's color and kind, and exactly the captions the offline
+variants: cpu-int8 vision, the int8-cache decoder), get captions that name every shape's color and kind, and exactly the captions the offline
 evaluation computes for the same images and variant. Catches swapped channels, a wrong normalization or resize,
 features in the wrong order or a position slip anywhere between the HTTP body and the decoder."""
 
@@ -57,8 +57,17 @@ def served_captions(served, demo_artifacts):
 
 
 def test_served_captions_equal_the_offline_evaluation(served_captions, demo_artifacts):
+    """Against the variants a CPU replica serves, picked as the stages pick them (their default prefer_variants,
+    then manifest order): cpu-int8 vision, the int8-cache decoder."""
+    from graphs.manifest import CPU_EP, Manifest
+    from serve_app.stages.decoder import DecoderOptions
+    from serve_app.stages.vision import VisionOptions
+
     images, _, got = served_captions
-    assert got == onnx_captions(demo_artifacts, "cpu-int8", images)
+    man = Manifest.read(demo_artifacts)
+    vision, _ = man.graphs["vision"].variant_for(CPU_EP, VisionOptions().prefer_variants)
+    decoder, _ = man.graphs["decoder"].variant_for(CPU_EP, DecoderOptions().prefer_variants)
+    assert got == onnx_captions(demo_artifacts, vision, images, decoder_variant=decoder)
 
 
 # The shipped weights are below the target (docs/demo.md); strict, so retrained weights that pass must drop it.
