@@ -57,8 +57,20 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
                                          "invalid_value"))
 
 
+# A replica applying a new user_config is UPDATING: it serves again within seconds, and calls meanwhile wait in
+# Serve's router, so it is not a lost stage (counting it as one gave 503s during a live reconfigure).
+SERVING_STATES = frozenset({"RUNNING", "UPDATING"})
+
+
+def missing_stages(deployments: dict) -> list[str]:
+    """Names of the deployments (controller details: name -> {"replicas": [{"state": ...}, ...]}) with no replica
+    that is serving or about to serve again."""
+    return sorted(name for name, d in deployments.items()
+                  if not any(getattr(r["state"], "value", r["state"]) in SERVING_STATES for r in d["replicas"]))
+
+
 def stages_without_replica() -> list[str]:
-    """Deployments of this application with no RUNNING replica (empty = ready). The StageWatch asks every second,
+    """Deployments of this application with no serving replica (empty = ready). The StageWatch asks every second,
     so it reads the controller's plain details dict, which serve.status() would turn into pydantic models
     (re-pickling every deployment's request router class) at about ten times the ingress CPU per call."""
     from ray.serve.context import _get_global_client  # noqa: PLC0415 -- serve.status's own source, minus models
@@ -67,8 +79,7 @@ def stages_without_replica() -> list[str]:
     app = _get_global_client().get_serve_details().get("applications", {}).get(app_name)
     if app is None:
         return ["<application>"]
-    return sorted(name for name, d in app["deployments"].items()
-                  if not any(getattr(r["state"], "value", r["state"]) == "RUNNING" for r in d["replicas"]))
+    return missing_stages(app["deployments"])
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
