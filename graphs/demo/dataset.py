@@ -19,22 +19,16 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from graphs.demo.scenes import all_captions
+from graphs.families.llava.synthetic import CHAT_TEMPLATE, IMAGE_TOKEN  # noqa: F401 -- re-exported to train.py
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 IMAGE_FEATURES = (IMAGE_SIZE // PATCH_SIZE) ** 2  # CLS dropped (vision_feature_select_strategy "default")
 VOCAB_SIZE = 512  # 256 byte symbols + specials + enough merges that every caption word is one token
-IMAGE_TOKEN = "<image>"
 PAD, BOS, EOS = "<|pad|>", "<|im_start|>", "<|im_end|>"
 SPECIALS = [PAD, BOS, EOS]
-# ChatML, the shape real LLaVA-OneVision/Qwen2 checkpoints ship; `<image>` on its own line before the text.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# CHAT_TEMPLATE / IMAGE_TOKEN: the LLaVA family's ChatML template (graphs/families/llava/synthetic.py), the shape
+# real LLaVA-OneVision/Qwen2 checkpoints ship; `<image>` on its own line before the text.
 PROMPTS = (
     "Describe the image.",
     "What is in this picture?",
