@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphs.manifest import Manifest
+from mmcore.manifest import Manifest
 from serve_app.engine import Engine, EngineConfig, NullMetrics, load_engine
 from serve_app.engine.types import DecodeRequest, FeatureSegment, TokenSegment
 

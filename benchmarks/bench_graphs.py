@@ -33,9 +33,9 @@ from standard_recipe import build_standard  # noqa: E402
 
 from graphs.build import ensure_artifacts  # noqa: E402
 from graphs.families.own.config import get_preset  # noqa: E402
-from graphs.manifest import Manifest  # noqa: E402
-from serve_app.runtime.kv_runner import OrtDecoderRunner  # noqa: E402
-from serve_app.runtime.ort_session import cpu_session  # noqa: E402
+from mmcore.manifest import Manifest  # noqa: E402
+from mmcore.runtime.kv_runner import OrtDecoderRunner  # noqa: E402
+from mmcore.runtime.ort_session import cpu_session  # noqa: E402
 from graphs.families.own.weights import load_model  # noqa: E402
 
 CONTEXT = 228  # 196 image tokens + a 32-token prompt

@@ -52,7 +52,7 @@ def timed(fn, seconds: float, min_runs: int = 2) -> float:
 def ensure_build(work: Path, spec_name: str, variants):
     from graphs.build import build_artifacts
     from graphs.families.llava.synthetic import SPECS, write_checkpoint
-    from graphs.manifest import MANIFEST, Manifest
+    from mmcore.manifest import MANIFEST, Manifest
 
     ckpt, out = work / f"{spec_name}-checkpoint", work / f"{spec_name}-artifacts"
     if not (ckpt / "config.json").is_file():

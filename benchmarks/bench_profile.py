@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from graphs.manifest import Manifest
+from mmcore.manifest import Manifest
 from serve_app.observability.profile_summary import format_table, load_events, summarize
-from serve_app.runtime.kv_runner import OrtDecoderRunner
-from serve_app.runtime.ort_session import cpu_session
+from mmcore.runtime.kv_runner import OrtDecoderRunner
+from mmcore.runtime.ort_session import cpu_session
 
 
 class DecodeBench:

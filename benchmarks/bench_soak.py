@@ -149,7 +149,7 @@ def start_service(args) -> tuple[str, str]:
     import ray
     from ray import serve
 
-    from graphs.manifest import Manifest
+    from mmcore.manifest import Manifest
     from serve_app import build_app
 
     from serve_app.artifacts import ModelSource, resolve_model

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import make_request  # noqa: E402
 
-import serve_app.runtime.kv_runner as runner_module  # noqa: E402
+import mmcore.runtime.kv_runner as runner_module  # noqa: E402
 import serve_app.engine.stepper as stepper_module  # noqa: E402
 from serve_app.engine import EngineConfig, load_engine  # noqa: E402
 

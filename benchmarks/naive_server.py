@@ -31,7 +31,7 @@ class NaiveServer:
 
         from graphs.families.own.family import FAMILY
         from graphs.families.own.tokenizer import load_tokenizer
-        from graphs.manifest import Manifest
+        from mmcore.manifest import Manifest
 
         torch.set_num_threads(threads)
         manifest = Manifest.read(artifacts)

@@ -24,7 +24,7 @@ import onnx
 from graphs.emit.inspect import file_name, fusion_counts, ort_optimized_counts
 from graphs.families import family_for_source
 from graphs.families.base import Family, Progress, Source, SourceError
-from graphs.manifest import CPU_EP, MANIFEST, DecoderSpec, GraphEntry, Manifest, ManifestError, TensorSpec, Variant
+from mmcore.manifest import CPU_EP, MANIFEST, DecoderSpec, GraphEntry, Manifest, ManifestError, TensorSpec, Variant
 
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 TOKENIZER = "tokenizer.json"

@@ -76,7 +76,7 @@ def _build(args) -> int:
 
 
 def _push(args) -> int:
-    from serve_app.store import StoreError, push_artifacts  # the serving side's store code: one implementation
+    from mmcore.store import StoreError, push_artifacts  # the serving side's store code: one implementation
 
     try:
         outcome = push_artifacts(args.dir, args.uri, force=args.force)

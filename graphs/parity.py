@@ -14,7 +14,7 @@ from typing import Callable
 
 from graphs import verify
 from graphs.families.own.variants import VARIANTS
-from graphs.manifest import DecoderSpec
+from mmcore.manifest import DecoderSpec
 
 FP32_PARTNER = "cpu-fp32"  # the other graph used for end-to-end greedy checks
 

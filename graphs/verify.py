@@ -28,9 +28,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from graphs.manifest import DecoderSpec, KvCacheEntry
-from serve_app.runtime.kv_runner import OrtDecoderRunner
-from serve_app.runtime.ort_session import cpu_session
+from mmcore.manifest import DecoderSpec, KvCacheEntry
+from mmcore.runtime.kv_runner import OrtDecoderRunner
+from mmcore.runtime.ort_session import cpu_session
 
 FP32_MAX_ABS = 1e-4
 FP16_MIN_COSINE = 0.999

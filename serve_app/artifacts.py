@@ -2,14 +2,14 @@
 replica at its own start (Ingress, Preprocess, VisionEncoder, Decoder), on its own node.
 
     artifacts_uri  s3://bucket/prefix, gs://bucket/prefix, file:///path or a path written by `mmserve push`:
-                   fetched into this node's <cache_dir>/fetched (serve_app.store.fetch_artifacts: a directory named by the manifest's sha256,
+                   fetched into this node's <cache_dir>/fetched (mmcore.store.fetch_artifacts: a directory named by the manifest's sha256,
                    every file checked; replicas on one node download once under its file lock), counted in
                    `mmserve_artifact_fetches_total{outcome="downloaded"|"cached"}`
     artifacts_dir  a built directory on this node's disk: checked, never built
     checkpoint     a LLaVA checkpoint directory as save_pretrained writes it (the same path on every node): built
                    into this node's cache_dir when missing, keyed by the checkpoint files' content hash, under the
-                   same file lock as a preset (graphs.build.ensure_artifacts)
-    preset         built into this node's cache_dir when missing (graphs.build.ensure_artifacts under the cache's
+                   same file lock as a preset (graphs.entry.build_into_cache)
+    preset         built into this node's cache_dir when missing (graphs.entry.build_into_cache under the cache's
                    file lock: replicas starting at once on one node build it once; torch is imported only then)
 
 Why per replica and not in `build_app`: on a multi-node cluster the node that runs the builder is not the nodes
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from graphs.families import source_names
-from graphs.manifest import MANIFEST
+from graphs import entry as build
+from mmcore.manifest import MANIFEST
 
 DEFAULT_CACHE_DIR = "~/.cache/mmserve"
 FETCHED = "fetched"  # under cache_dir: artifacts fetched from a URI, one directory per manifest sha256
@@ -61,7 +61,7 @@ class ModelSource(BaseModel):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, v: str) -> str:
-        known = source_names()
+        known = build.source_names()
         if v not in known:
             raise ValueError(f"unknown preset {v!r}; choose one of: {', '.join(sorted(known))}")
         return v
@@ -71,16 +71,14 @@ class ModelSource(BaseModel):
     def _llava_checkpoint(cls, v: str | None) -> str | None:
         """Refused here, naming the file and field, when the directory is not a LLaVA checkpoint the build can use."""
         if v is not None:
-            from graphs.families.llava.checkpoint import read_checkpoint  # no torch: config.json and tokenizer only
-
-            read_checkpoint(Path(v).expanduser())  # CheckpointError is a ValueError: pydantic names the field
+            build.check_checkpoint(v)  # CheckpointError is a ValueError: pydantic names the field
         return v
 
     @field_validator("artifacts_uri")
     @classmethod
     def _known_scheme(cls, v: str | None) -> str | None:
         if v is not None:
-            from serve_app.store import StoreError, parse_uri
+            from mmcore.store import StoreError, parse_uri
 
             try:
                 parse_uri(v)
@@ -119,7 +117,7 @@ def resolve_model(source: ModelSource) -> Path:
     manifest), or the checkpoint's or preset's, built into cache_dir if missing (progress lines on stdout)."""
     if source.artifacts_uri:
         from serve_app.observability.fetch_metrics import count_fetch
-        from serve_app.store import StoreError, fetch_artifacts  # boto3 only when a store is used
+        from mmcore.store import StoreError, fetch_artifacts  # boto3 only when a store is used
 
         try:
             return fetch_artifacts(source.artifacts_uri, source.cache_path() / FETCHED, on_fetch=count_fetch)
@@ -130,7 +128,5 @@ def resolve_model(source: ModelSource) -> Path:
         if not (path / MANIFEST).is_file():
             raise ArtifactsError(f"model.artifacts_dir: {path} has no {MANIFEST}; build it with `mmserve build`")
         return path
-    from graphs.build import ensure_artifacts  # the build pipeline and torch: only when a build may be needed
-
     what = str(Path(source.checkpoint).expanduser()) if source.checkpoint else source.preset
-    return Path(ensure_artifacts(what, source.cache_path(), progress=_print_progress(Path(what).name)))
+    return build.build_into_cache(what, source.cache_path(), progress=_print_progress(Path(what).name))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from graphs.families.own.family import CHAT_TEMPLATE, IMAGE_TOKEN
-from graphs.manifest import (DecoderSpec, GraphEntry, Manifest, Positions, Preprocessing, PromptSpec, TensorSpec,
+from mmcore.manifest import (DecoderSpec, GraphEntry, Manifest, Positions, Preprocessing, PromptSpec, TensorSpec,
                              VisionSpec)
 
 

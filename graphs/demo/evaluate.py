@@ -98,9 +98,9 @@ def onnx_captions(artifacts: Path, variant: str, images: list[np.ndarray], promp
     from tokenizers import Tokenizer
 
     from graphs.families.llava.driver import embed
-    from graphs.manifest import Manifest
-    from serve_app.runtime.kv_runner import OrtDecoderRunner
-    from serve_app.runtime.ort_session import cpu_session
+    from mmcore.manifest import Manifest
+    from mmcore.runtime.kv_runner import OrtDecoderRunner
+    from mmcore.runtime.ort_session import cpu_session
 
     man = Manifest.read(artifacts)
     tok = Tokenizer.from_file(str(artifacts / man.tokenizer_file))

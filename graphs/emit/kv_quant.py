@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphs.manifest import KvCacheEntry
+from mmcore.manifest import KvCacheEntry
 
 CALIBRATION_SEED = 4321  # not the parity gates' seeds: the gate checks contexts the scales never saw
 CALIBRATION_CONTEXTS = 16

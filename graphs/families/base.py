@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from graphs.manifest import DecoderSpec, KvCacheEntry, PromptSpec, VisionSpec
+from mmcore.manifest import DecoderSpec, KvCacheEntry, PromptSpec, VisionSpec
 
 Progress = Callable[[str], None]
 

@@ -12,31 +12,10 @@ step overwrites, so a step costs one ORT call and no binding work.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import onnxruntime as ort
 
-from graphs.manifest import DecoderSpec, KvCacheEntry
-
-
-class StepRunner(Protocol):
-    """What the engine needs from a decoder: the ORT runner below, or a fake in unit tests."""
-
-    slots: int
-    max_context: int
-    vocab_size: int
-
-    def prefill(self, slot: int, embeds: np.ndarray, start: int = 0) -> np.ndarray:
-        """Prompt positions start..start+S-1, embeds (S,D), into a slot holding the first `start` of them
-        (0: an empty slot) -> logits (V,) at the last position. Slot `slots` is the staging row."""
-
-    def decode(self, n: int, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """One new token for slots 0..n-1: embeds (n,D), lengths (n,) tokens cached before -> logits (n,V).
-        The result may be a view that the next call overwrites."""
-
-    def move(self, src: int, dst: int, length: int) -> None:
-        """Copy the first `length` cached positions of slot src into slot dst."""
+from mmcore.manifest import DecoderSpec, KvCacheEntry
 
 
 def _map_pages(arr: np.ndarray) -> None:

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 import onnxruntime as ort
 
-from graphs.manifest import GraphEntry
-from serve_app.runtime.providers import BatchProfile, ProviderSpec
+from mmcore.manifest import GraphEntry
+from mmcore.runtime.providers import BatchProfile, ProviderSpec
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.runtime.ort_session import session_options
+from mmcore.runtime.ort_session import session_options
 
 log = logging.getLogger("ray.serve")
 

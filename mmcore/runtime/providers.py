@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP, TensorSpec
+from mmcore.manifest import CPU_EP, CUDA_EP, TENSORRT_EP, TensorSpec
 
 GIB = 1 << 30
 

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from serve_app.runtime.providers import BatchProfile
+from mmcore.runtime.providers import BatchProfile
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@
 Imports neither ray nor torch; s3:// and gs:// need the [s3] extra (boto3), a path needs nothing.
 """
 
-from serve_app.store.fetch import artifact_key, fetch_artifacts, fetch_events
-from serve_app.store.push import push_artifacts
-from serve_app.store.retry import RetryPolicy
-from serve_app.store.uri import StoreError, parse_uri
+from mmcore.store.fetch import artifact_key, fetch_artifacts, fetch_events
+from mmcore.store.push import push_artifacts
+from mmcore.store.retry import RetryPolicy
+from mmcore.store.uri import StoreError, parse_uri
 
 __all__ = ["RetryPolicy", "StoreError", "artifact_key", "fetch_artifacts", "fetch_events", "parse_uri", "push_artifacts"]

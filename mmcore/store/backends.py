@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from serve_app.store.uri import ArtifactURI, StoreError, TransientStoreError, endpoint_for
+from mmcore.store.uri import ArtifactURI, StoreError, TransientStoreError, endpoint_for
 
 CHUNK = 1 << 20  # bytes per read: hashing and writing stream through this much memory at a time
 

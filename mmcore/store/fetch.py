@@ -33,10 +33,10 @@ from typing import Callable
 from filelock import FileLock
 from pydantic import ValidationError
 
-from graphs.manifest import FORMAT_VERSION, MANIFEST, Manifest
-from serve_app.store.backends import Backend, open_backend
-from serve_app.store.retry import RetryPolicy, with_retries
-from serve_app.store.uri import StoreError, endpoint_for, parse_uri
+from mmcore.manifest import FORMAT_VERSION, MANIFEST, Manifest
+from mmcore.store.backends import Backend, open_backend
+from mmcore.store.retry import RetryPolicy, with_retries
+from mmcore.store.uri import StoreError, endpoint_for, parse_uri
 
 log = logging.getLogger("mmserve.store")
 FETCH_LOG = "fetch.log"

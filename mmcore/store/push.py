@@ -16,11 +16,11 @@ import hashlib
 import logging
 from pathlib import Path
 
-from graphs.manifest import MANIFEST
-from serve_app.store.backends import open_backend
-from serve_app.store.fetch import manifest_files
-from serve_app.store.retry import RetryPolicy, with_retries
-from serve_app.store.uri import StoreError, parse_uri
+from mmcore.manifest import MANIFEST
+from mmcore.store.backends import open_backend
+from mmcore.store.fetch import manifest_files
+from mmcore.store.retry import RetryPolicy, with_retries
+from mmcore.store.uri import StoreError, parse_uri
 
 log = logging.getLogger("mmserve.store")
 

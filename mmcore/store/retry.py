@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from serve_app.store.uri import StoreError, TransientStoreError
+from mmcore.store.uri import StoreError, TransientStoreError
 
 log = logging.getLogger("mmserve.store")
 T = TypeVar("T")

@@ -21,7 +21,7 @@ from functools import partial
 
 import numpy as np
 
-from graphs.manifest import Manifest
+from mmcore.manifest import Manifest
 from serve_app.api.errors import ContextLengthExceeded, InvalidRequest, StageUnavailable
 from serve_app.api.prompt import ImageSlot, PromptPiece, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest

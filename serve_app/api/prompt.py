@@ -17,7 +17,7 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from graphs.manifest import PromptSpec
+from mmcore.manifest import PromptSpec
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.protocol import ChatMessage, ImagePart, TextPart
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from graphs.manifest import Manifest
+from mmcore.manifest import Manifest
 from serve_app.api.chat import ModelLimits
 from serve_app.api.prompt import PromptRenderer
 from serve_app.artifacts import ModelSource, model_key, resolve_model

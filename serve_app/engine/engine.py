@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.detokenize import IncrementalDetokenizer
 from serve_app.engine.metrics import EngineMetrics, NullMetrics
-from serve_app.runtime.kv_runner import StepRunner
+from serve_app.engine.runner import StepRunner
 from serve_app.engine.sampling import SamplingParams
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence

@@ -9,13 +9,13 @@ import numpy as np
 
 from tokenizers import Tokenizer
 
-from graphs.manifest import CPU_EP, Manifest, ManifestError, check_session_io, variant_dtypes
+from mmcore.manifest import CPU_EP, Manifest, ManifestError, check_session_io, variant_dtypes
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import Engine
 from serve_app.engine.metrics import EngineMetrics
-from serve_app.runtime.kv_runner import OrtDecoderRunner, open_kv_runner
-from serve_app.runtime.ort_session import open_session
-from serve_app.runtime.profiling import ProfilableSession
+from mmcore.runtime.kv_runner import OrtDecoderRunner, open_kv_runner
+from mmcore.runtime.ort_session import open_session
+from mmcore.runtime.profiling import ProfilableSession
 
 DEFAULT_VARIANTS = ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"]  # int8 KV cache first: docs/performance.md
 

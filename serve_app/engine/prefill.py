@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from serve_app.runtime.kv_runner import StepRunner
+from serve_app.engine.runner import StepRunner
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.types import TokenSegment

@@ -13,7 +13,7 @@ import time
 from collections import deque
 
 from serve_app.engine.config import EngineConfig
-from serve_app.runtime.kv_runner import StepRunner
+from serve_app.engine.runner import StepRunner
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.types import Overloaded
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serve_app.engine.prefill import Prefiller
-from serve_app.runtime.kv_runner import StepRunner
+from serve_app.engine.runner import StepRunner
 from serve_app.engine.sampling import sample_batch
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence

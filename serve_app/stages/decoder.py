@@ -35,7 +35,7 @@ from serve_app.engine import EngineConfig, load_engine
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
 from serve_app.artifacts import ModelSource, model_key, resolve_model
-from serve_app.runtime.profiling import ProfileSettings
+from mmcore.runtime.profiling import ProfileSettings
 from serve_app.observability.decoder_metrics import RayEngineMetrics
 from serve_app.engine.types import DecodeChunk, DecodeRequest, check_model_key
 

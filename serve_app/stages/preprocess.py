@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from graphs.manifest import Manifest, VisionSpec
+from mmcore.manifest import Manifest, VisionSpec
 from serve_app.api.errors import InvalidImage
 from serve_app.artifacts import ModelSource, model_key, resolve_model
 from serve_app.observability.metrics import ImageMetrics, StageMetrics

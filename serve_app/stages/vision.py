@@ -26,15 +26,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray import serve
 
-from graphs.manifest import Manifest, check_session_io
+from mmcore.manifest import Manifest, check_session_io
 from serve_app.artifacts import ModelSource, model_key, resolve_model
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
-from serve_app.runtime.ort_session import OpenedSession, open_stage_session
-from serve_app.runtime.profiling import ProfilableSession, ProfileSettings
-from serve_app.runtime.providers import BatchProfile, ProviderSpec, batch_profile, default_vision_providers, parse_providers
+from mmcore.runtime.ort_session import OpenedSession, open_stage_session
+from mmcore.runtime.profiling import ProfilableSession, ProfileSettings
+from mmcore.runtime.providers import BatchProfile, ProviderSpec, batch_profile, default_vision_providers, parse_providers
 from serve_app.engine.types import PreprocessedImage, check_model_key
-from serve_app.runtime.warmup import warm_up
+from mmcore.runtime.warmup import warm_up
 
 log = logging.getLogger("ray.serve")
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "cluster"))  # cluster/ holds scripts, not a packa
 import local_cluster  # noqa: E402
 from local_config import LocalScale, local_serve_config  # noqa: E402
 
-from serve_app.store import artifact_key, fetch_events, push_artifacts  # noqa: E402
+from mmcore.store import artifact_key, fetch_events, push_artifacts  # noqa: E402
 from tests.e2e.conftest import wait_ready  # noqa: E402
 from tests.object_store import variant_of  # noqa: E402
 

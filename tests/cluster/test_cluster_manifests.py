@@ -151,7 +151,7 @@ def ray_containers(service: dict) -> list[dict]:
 
 def test_gpu_config_serves_from_an_artifacts_uri_into_a_node_local_cache():
     from serve_app.config import parse_args
-    from serve_app.store import parse_uri
+    from mmcore.store import parse_uri
 
     model = parse_args(load(GPU_CONFIG)["applications"][0]["args"]).model
     assert parse_uri(model.artifacts_uri).scheme == "s3" and model.artifacts_dir is None

@@ -78,7 +78,7 @@ def reference_text(served, image_url: str | None, text: str, max_tokens: int) ->
     import torch
 
     from graphs.families.own.config import get_preset
-    from graphs.manifest import Manifest
+    from mmcore.manifest import Manifest
     from graphs.families.own.tokenizer import encode_chat, load_tokenizer
     from graphs.families.own.weights import load_model
     from serve_app.engine.detokenize import IncrementalDetokenizer
@@ -181,7 +181,7 @@ def test_concurrent_image_requests_share_vision_batches_and_cache(served):
 def test_features_are_float32_image_tokens(served):
     from ray import serve
 
-    from graphs.manifest import Manifest
+    from mmcore.manifest import Manifest
     from serve_app.stages.preprocess import PreprocessOptions, preprocess_image
     img = preprocess_image(png_url(), Manifest.read(served.artifacts).vision, PreprocessOptions())
     feats = serve.get_deployment_handle("VisionEncoder", APP_NAME).encode.remote(img).result()

@@ -59,7 +59,7 @@ def served_captions(served, demo_artifacts):
 def test_served_captions_equal_the_offline_evaluation(served_captions, demo_artifacts):
     """Against the variants a CPU replica serves, picked as the stages pick them (their default prefer_variants,
     then manifest order): cpu-int8 vision, the int8-cache decoder."""
-    from graphs.manifest import CPU_EP, Manifest
+    from mmcore.manifest import CPU_EP, Manifest
     from serve_app.stages.decoder import DecoderOptions
     from serve_app.stages.vision import VisionOptions
 

@@ -60,7 +60,7 @@ def _reference(ck, artifacts, messages: list[dict], images: list[str]) -> tuple[
     from tokenizers import Tokenizer
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
-    from graphs.manifest import Manifest
+    from mmcore.manifest import Manifest
     from serve_app.engine.detokenize import IncrementalDetokenizer
 
     manifest = Manifest.read(artifacts)

@@ -15,7 +15,7 @@ from graphs.cli import main
 from graphs.families.own.config import PRESETS
 from graphs.families.own.model import MultimodalModel
 from graphs.families.own.weights import WeightsError, save_weights
-from graphs.manifest import CPU_EP, TENSORRT_EP, Manifest
+from mmcore.manifest import CPU_EP, TENSORRT_EP, Manifest
 
 TINY = PRESETS["tiny"]
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from graphs.emit.onnx_ops import IR_VERSION
-from graphs.manifest import MANIFEST, GraphEntry, Manifest, ManifestError, TensorSpec, check_session_io
+from mmcore.manifest import MANIFEST, GraphEntry, Manifest, ManifestError, TensorSpec, check_session_io
 from tests.fake_manifest import write_fake_manifest
 
 

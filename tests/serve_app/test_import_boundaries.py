@@ -16,8 +16,8 @@ def loaded_after(code: str) -> set[str]:
 
 
 def test_the_runtime_imports_neither_ray_nor_torch():
-    mods = loaded_after("import serve_app.runtime.kv_runner, serve_app.runtime.ort_session, "
-                        "serve_app.runtime.profiling, serve_app.runtime.providers, serve_app.runtime.warmup")
+    mods = loaded_after("import mmcore.runtime.kv_runner, mmcore.runtime.ort_session, "
+                        "mmcore.runtime.profiling, mmcore.runtime.providers, mmcore.runtime.warmup")
     assert not {m for m in mods if m.split(".")[0] in ("ray", "torch")}
 
 

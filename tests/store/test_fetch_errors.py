@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.store import RetryPolicy, StoreError, fetch_artifacts, fetch_events, push_artifacts
-from serve_app.store import backends
-from serve_app.store.uri import TransientStoreError
+from mmcore.store import RetryPolicy, StoreError, fetch_artifacts, fetch_events, push_artifacts
+from mmcore.store import backends
+from mmcore.store.uri import TransientStoreError
 from tests.object_store import free_port
 
 QUICK = RetryPolicy(attempts=3, base_delay_s=0.05, max_delay_s=0.1, deadline_s=5)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from serve_app.artifacts import ModelSource
-from serve_app.store import StoreError, artifact_key, fetch_artifacts, parse_uri, push_artifacts
-from serve_app.store.backends import S3Backend
-from serve_app.store.uri import GCS_ENDPOINT
+from mmcore.store import StoreError, artifact_key, fetch_artifacts, parse_uri, push_artifacts
+from mmcore.store.backends import S3Backend
+from mmcore.store.uri import GCS_ENDPOINT
 
 
 def test_gs_uri_pushes_and_fetches_through_the_s3_api(aws_env, tiny_artifacts_dir, tmp_path):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from graphs.manifest import MANIFEST, Manifest
+from mmcore.manifest import MANIFEST, Manifest
 
 
 def test_build_records_every_file_and_its_sha256(tiny_artifacts_dir):

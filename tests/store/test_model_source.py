@@ -7,7 +7,7 @@ import pytest
 
 from serve_app.artifacts import ArtifactsError, ModelSource, resolve_model
 from serve_app.config import ConfigError, parse_args
-from serve_app.store import fetch_events, push_artifacts
+from mmcore.store import fetch_events, push_artifacts
 
 
 def test_unknown_scheme_fails_at_parse_naming_the_field():

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from graphs.cli import main
-from serve_app.store import StoreError, artifact_key, fetch_artifacts, fetch_events, push_artifacts
-from serve_app.store import backends
+from mmcore.store import StoreError, artifact_key, fetch_artifacts, fetch_events, push_artifacts
+from mmcore.store import backends
 from tests.object_store import variant_of
 
 

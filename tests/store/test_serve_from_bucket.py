@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from serve_app.store import fetch_events, push_artifacts
+from mmcore.store import fetch_events, push_artifacts
 from tests.e2e.conftest import CONFIG_KEY, e2e_args, free_port, start_app, wait_ready
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app.store import artifact_key, fetch_events, push_artifacts
+from mmcore.store import artifact_key, fetch_events, push_artifacts
 from tests.e2e.conftest import CONFIG_KEY, e2e_args, free_port, start_app, wait_ready
 from tests.serve_app.image_samples import png_url
 

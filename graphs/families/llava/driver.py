@@ -1,7 +1,7 @@
 """The manifest's DecoderSpec for a LLaVA checkpoint, and prompt embedding for the parity gate.
 
 The parity gate, the benchmark and serving all drive the decoder through serving's one KV runner
-(serve_app.runtime.kv_runner.OrtDecoderRunner) built from this spec: its `io.position_ids` is None because this
+(mmcore.runtime.kv_runner.OrtDecoderRunner) built from this spec: its `io.position_ids` is None because this
 family's graph takes no positions (GroupQueryAttention rotates by seqlens_k), so the runner binds none.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphs.families.llava.checkpoint import Checkpoint
-from graphs.manifest import DecoderIO, DecoderSpec, Positions, TensorSpec
+from mmcore.manifest import DecoderIO, DecoderSpec, Positions, TensorSpec
 
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 
@@ -27,7 +27,7 @@ def decoder_spec(ck: Checkpoint, embeddings_file: str = TOKEN_EMBEDDINGS) -> Dec
 
 def open_runner(session, ck: Checkpoint, slots: int, max_context: int, cache=None):
     """`cache`: the variant's quantized KV cache (manifest KvCacheEntry), None for a float32 cache."""
-    from serve_app.runtime.kv_runner import OrtDecoderRunner
+    from mmcore.runtime.kv_runner import OrtDecoderRunner
 
     return OrtDecoderRunner(session, decoder_spec(ck), slots, max_context, cache=cache)
 

@@ -21,7 +21,7 @@ from graphs.families.llava import SHIPPED
 from graphs.families.llava.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from graphs.families.llava.driver import decoder_spec
 from graphs.families.llava.variants import VARIANTS
-from graphs.manifest import DecoderSpec, Preprocessing, PromptSpec, VisionSpec
+from mmcore.manifest import DecoderSpec, Preprocessing, PromptSpec, VisionSpec
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 RESAMPLE = ("bicubic", "bilinear", "nearest")  # what the preprocess stage implements (PIL filters)

@@ -22,7 +22,7 @@ import numpy as np
 
 from graphs.emit import kv_quant
 from graphs.emit.kv_quant import CALIBRATION_CONTEXTS, CALIBRATION_SEED, CONTINUATION_TOKENS, KvCacheQuant
-from graphs.manifest import KvCacheEntry
+from mmcore.manifest import KvCacheEntry
 
 SOURCE = "transformers' post-rotary K and V (what GroupQueryAttention's do_rotary cache stores)"
 

@@ -43,7 +43,7 @@ import onnxruntime as ort
 from graphs.families.llava import kv_parity
 from graphs.families.llava.checkpoint import Checkpoint
 from graphs.families.llava.driver import embed, open_runner
-from graphs.manifest import KvCacheEntry
+from mmcore.manifest import KvCacheEntry
 from graphs.verify import ParityError  # one error type for every family's gate; the build and the CLI catch it
 
 FP32_REL = 1e-4

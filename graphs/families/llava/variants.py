@@ -17,7 +17,7 @@ import numpy as np
 from graphs.emit.quantize import BlockInt4Weights, Int8Weights
 from graphs.families.base import VariantSpec
 from graphs.families.llava.kv_calibration import cache_entry
-from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
+from mmcore.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
 
 
 def _vision(style: str, dtype=np.float32, quantize=None):

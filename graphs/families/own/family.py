@@ -17,7 +17,7 @@ from graphs.families.base import Progress, Source, SourceError, Specs
 from graphs.families.own.config import ModelConfig, get_preset
 from graphs.families.own.tokenizer import EOS, ROLE_TOKENS, build_tokenizer, load_tokenizer, token_id
 from graphs.families.own.variants import VARIANTS
-from graphs.manifest import DecoderSpec, Positions, Preprocessing, PromptSpec, TensorSpec, VisionSpec
+from mmcore.manifest import DecoderSpec, Positions, Preprocessing, PromptSpec, TensorSpec, VisionSpec
 
 IMAGE_TOKEN = "<image>"  # text the template writes per image; split out before tokenizing, never a vocabulary entry
 

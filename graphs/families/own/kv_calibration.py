@@ -22,7 +22,7 @@ import numpy as np
 from graphs.emit import kv_quant
 from graphs.emit.kv_quant import (CALIBRATION_CONTEXTS, CALIBRATION_SEED, CONTINUATION_TOKENS, QMAX,  # noqa: F401
                                   KvCacheQuant)
-from graphs.manifest import KvCacheEntry
+from mmcore.manifest import KvCacheEntry
 
 SOURCE = "the reference's K and V"
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from graphs import verify
-from graphs.manifest import DecoderSpec, KvCacheEntry
+from mmcore.manifest import DecoderSpec, KvCacheEntry
 from graphs.emit.kv_quant import ClipCounter
 from graphs.families.own.kv_calibration import calibrate
 

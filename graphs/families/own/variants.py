@@ -14,7 +14,7 @@ from graphs.families.base import VariantSpec
 from graphs.families.own.decoder_graph import build_decoder
 from graphs.families.own.kv_calibration import cache_entry
 from graphs.families.own.vision_graph import build_vision
-from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
+from mmcore.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
 
 
 def _quantized(builder: Callable, scheme: str = "Int8Weights") -> Callable:

@@ -60,7 +60,7 @@ def test_graph_variant_captions_second_renderer_images(demo_artifacts, sample, v
 
 def test_quantized_decoders_are_top1_gated_on_the_trained_model(demo_artifacts):
     """Random weights leave too few decisive contexts to gate top-1 (issue 13); the trained model has them."""
-    from graphs.manifest import Manifest
+    from mmcore.manifest import Manifest
 
     man = Manifest.read(demo_artifacts)
     assert man.family == "llava" and man.preset == "demo"

@@ -79,7 +79,7 @@ def test_the_shipped_tokenizer_is_the_one_training_builds_and_transformers_agree
 
 def test_prompt_ids_are_what_serving_builds_from_the_checkpoint():
     from graphs.families.llava.checkpoint import read_checkpoint
-    from graphs.manifest import PromptSpec
+    from mmcore.manifest import PromptSpec
     from serve_app.api.prompt import ImageSlot, PromptRenderer
     from serve_app.api.protocol import ChatMessage
 

@@ -9,8 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphs.families.own.config import PRESETS
 from graphs.emit.onnx_ops import IR_VERSION, MS_DOMAIN
-from serve_app.runtime.kv_runner import OrtDecoderRunner
-from serve_app.runtime.ort_session import cpu_session
+from mmcore.runtime.kv_runner import OrtDecoderRunner
+from mmcore.runtime.ort_session import cpu_session
 from graphs.emit.quantize import BLOCK, quantize_blocks
 
 TINY = PRESETS["tiny"]

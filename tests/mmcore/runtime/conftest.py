@@ -11,7 +11,7 @@ import pytest
 import onnx
 from onnx import TensorProto, helper
 
-from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP, GraphEntry, TensorSpec, Variant
+from mmcore.manifest import CPU_EP, CUDA_EP, TENSORRT_EP, GraphEntry, TensorSpec, Variant
 from tests.fake_manifest import write_fake_manifest
 
 IMAGE = 8  # tiny square image: the graphs only need the vision signature, not a model

@@ -8,8 +8,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from graphs.emit.onnx_ops import IR_VERSION
-from graphs.manifest import DecoderIO, DecoderSpec, Positions, TensorSpec
-from serve_app.runtime.kv_runner import OrtDecoderRunner
+from mmcore.manifest import DecoderIO, DecoderSpec, Positions, TensorSpec
+from mmcore.runtime.kv_runner import OrtDecoderRunner
 
 D, V, KV, HS = 4, 6, 1, 3  # width, vocab, kv heads, head size
 

@@ -6,9 +6,9 @@ import logging
 import numpy as np
 import pytest
 
-from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
-from serve_app.runtime.ort_session import ProviderUnavailable, open_session, open_stage_session
-from serve_app.runtime.providers import BatchProfile, CPUSpec, default_vision_providers
+from mmcore.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
+from mmcore.runtime.ort_session import ProviderUnavailable, open_session, open_stage_session
+from mmcore.runtime.providers import BatchProfile, CPUSpec, default_vision_providers
 
 # conftest's variant graphs compute pixels * scale: portable (TRT/CUDA) scales by 2, cpu-fp32 by 1.
 PORTABLE_SCALE, CPU_SCALE = 2.0, 1.0
@@ -22,7 +22,7 @@ def _run(opened) -> float:
 
 def test_cpu_build_falls_back_to_cpu_variant_with_warning(vision_dir, caplog):
     directory, graph = vision_dir
-    with caplog.at_level(logging.WARNING, logger="serve_app.runtime.ort_session"):
+    with caplog.at_level(logging.WARNING, logger="mmcore.runtime.ort_session"):
         opened = open_stage_session(directory, graph, default_vision_providers(), stage="vision", profile=PROFILE)
     assert (opened.provider, opened.variant) == (CPU_EP, "cpu-fp32")
     assert _run(opened) == CPU_SCALE  # the CPU variant's file really is the one running

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper
 from pydantic import ValidationError
 
 from serve_app.observability import profile_summary
-from serve_app.runtime.ort_session import session_options
-from serve_app.runtime.profiling import ProfilableSession, ProfileSettings
+from mmcore.runtime.ort_session import session_options
+from mmcore.runtime.profiling import ProfilableSession, ProfileSettings
 
 
 @pytest.fixture(scope="module")

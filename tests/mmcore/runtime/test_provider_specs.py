@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP, TensorSpec
-from serve_app.runtime.providers import (BatchProfile, CPUSpec, CUDASpec, TensorRTSpec, batch_profile,
+from mmcore.manifest import CPU_EP, CUDA_EP, TENSORRT_EP, TensorSpec
+from mmcore.runtime.providers import (BatchProfile, CPUSpec, CUDASpec, TensorRTSpec, batch_profile,
                                  default_vision_providers, parse_providers)
 
 PIXELS = TensorSpec(name="pixels", dtype="uint8", shape=["batch", 3, 224, 224])

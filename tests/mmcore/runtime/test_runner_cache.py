@@ -7,9 +7,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from graphs.manifest import KvCacheEntry
-from serve_app.runtime.kv_runner import OrtDecoderRunner
-from tests.serve_app.runtime.test_kv_runner import SPEC, rotary_like_graph
+from mmcore.manifest import KvCacheEntry
+from mmcore.runtime.kv_runner import OrtDecoderRunner
+from tests.mmcore.runtime.test_kv_runner import SPEC, rotary_like_graph
 
 SLOTS, T = 15, 4096  # big enough that the cache's pages dominate any other allocation the constructor makes
 ROW = SPEC.layers * 2 * SPEC.kv_heads * T  # cached values per slot, every layer, keys and values, per channel

@@ -2,9 +2,9 @@
 
 import pytest
 
-from serve_app.runtime.ort_session import open_stage_session
-from serve_app.runtime.providers import BatchProfile, CPUSpec
-from serve_app.runtime.warmup import warm_up
+from mmcore.runtime.ort_session import open_stage_session
+from mmcore.runtime.providers import BatchProfile, CPUSpec
+from mmcore.runtime.warmup import warm_up
 
 
 class CountingSession:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from graphs.families.own.tokenizer import build_tokenizer, encode_chat
-from graphs.manifest import PromptSpec
+from mmcore.manifest import PromptSpec
 from serve_app.api import chat
 from serve_app.api.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.api.prompt import ImageSlot, PromptRenderer

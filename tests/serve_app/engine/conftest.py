@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from graphs.families.own.config import get_preset
-from graphs.manifest import Manifest
+from mmcore.manifest import Manifest
 
 
 @pytest.fixture(scope="session")

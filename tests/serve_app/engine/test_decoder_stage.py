@@ -45,7 +45,7 @@ def wait_until(predicate, timeout_s=30.0):
 
 def test_streamed_greedy_tokens_match_the_reference(ray_serve, tiny_artifacts, tiny_reference):
     handle = deploy(tiny_artifacts, slots=4)
-    from graphs.manifest import Manifest
+    from mmcore.manifest import Manifest
 
     eos = Manifest.read(tiny_artifacts).decoder.eos_token_ids[0]
     for seed in range(3):

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from graphs.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
-from serve_app.runtime.ort_session import ProviderUnavailable
+from mmcore.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
+from mmcore.runtime.ort_session import ProviderUnavailable
 from serve_app.stages import vision
 from serve_app.stages.vision import VisionEncoder, VisionOptions
 

@@ -13,7 +13,7 @@ import pytest
 
 from graphs.families.llava import parity
 from graphs.families.llava.variants import VARIANTS
-from graphs.manifest import Manifest
+from mmcore.manifest import Manifest
 from graphs.families.llava.checkpoint import read_checkpoint
 from graphs.families.llava.decoder_graph import build_decoder
 from graphs.families.llava.reference import Reference

@@ -17,8 +17,8 @@ from graphs.families.llava.driver import decoder_spec
 from graphs.families.llava.family import FAMILY
 from graphs.families.llava.reference import Reference
 from graphs.emit.quantize import Int8Weights
-from graphs.manifest import CPU_EP
-from serve_app.runtime.kv_runner import OrtDecoderRunner
+from mmcore.manifest import CPU_EP
+from mmcore.runtime.kv_runner import OrtDecoderRunner
 
 NAMES = ["clip-llama", "siglip-qwen2"]
 KV = {"cpu-int8-kv8": "cpu-int8", "cpu-int4-kv8": "cpu-int4"}

@@ -8,8 +8,8 @@ import torch
 from graphs.families.own.config import PRESETS
 from graphs.families.own.model import MultimodalModel, patchify
 from graphs.emit.onnx_ops import IR_VERSION, MS_DOMAIN
-from serve_app.runtime.kv_runner import OrtDecoderRunner
-from serve_app.runtime.ort_session import cpu_session
+from mmcore.runtime.kv_runner import OrtDecoderRunner
+from mmcore.runtime.ort_session import cpu_session
 from graphs.families.own.vision_graph import folded_patch_embedding
 
 TINY = PRESETS["tiny"]

@@ -6,10 +6,10 @@ import pytest
 
 from graphs.families.own.config import get_preset
 from graphs.families.own.kv_calibration import QMAX, calibrate, kv_absmax
-from graphs.manifest import Manifest, check_session_io, variant_dtypes
+from mmcore.manifest import Manifest, check_session_io, variant_dtypes
 from graphs.verify import KV_MAX_REL_ERR
-from serve_app.runtime.kv_runner import OrtDecoderRunner
-from serve_app.runtime.ort_session import cpu_session
+from mmcore.runtime.kv_runner import OrtDecoderRunner
+from mmcore.runtime.ort_session import cpu_session
 
 TINY = get_preset("tiny")
 KV_VARIANTS = {"cpu-int8-kv8": ("int8", 8, TINY.decoder.head_dim),
