@@ -34,7 +34,7 @@ import numpy as np
 
 from mmcore.manifest import Manifest
 from serve_app.engine import Engine, EngineConfig, NullMetrics, load_engine
-from serve_app.engine.types import DecodeRequest, FeatureSegment, TokenSegment
+from serve_app.contract import DecodeRequest, FeatureSegment, TokenSegment
 
 # context shape of every request: one image's features + a prompt; set from the manifest and flags in main()
 SHAPE = {"image": 196, "prompt": 32, "vocab": 4000, "max_context": None}

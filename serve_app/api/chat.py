@@ -28,7 +28,7 @@ from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.api.errors import unwrap
 from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
 from serve_app.api.retry import RETRYABLE, gather_with_retry
-from serve_app.engine.types import DecodeChunk, DecodeRequest, FeatureSegment, ModelMismatch, TokenSegment
+from serve_app.contract import DecodeChunk, DecodeRequest, FeatureSegment, ModelMismatch, TokenSegment
 
 
 def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatCompletionRequest:

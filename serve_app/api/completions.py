@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from serve_app.api.protocol import (AssistantMessage, ChatCompletionChunk, ChatCompletionResponse, Choice, ChunkChoice,
                                 Delta, Usage)
-from serve_app.engine.types import DecodeChunk
+from serve_app.contract import DecodeChunk
 
 
 @dataclass(frozen=True)

@@ -1,45 +1,26 @@
 """The one error path: any exception -> (HTTP status, OpenAI ErrorResponse).
 
-Stages raise `APIError` subclasses for what the client got wrong; they cross Ray's process boundary wrapped in a
-`RayTaskError`, which `unwrap` peels off, so a bad image found in the preprocess replica still reaches the client as
-a 400 naming the field. Anything unexpected is a 500 whose message does not leak internals beyond the exception type.
+Stages raise `APIError` subclasses (serve_app/contract.py) for what the client got wrong; they cross Ray's process
+boundary wrapped in a `RayTaskError`, which `unwrap` peels off, so a bad image found in the preprocess replica still
+reaches the client as a 400 naming the field. The status comes from serve_app/outcomes.py, which the stages' metrics
+count by too. Anything unexpected is a 500 whose message does not leak internals beyond the exception type.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from pydantic import ValidationError
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from serve_app.api.protocol import ErrorInfo, ErrorResponse
-from serve_app.engine.types import ModelMismatch, Overloaded
+from serve_app.contract import APIError, unwrap
+from serve_app.outcomes import Outcome, outcome_of, status_of  # noqa: F401 -- status_of: the one classification
 
 log = logging.getLogger("ray.serve")
 
 
-class APIError(Exception):
-    """An error the client can act on. `param` names the request field, `code` is a stable machine-readable tag."""
-
-    status = 400
-    type = "invalid_request_error"
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.message, self.param, self.code = message, param, code
-
-    def __reduce__(self):  # keep param and code when Ray pickles the error across processes
-        return (type(self), (self.message, self.param, self.code))
-
-
 class InvalidRequest(APIError):
     pass
-
-
-class InvalidImage(APIError):
-    """Not an image, truncated, unsupported format, or over a size limit."""
 
 
 class ContextLengthExceeded(APIError):
@@ -92,16 +73,6 @@ class NotFound(APIError):
     type = "not_found_error"
 
 
-def unwrap(exc: BaseException) -> BaseException:
-    """The original exception behind Ray's wrappers (RayTaskError keeps it as `.cause`)."""
-    for _ in range(8):
-        cause = getattr(exc, "cause", None)
-        if not isinstance(cause, BaseException):
-            break
-        exc = cause
-    return exc
-
-
 def validation_param(err: ValidationError) -> str | None:
     """`messages.0.content` style path of the first failing field."""
     errors = err.errors()
@@ -116,41 +87,6 @@ def validation_message(err: ValidationError) -> str:
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    status: int
-    type: str
-    code: str
-    retry_after_s: float | None = None  # sent as Retry-After: the client may try again
-
-
-# Failures that are no fault of the request, by exception class (the first matching base wins).
-_OUTCOMES: dict[type, Outcome] = {
-    Overloaded: Outcome(503, "server_overloaded", "overloaded", 1.0),
-    BackPressureError: Outcome(503, "server_overloaded", "overloaded", 1.0),  # a stage's max_queued_requests
-    ModelMismatch: Outcome(503, "service_unavailable", "model_changed", 1.0),  # no replica left with this model
-    RayActorError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),  # a replica died; Serve restarts it
-    ReplicaUnavailableError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),
-    DeploymentUnavailableError: Outcome(503, "service_unavailable", "stage_unavailable", 5.0),
-    TimeoutError: Outcome(504, "timeout", "stage_timeout"),
-}
-
-
-def _outcome(exc: BaseException) -> Outcome | None:
-    return next((o for cls, o in _OUTCOMES.items() if isinstance(exc, cls)), None)
-
-
-def status_of(exc: BaseException) -> int:
-    """The HTTP status an exception answers with: the one classification the responses and the metrics share."""
-    exc = unwrap(exc)
-    if isinstance(exc, APIError):
-        return exc.status
-    if isinstance(exc, ValidationError):
-        return 400
-    outcome = _outcome(exc)
-    return 500 if outcome is None else outcome.status
-
-
 def to_error(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
     """(status, body, extra headers) for any exception."""
     exc = unwrap(exc)
@@ -162,7 +98,7 @@ def to_error(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
         info = ErrorInfo(message=validation_message(exc), type="invalid_request_error",
                          param=validation_param(exc), code="invalid_value")
         return 400, ErrorResponse(error=info), {}
-    outcome = _outcome(exc)
+    outcome = outcome_of(exc)
     if outcome is None:
         log.error("internal error", exc_info=exc)
         outcome = Outcome(500, "internal_error", "internal_error")

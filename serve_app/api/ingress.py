@@ -29,7 +29,7 @@ from serve_app.api.completions import CompletionMeta, collect, stream_chunks
 from serve_app.api.served import ServedModels, load_served_model
 from serve_app.config import IngressOptions, ModelSource
 from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized, unwrap
-from serve_app.engine.types import ModelMismatch
+from serve_app.contract import ModelMismatch
 from serve_app.observability.metrics import StageMetrics, outcome_of_status
 from serve_app.api.protocol import ModelCard, ModelList, completion_id
 from serve_app.api.sse import error_response, sse_response

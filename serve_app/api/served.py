@@ -19,7 +19,7 @@ from mmcore.manifest import Manifest
 from serve_app.api.chat import ModelLimits
 from serve_app.api.prompt import PromptRenderer
 from serve_app.artifacts import ModelSource, model_key, resolve_model
-from serve_app.engine.types import ModelMismatch
+from serve_app.contract import ModelMismatch
 
 log = logging.getLogger("ray.serve")
 

@@ -28,7 +28,7 @@ from serve_app.engine.sampling import SamplingParams
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.stepper import StepLoop, StepReport
-from serve_app.engine.types import DecodeChunk, DecodeRequest, TokenSegment
+from serve_app.contract import DecodeChunk, DecodeRequest, TokenSegment
 
 
 class Engine:

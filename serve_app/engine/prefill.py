@@ -19,7 +19,7 @@ import numpy as np
 from serve_app.engine.runner import StepRunner
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence
-from serve_app.engine.types import TokenSegment
+from serve_app.contract import TokenSegment
 
 Prefilled = list[tuple[Sequence, np.ndarray]]  # sequences whose prompt is now cached, with last-position logits (V,)
 

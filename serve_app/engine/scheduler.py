@@ -15,7 +15,7 @@ from collections import deque
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.runner import StepRunner
 from serve_app.engine.sequence import Sequence
-from serve_app.engine.types import Overloaded
+from serve_app.contract import Overloaded
 
 
 class Scheduler:

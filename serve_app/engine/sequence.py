@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serve_app.engine.sampling import SamplingParams
-from serve_app.engine.types import DecodeRequest
+from serve_app.contract import DecodeRequest
 
 
 @dataclass(eq=False)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from serve_app.api.errors import status_of
+from serve_app.outcomes import status_of
 
 # Stage latencies on CPU run from ~0.1 ms (a cache hit) to tens of seconds (a long prefill under load).
 LATENCY_BOUNDS_S = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -54,7 +54,7 @@ def _metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...], *
 def classify(exc: BaseException | None) -> tuple[str, int]:
     """How a stage call ended -> (outcome, HTTP-like status): ok, rejected (the client's fault), overloaded,
     cancelled (the client went away) or error (ours). The status is the one the client is answered with
-    (errors.status_of), so a stage's count and the ingress's agree."""
+    (outcomes.status_of, as api/errors.py answers), so a stage's count and the ingress's agree."""
     if exc is None:
         return "ok", 200
     if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):

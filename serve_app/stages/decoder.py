@@ -37,7 +37,7 @@ from serve_app.observability.metrics import StageMetrics
 from serve_app.artifacts import ModelSource, model_key, resolve_model
 from mmcore.runtime.profiling import ProfileSettings
 from serve_app.observability.decoder_metrics import RayEngineMetrics
-from serve_app.engine.types import DecodeChunk, DecodeRequest, check_model_key
+from serve_app.contract import DecodeChunk, DecodeRequest, check_model_key
 
 
 MAX_ONGOING_REQUESTS = 512  # the code default; a config file may replace it, so the replica checks what is deployed

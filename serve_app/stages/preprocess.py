@@ -26,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from mmcore.manifest import Manifest, VisionSpec
-from serve_app.api.errors import InvalidImage
+from serve_app.contract import InvalidImage
 from serve_app.artifacts import ModelSource, model_key, resolve_model
 from serve_app.observability.metrics import ImageMetrics, StageMetrics
-from serve_app.engine.types import PreprocessedImage, check_model_key
+from serve_app.contract import PreprocessedImage, check_model_key
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),(?P<data>.*)$", re.DOTALL)

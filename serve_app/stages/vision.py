@@ -33,7 +33,7 @@ from serve_app.observability.metrics import StageMetrics
 from mmcore.runtime.ort_session import OpenedSession, open_stage_session
 from mmcore.runtime.profiling import ProfilableSession, ProfileSettings
 from mmcore.runtime.providers import BatchProfile, ProviderSpec, batch_profile, default_vision_providers, parse_providers
-from serve_app.engine.types import PreprocessedImage, check_model_key
+from serve_app.contract import PreprocessedImage, check_model_key
 from mmcore.runtime.warmup import warm_up
 
 log = logging.getLogger("ray.serve")

@@ -13,7 +13,7 @@ from serve_app.api import chat
 from serve_app.api.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.api.prompt import ImageSlot, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
-from serve_app.engine.types import DecodeChunk, FeatureSegment, PreprocessedImage, TokenSegment
+from serve_app.contract import DecodeChunk, FeatureSegment, PreprocessedImage, TokenSegment
 from tests.fake_manifest import fake_manifest
 
 TOK = build_tokenizer(512)

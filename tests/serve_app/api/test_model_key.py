@@ -14,7 +14,7 @@ import pytest
 
 from serve_app.api import chat
 from serve_app.api.errors import to_error
-from serve_app.engine.types import DecodeChunk, DecodeRequest, ModelMismatch, PreprocessedImage, TokenSegment, \
+from serve_app.contract import DecodeChunk, DecodeRequest, ModelMismatch, PreprocessedImage, TokenSegment, \
     check_model_key
 
 A, B = "a" * 64, "b" * 64

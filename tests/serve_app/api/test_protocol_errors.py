@@ -8,10 +8,11 @@ import pickle
 import pytest
 from pydantic import ValidationError
 
-from serve_app.api.errors import ContextLengthExceeded, InvalidImage, Unauthorized, to_error, unwrap
+from serve_app.api.errors import ContextLengthExceeded, Unauthorized, to_error
+from serve_app.contract import InvalidImage, unwrap
 from serve_app.api.chat import parse_request
 from serve_app.api.protocol import ChatCompletionRequest
-from serve_app.engine.types import Overloaded
+from serve_app.contract import Overloaded
 
 
 def req(**kw) -> dict:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from serve_app.api.completions import CompletionMeta, collect, stream_chunks
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.sse import sse_response
-from serve_app.engine.types import DecodeChunk, Overloaded
+from serve_app.contract import DecodeChunk, Overloaded
 
 META = CompletionMeta("chatcmpl-1", "m", prompt_tokens=7, include_usage=True)
 

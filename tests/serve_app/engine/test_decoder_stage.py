@@ -9,7 +9,7 @@ import ray
 from ray import serve
 
 from serve_app.stages.decoder import Decoder, DecoderOptions
-from serve_app.engine.types import DecodeRequest, Overloaded, TokenSegment
+from serve_app.contract import DecodeRequest, Overloaded, TokenSegment
 
 pytestmark = pytest.mark.e2e
 

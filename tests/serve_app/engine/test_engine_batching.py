@@ -8,7 +8,7 @@ import pytest
 from engine_fakes import FakeModel, FakeRunner, eos_id, make_embeddings, make_tokenizer
 
 from serve_app.engine import Engine, EngineConfig
-from serve_app.engine.types import DecodeRequest, FeatureSegment, Overloaded, TokenSegment
+from serve_app.contract import DecodeRequest, FeatureSegment, Overloaded, TokenSegment
 
 TOK = make_tokenizer()
 TABLE = make_embeddings()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from serve_app.engine import EngineConfig, load_engine
-from serve_app.engine.types import DecodeRequest, FeatureSegment, TokenSegment
+from serve_app.contract import DecodeRequest, FeatureSegment, TokenSegment
 
 FP32 = ["cpu-fp32"]  # token identity with the fp32 reference is the claim; int8 parity is the build's gate
 

@@ -7,9 +7,10 @@ import asyncio
 
 import pytest
 
-from serve_app.api.errors import InvalidImage, Unauthorized, to_error
+from serve_app.api.errors import Unauthorized, to_error
+from serve_app.contract import InvalidImage
 from serve_app.observability.metrics import StageMetrics, classify, outcome_of_status
-from serve_app.engine.types import Overloaded
+from serve_app.contract import Overloaded
 
 
 class RayWrapped(Exception):

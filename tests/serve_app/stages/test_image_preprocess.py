@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.api.errors import InvalidImage
+from serve_app.contract import InvalidImage
 from serve_app.stages.preprocess import PreprocessOptions, open_header, preprocess_image, resize_crop
 from tests.fake_manifest import vision_spec
 from tests.serve_app.image_samples import bomb_png, data_url, encode, gradient_rgb, png_url

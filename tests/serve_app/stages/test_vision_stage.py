@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from mmcore.manifest import CPU_EP, GraphEntry, ManifestError, TensorSpec, Variant
-from serve_app.engine.types import PreprocessedImage
+from serve_app.contract import PreprocessedImage
 from serve_app.stages.vision import FeatureCache, VisionEncoder, VisionOptions, open_vision_session
 from tests.fake_manifest import write_fake_manifest
 

@@ -1,8 +1,16 @@
-"""The engine's I/O types, and what the ingress hands the image stages. Plain dataclasses of numpy arrays and ints:
-they cross process boundaries through Ray's object store, where numpy arrays travel without copies into lists.
+"""The contract between the stages: what crosses a stage boundary, and the errors a stage raises for the caller.
+
+Everything here travels through Ray's object store or inside Ray's error wrappers between the ingress and the
+stages (preprocess, vision, decoder), so both sides import it from this one module and nothing else of each other.
+Plain dataclasses of numpy arrays and ints: numpy arrays travel without copies into lists. No Ray, no ONNX Runtime.
 
 A prompt is a list of segments in the order the chat template put them: token ids, and image feature blocks where
-the template placed each image's placeholder (several images, images in earlier turns, text before an image)."""
+the template placed each image's placeholder (several images, images in earlier turns, text before an image).
+
+Errors: `APIError` and its subclasses are what the client got wrong (their HTTP status is on the class);
+`Overloaded` and `ModelMismatch` are no fault of the request (serve_app/outcomes.py maps them to 503). Each keeps
+its fields when Ray pickles it across processes, and `unwrap` finds it again inside Ray's wrappers.
+"""
 
 from __future__ import annotations
 
@@ -96,3 +104,31 @@ def check_model_key(stage: str, have: str, asked: str | None, source: dict | Non
     untagged call (None) is not checked."""
     if asked is not None and asked != have:
         raise ModelMismatch(stage, have, asked, source)
+
+
+class APIError(Exception):
+    """An error the client can act on. `param` names the request field, `code` is a stable machine-readable tag."""
+
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+    def __reduce__(self):  # keep param and code when Ray pickles the error across processes
+        return (type(self), (self.message, self.param, self.code))
+
+
+class InvalidImage(APIError):
+    """Not an image, truncated, unsupported format, or over a size limit."""
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The original exception behind Ray's wrappers (RayTaskError keeps it as `.cause`)."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
+    return exc
