@@ -2,43 +2,17 @@
 
 Deployment resources (num_cpus, replicas, autoscaling) belong to the Serve config file's `deployments:` section;
 these args hold what the code needs to know: which model, limits on requests, and each stage's own options.
+Every part is plain pydantic (api/options.py, stages/options.py, artifacts.py): validating args imports neither
+Ray Serve nor ONNX Runtime.
 """
 
 from __future__ import annotations
 
-import os
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from serve_app.api.options import API_KEYS_ENV, IngressOptions, default_max_request_bytes  # noqa: F401 -- args
 from serve_app.artifacts import DEFAULT_CACHE_DIR, ModelSource  # noqa: F401 -- part of the args
-from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, default_max_request_bytes
-from serve_app.stages.decoder import DecoderOptions
-from serve_app.stages.preprocess import PreprocessOptions
-from serve_app.stages.vision import VisionOptions
-
-API_KEYS_ENV = "MMSERVE_API_KEYS"
-
-
-class IngressOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    api_keys: list[str] = Field(default_factory=list,
-                                description=f"accepted Bearer keys; the {API_KEYS_ENV} env var (comma-separated) "
-                                            "adds more; none = no authentication")
-    max_images_per_request: int = Field(default=4, ge=0, description="image parts allowed in one request")
-    stage_timeout_s: float = Field(default=60.0, gt=0, description="how long the ingress waits on a stage call")
-    max_request_bytes: int | None = Field(default=None, gt=0,
-                                          description="largest request body in bytes (413 request_too_large over "
-                                                      "it); default: every allowed image at preprocess."
-                                                      "max_image_bytes, base64-encoded, plus 1 MiB of text")
-    max_json_depth: int = Field(default=DEFAULT_MAX_JSON_DEPTH, ge=4, le=512,
-                                description="deepest nesting of JSON arrays/objects in a request body (400 "
-                                            "json_too_deep over it)")
-
-    def keys(self) -> frozenset[str]:
-        """Keys from config plus the environment of the process that asks (the ingress replica)."""
-        from_env = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
-        return frozenset([*self.api_keys, *from_env])
+from serve_app.stages.options import DecoderOptions, PreprocessOptions, VisionOptions
 
 
 class AppArgs(BaseModel):

@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 
 from serve_app.api.chat import parse_request
-from serve_app.stages.preprocess import PreprocessOptions, preprocess_image
+from serve_app.imaging.pipeline import preprocess_image
+from serve_app.stages.options import PreprocessOptions
 from tests.fake_manifest import vision_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,8 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.api import chat
 from serve_app.api.completions import CompletionMeta, collect, stream_chunks
 from serve_app.api.served import ServedModels, load_served_model
-from serve_app.config import IngressOptions, ModelSource
 from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized, unwrap
+from serve_app.api.options import IngressOptions
+from serve_app.artifacts import ModelSource
 from serve_app.contract import ModelMismatch
 from serve_app.observability.metrics import StageMetrics, outcome_of_status
 from serve_app.api.protocol import ModelCard, ModelList, completion_id
@@ -36,7 +37,7 @@ from serve_app.api.sse import error_response, sse_response
 from serve_app.api.request_limits import default_max_request_bytes, read_body
 from serve_app.api.retry import RETRYABLE
 from serve_app.api.stage_watch import StageWatch
-from serve_app.stages.preprocess import PreprocessOptions
+from serve_app.stages.options import PreprocessOptions
 
 app = FastAPI(title="mmserve", docs_url=None, redoc_url=None)
 

@@ -5,8 +5,8 @@
     JSON nested deeper than limit  -> 400 json_too_deep, found by a scan without recursion before json.loads
                                       (the C parser raises RecursionError near a thousand levels)
 
-The default body limit follows from the image limits: every allowed image at its byte limit, base64-encoded
-(4 characters per 3 bytes), plus room for the text of the messages.
+The default body limit follows from the image limits (api/options.py: every allowed image at its byte limit,
+base64-encoded, plus room for the text of the messages).
 """
 
 from __future__ import annotations
@@ -15,19 +15,13 @@ import re
 from collections.abc import AsyncIterator
 
 from serve_app.api.errors import InvalidRequest, RequestTooLarge
-
-TEXT_HEADROOM_BYTES = 1024 * 1024  # the messages' text and JSON framing around the images
-DEFAULT_MAX_JSON_DEPTH = 32  # a chat request nests 5 deep (messages[].content[].image_url.url)
+from serve_app.api.options import DEFAULT_MAX_JSON_DEPTH, default_max_request_bytes  # noqa: F401 -- re-exported
 
 # A JSON string (possessive: no backtracking on a 10 MB base64 string); brackets inside strings go with it.
 _STRINGS = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 # Keep only brackets, objects' as arrays': depth is the same, and one pair "[]" is then all there is to remove.
 _BRACKETS_ONLY = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
-
-
-def default_max_request_bytes(max_image_bytes: int, max_images: int) -> int:
-    return max_images * ((max_image_bytes + 2) // 3) * 4 + TEXT_HEADROOM_BYTES
 
 
 def check_content_length(header: str | None, limit: int) -> None:

@@ -28,55 +28,18 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import numpy as np
-from pydantic import Field
 from ray import serve
 
-from serve_app.engine import EngineConfig, load_engine
+from serve_app.artifacts import ModelSource, model_key, resolve_model
+from serve_app.contract import DecodeChunk, DecodeRequest, check_model_key
+from serve_app.engine import load_engine
+from serve_app.observability.decoder_metrics import RayEngineMetrics
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
-from serve_app.artifacts import ModelSource, model_key, resolve_model
-from mmcore.runtime.profiling import ProfileSettings
-from serve_app.observability.decoder_metrics import RayEngineMetrics
-from serve_app.contract import DecodeChunk, DecodeRequest, check_model_key
+from serve_app.stages.options import DecoderOptions
 
 
 MAX_ONGOING_REQUESTS = 512  # the code default; a config file may replace it, so the replica checks what is deployed
-
-
-class DecoderOptions(EngineConfig):
-    """The engine's knobs (slots and max_context are fixed at start; the others change live via user_config) plus
-    the deployment's own. Only the streaming defaults differ from the bare engine's: through Ray streaming and SSE
-    each chunk costs far more than a token, so serving merges tokens by default."""
-
-    stream_interval_s: float = Field(0.02, ge=0, le=1.0, description="shortest time between two chunks of one "
-                                                                     "stream: tokens of the steps in between travel "
-                                                                     "together, since each chunk costs Ray streaming "
-                                                                     "and SSE far more than a token costs the engine "
-                                                                     "(x3 single-stream throughput at 0.02); 0 = a "
-                                                                     "chunk per decode step (live)")
-    max_chunk_rate: float = Field(400.0, ge=0, description="chunks per second across the replica's streams: with "
-                                                           "many streams the interval stretches to active / rate, "
-                                                           "since the serving path's cost is per chunk; 0 = no limit "
-                                                           "(live)")
-    threads: int = Field(1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
-    prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"],
-                                       description="decoder graph variants in order of preference; "
-                                                   "cpu-int8-rowwise-kv8 first: seeded and greedy requests replay "
-                                                   "the same under any load, at some speed")
-    ort_profile: ProfileSettings = Field(default_factory=ProfileSettings,
-                                         description="ORT profiling of the next N decoder calls (prefills and "
-                                                     "steps; live)")
-
-    def check_admission(self, max_ongoing_requests: int) -> None:
-        """Every request must reach the engine: with slots + max_queue over the deployment's
-        max_ongoing_requests, Serve would queue the excess outside it, neither batched nor refused with 503."""
-        if self.slots + self.max_queue > max_ongoing_requests:
-            raise ValueError(f"decoder.slots + decoder.max_queue = {self.slots + self.max_queue} exceeds the Decoder "
-                             f"deployment's max_ongoing_requests {max_ongoing_requests}: raise it in the config "
-                             f"file's deployments entry or lower them")
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(**self.model_dump(include=set(EngineConfig.model_fields)))
 
 
 def deployed_max_ongoing_requests() -> int:

@@ -1,4 +1,5 @@
-"""Vision encoder stage: uint8 pixels -> image features, dynamically batched, cached by content hash.
+"""Vision encoder stage: uint8 pixels -> image features, dynamically batched, cached by content hash. The session
+and the cache are serve_app/encoder's; this module is only their Serve deployment.
 
 Lifecycle: load (read the manifest, try the EPs of `providers` in order, each with the graph variant built for it,
 and keep the first that actually loads -- ORT falls back silently; `strict` refuses any fallback) -> warm up
@@ -19,112 +20,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from ray import serve
 
-from mmcore.manifest import Manifest, check_session_io
+from mmcore.manifest import Manifest
+from mmcore.runtime.warmup import warm_up
 from serve_app.artifacts import ModelSource, model_key, resolve_model
+from serve_app.contract import PreprocessedImage, check_model_key
+from serve_app.encoder.cache import FeatureCache
+from serve_app.encoder.session import VisionRunner, open_vision_session, split_features
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
-from mmcore.runtime.ort_session import OpenedSession, open_stage_session
-from mmcore.runtime.profiling import ProfilableSession, ProfileSettings
-from mmcore.runtime.providers import BatchProfile, ProviderSpec, batch_profile, default_vision_providers, parse_providers
-from serve_app.contract import PreprocessedImage, check_model_key
-from mmcore.runtime.warmup import warm_up
+from serve_app.stages.options import VisionOptions
 
 log = logging.getLogger("ray.serve")
-
-
-class VisionOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    providers: list[ProviderSpec] = Field(default_factory=default_vision_providers,
-                                          description="ONNX Runtime execution providers to try, best first, each "
-                                                      "a name or {name, options...} (TensorRT: fp16, cache_dir, "
-                                                      "workspace_bytes; CUDA: device_id, gpu_mem_limit)")
-    strict: bool = Field(default=False, description="fail the replica's start unless the first provider loads "
-                                                    "(otherwise: warn, fall back, report the active EP)")
-    prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32", "portable-fp16",
-                                                                "portable-fp32"],
-                                       description="graph variant names in order of preference for the loaded EP")
-    threads: int = Field(default=1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
-    max_batch_size: int = Field(default=8, ge=1, description="largest batch one session call runs; the "
-                                                             "TensorRT profile's opt shape")
-    batch_profile_max: int | None = Field(default=None, ge=1,
-                                          description="largest max_batch_size a live reconfigure may set on "
-                                                      "TensorRT: the profile's max shape, so no engine rebuild; "
-                                                      "None = max_batch_size")
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="longest wait for a batch to fill")
-    cache_size: int = Field(default=256, ge=0, description="image features kept by content hash (LRU); 0 = off")
-    ort_profile: ProfileSettings = Field(default_factory=ProfileSettings,
-                                         description="ORT profiling of the next N batches (live via user_config)")
-
-    @field_validator("providers", mode="before")
-    @classmethod
-    def _provider_names(cls, v):
-        return parse_providers(v) if isinstance(v, list) else v
-
-    @model_validator(mode="after")
-    def _profile_covers_batch(self) -> "VisionOptions":
-        if self.batch_profile_max is not None and self.batch_profile_max < self.max_batch_size:
-            raise ValueError(f"batch_profile_max ({self.batch_profile_max}) < max_batch_size "
-                             f"({self.max_batch_size})")
-        return self
-
-    def batching(self) -> dict:
-        """The live batching knobs, as the deployment's user_config."""
-        return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s}
-
-    def profile(self, manifest: Manifest) -> BatchProfile:
-        """TensorRT profile over the `pixels` batch dim: min 1, opt max_batch_size, max batch_profile_max."""
-        pixels = manifest.graphs["vision"].inputs[0]  # ("batch", 3, H, W) uint8
-        return batch_profile(pixels, self.max_batch_size, self.batch_profile_max or self.max_batch_size)
-
-
-class FeatureCache:
-    """LRU of content hash -> features (P,D): the same image sent again skips the encoder."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    def get(self, key: str) -> np.ndarray | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        if self.capacity <= 0:
-            return
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def resize(self, capacity: int) -> None:
-        self.capacity = capacity
-        while len(self._items) > max(capacity, 0):
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-def open_vision_session(artifacts_dir: str | Path, options: VisionOptions) -> OpenedSession:
-    """The session on the first provider that really loads, with that provider's variant (see ort_session), its
-    inputs and outputs checked against the manifest."""
-    manifest = Manifest.read(artifacts_dir)
-    entry = manifest.graphs["vision"]
-    opened = open_stage_session(str(artifacts_dir), entry, options.providers, strict=options.strict,
-                                threads=options.threads, profile=options.profile(manifest),
-                                prefer=options.prefer_variants, stage="vision")
-    check_session_io(Path(artifacts_dir) / entry.variants[opened.variant].file, entry, opened.session)
-    return opened
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -134,16 +44,13 @@ class VisionEncoder:
         artifacts_dir = resolve_model(ModelSource.model_validate(model))
         self.model_key, self.source = model_key(artifacts_dir), ModelSource.model_validate(model).model_dump()
         opened = open_vision_session(artifacts_dir, self.options)
-        self.variant, self.provider = opened.variant, opened.provider
-        manifest = Manifest.read(artifacts_dir)
-        model_path = Path(artifacts_dir) / manifest.graphs["vision"].variants[self.variant].file
-        self.session = ProfilableSession(opened.session, model_path, self.options.threads, stage="vision")
+        self.runner = VisionRunner(artifacts_dir, opened, self.options.threads)
+        self.variant, self.provider, self.fallbacks = self.runner.variant, self.runner.provider, self.runner.fallbacks
+        self.session = self.runner.session
         self.metrics = StageMetrics("vision")
         self.batches_run = 0
-        self.fallbacks = list(opened.fallbacks)
         report_active_ep("vision", self.provider, self.variant)
-        self.profile = self.options.profile(manifest)
-        self.io = manifest.vision.io
+        self.profile = self.options.profile(Manifest.read(artifacts_dir))
         self.cache = FeatureCache(self.options.cache_size)
         # A batcher per instance, not a decorated method: serve.batch keeps its queue on the function object, which
         # a method decorator shares across every instance in the process (and across event loops in tests).
@@ -173,7 +80,7 @@ class VisionEncoder:
         self._encode_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run([self.io.features], {self.io.pixels: pixels})[0]  # (B,3,H,W) -> (B,P,D)
+        return self.runner.run(pixels)  # (B,3,H,W) -> (B,P,D)
 
     async def _run_batch(self, batch: list[np.ndarray], enqueued_at: list[float]) -> list[np.ndarray]:
         start = time.perf_counter()
@@ -184,7 +91,7 @@ class VisionEncoder:
         pixels = np.stack(batch)  # (B,3,H,W) uint8
         with self.metrics.timed_compute():
             features = await asyncio.to_thread(self._run, pixels)  # (B,P,D) float32
-        return [np.ascontiguousarray(f) for f in features]
+        return split_features(features)
 
     async def encode(self, image: PreprocessedImage, model_key: str | None = None) -> np.ndarray:
         """-> (P,D) float32 features for one preprocessed image; `model_key`: the ingress's model (refused if not

@@ -82,7 +82,8 @@ def reference_text(served, image_url: str | None, text: str, max_tokens: int) ->
     from graphs.families.own.tokenizer import encode_chat, load_tokenizer
     from graphs.families.own.weights import load_model
     from serve_app.engine.detokenize import IncrementalDetokenizer
-    from serve_app.stages.preprocess import PreprocessOptions, preprocess_image
+    from serve_app.imaging.pipeline import preprocess_image
+    from serve_app.stages.options import PreprocessOptions
 
     manifest = Manifest.read(served.artifacts)
     assert manifest.weights_sha256 is None  # tiny: seeded weights, which load_model reproduces
@@ -182,7 +183,8 @@ def test_features_are_float32_image_tokens(served):
     from ray import serve
 
     from mmcore.manifest import Manifest
-    from serve_app.stages.preprocess import PreprocessOptions, preprocess_image
+    from serve_app.imaging.pipeline import preprocess_image
+    from serve_app.stages.options import PreprocessOptions
     img = preprocess_image(png_url(), Manifest.read(served.artifacts).vision, PreprocessOptions())
     feats = serve.get_deployment_handle("VisionEncoder", APP_NAME).encode.remote(img).result()
     assert feats.dtype == np.float32 and feats.shape == (16, 64)

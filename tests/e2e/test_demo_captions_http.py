@@ -60,8 +60,7 @@ def test_served_captions_equal_the_offline_evaluation(served_captions, demo_arti
     """Against the variants a CPU replica serves, picked as the stages pick them (their default prefer_variants,
     then manifest order): cpu-int8 vision, the int8-cache decoder."""
     from mmcore.manifest import CPU_EP, Manifest
-    from serve_app.stages.decoder import DecoderOptions
-    from serve_app.stages.vision import VisionOptions
+    from serve_app.stages.options import DecoderOptions, VisionOptions
 
     images, _, got = served_captions
     man = Manifest.read(demo_artifacts)

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from serve_app.artifacts import ArtifactsError, resolve_model
 from serve_app.config import API_KEYS_ENV, AppArgs, ConfigError, IngressOptions, ModelSource, parse_args
-from serve_app.stages.decoder import DecoderOptions
+from serve_app.stages.options import DecoderOptions
 
 
 def all_fields(model: type[BaseModel], prefix=""):

@@ -96,7 +96,7 @@ def test_prompt_ids_are_what_serving_builds_from_the_checkpoint():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_model_pixels_are_the_preprocess_stage_resize(seed):
-    from serve_app.stages.preprocess import resize_shortest_edge
+    from serve_app.imaging.resize import resize_shortest_edge
 
     for draw in RENDERERS.values():
         rgb, _ = draw(seed)

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from serve_app.observability import profile_summary
 from mmcore.runtime.ort_session import session_options
-from mmcore.runtime.profiling import ProfilableSession, ProfileSettings
+from mmcore.runtime.profile_settings import ProfileSettings
+from mmcore.runtime.profiling import ProfilableSession
 
 
 @pytest.fixture(scope="module")

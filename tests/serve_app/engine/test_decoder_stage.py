@@ -8,7 +8,8 @@ import pytest
 import ray
 from ray import serve
 
-from serve_app.stages.decoder import Decoder, DecoderOptions
+from serve_app.stages.decoder import Decoder
+from serve_app.stages.options import DecoderOptions
 from serve_app.contract import DecodeRequest, Overloaded, TokenSegment
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,10 @@ import pytest
 from PIL import Image
 
 from serve_app.contract import InvalidImage
-from serve_app.stages.preprocess import PreprocessOptions, open_header, preprocess_image, resize_crop
+from serve_app.imaging.decode import open_header
+from serve_app.imaging.pipeline import preprocess_image
+from serve_app.imaging.resize import resize_crop
+from serve_app.stages.options import PreprocessOptions
 from tests.fake_manifest import vision_spec
 from tests.serve_app.image_samples import bomb_png, data_url, encode, gradient_rgb, png_url
 

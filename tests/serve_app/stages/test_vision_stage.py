@@ -13,7 +13,10 @@ from onnx import TensorProto, helper
 
 from mmcore.manifest import CPU_EP, GraphEntry, ManifestError, TensorSpec, Variant
 from serve_app.contract import PreprocessedImage
-from serve_app.stages.vision import FeatureCache, VisionEncoder, VisionOptions, open_vision_session
+from serve_app.encoder.cache import FeatureCache
+from serve_app.encoder.session import open_vision_session
+from serve_app.stages.options import VisionOptions
+from serve_app.stages.vision import VisionEncoder
 from tests.fake_manifest import write_fake_manifest
 
 S, P, D = 4, 4, 12  # image side, patches, feature width: 3*4*4 = 4*12

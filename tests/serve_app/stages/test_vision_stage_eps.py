@@ -9,7 +9,8 @@ from pydantic import ValidationError
 from mmcore.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
 from mmcore.runtime.ort_session import ProviderUnavailable
 from serve_app.stages import vision
-from serve_app.stages.vision import VisionEncoder, VisionOptions
+from serve_app.stages.options import VisionOptions
+from serve_app.stages.vision import VisionEncoder
 
 
 @pytest.fixture(autouse=True)

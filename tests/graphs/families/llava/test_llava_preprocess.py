@@ -14,7 +14,7 @@ from graphs.build import BuildError, build_artifacts
 from graphs.families.llava.checkpoint import read_checkpoint
 from graphs.families.llava.family import preprocessing
 from mmcore.manifest import VisionSpec
-from serve_app.stages.preprocess import to_pixels
+from serve_app.imaging.resize import to_pixels
 
 SIZES = [(50, 40), (40, 50), (33, 97), (32, 32), (301, 17)]
 
