@@ -1,5 +1,6 @@
-"""What each layer may import: the ORT runtime neither Ray nor torch, and serving never the build pipeline (torch
-and graph emitters) on a path that does not build."""
+"""What each layer loads when imported: the ORT runtime neither Ray nor torch, validating the app's args neither Ray
+nor ONNX Runtime, and serving never the build pipeline (torch and graph emitters) on a path that does not build.
+(tests/test_import_contracts.py checks the static imports; this checks what Python really loads.)"""
 
 from __future__ import annotations
 
@@ -15,10 +16,26 @@ def loaded_after(code: str) -> set[str]:
     return set(out.split())
 
 
+def roots(mods: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in mods}
+
+
 def test_the_runtime_imports_neither_ray_nor_torch():
     mods = loaded_after("import mmcore.runtime.kv_runner, mmcore.runtime.ort_session, "
-                        "mmcore.runtime.profiling, mmcore.runtime.providers, mmcore.runtime.warmup")
-    assert not {m for m in mods if m.split(".")[0] in ("ray", "torch")}
+                        "mmcore.runtime.profiling, mmcore.runtime.providers, mmcore.runtime.warmup, mmcore.store")
+    assert not roots(mods) & {"ray", "torch", "graphs", "serve_app"}
+
+
+def test_validating_the_args_loads_neither_ray_nor_onnxruntime():
+    mods = loaded_after("from serve_app.config import parse_args; "
+                        "parse_args({'model': {'preset': 'tiny'}, 'vision': {'providers': ['CPUExecutionProvider']}})")
+    assert not roots(mods) & {"ray", "onnxruntime", "torch", "fastapi"}
+
+
+def test_the_libraries_under_the_deployments_load_no_ray():
+    mods = loaded_after("import serve_app.contract, serve_app.stages.options, serve_app.imaging.pipeline, "
+                        "serve_app.encoder.session, serve_app.encoder.cache, serve_app.engine.loader")
+    assert not roots(mods) & {"ray", "torch"}
 
 
 @pytest.mark.parametrize("code", [
