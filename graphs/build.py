@@ -24,13 +24,15 @@ import onnx
 from graphs.emit.inspect import file_name, fusion_counts, ort_optimized_counts
 from graphs.families import family_for_source
 from graphs.families.base import Family, Progress, Source, SourceError
+from mmcore import manifest as manifest_module
 from mmcore.manifest import CPU_EP, MANIFEST, DecoderSpec, GraphEntry, Manifest, ManifestError, TensorSpec, Variant
 
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 TOKENIZER = "tokenizer.json"
-# Sources whose change changes the artifacts (every module of graphs/ but the demo's training code and the CLI):
-# their hash is part of ensure_artifacts' cache key.
+# Sources whose change changes the artifacts (every module of graphs/ but the demo's training code and the CLI, and
+# the manifest format in mmcore): their hash is part of ensure_artifacts' cache key.
 _NOT_BUILD_SOURCES = ("demo", "cli.py")
+_MANIFEST_SOURCE = Path(manifest_module.__file__)
 
 
 class BuildError(RuntimeError):
@@ -220,6 +222,7 @@ def build_code_version() -> str:
         rel = path.relative_to(root)
         if rel.parts[0] not in _NOT_BUILD_SOURCES:
             h.update(str(rel).encode() + b"\0" + path.read_bytes())
+    h.update(b"mmcore/manifest.py\0" + _MANIFEST_SOURCE.read_bytes())
     return h.hexdigest()[:16]
 
 
