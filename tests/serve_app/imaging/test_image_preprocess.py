@@ -1,4 +1,5 @@
-"""Preprocess stage, as pure functions: decoding, limits, colour modes, orientation, resize/crop."""
+"""The preprocess stage's library (serve_app/imaging), as pure functions: decoding, limits, colour modes,
+orientation, resize/crop."""
 
 from __future__ import annotations
 
