@@ -1,7 +1,7 @@
-"""Every stage's options: the `preprocess`, `vision` and `decoder` blocks of the application's args, and what a
-stage's `user_config` may change live. Plain pydantic over mmcore's Ray-free schemas: validating a config (at
-deploy, in `python -m serve_app`, in a test) imports neither Ray Serve nor ONNX Runtime, and the ingress can read a
-stage's default without importing its deployment."""
+"""Every stage's options: the `preprocess`, `vision` and `decoder` blocks of the application's args (the deployments
+validate their `user_config` against the same models). Plain pydantic over mmcore's Ray-free schemas: validating a
+config (at deploy, in `python -m serve_app`, in a test) imports neither Ray Serve nor ONNX Runtime, and the ingress
+can read a stage's default without importing its deployment."""
 
 from __future__ import annotations
 
