@@ -98,6 +98,7 @@ class Checkpoint:
     chat_template: str | None
     preprocess: PreprocessSpec
     tokenizer_files: tuple[str, ...] = field(default=())
+    clean_up_tokenization_spaces: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -308,6 +309,13 @@ def _tokenizer(directory: Path) -> tuple[tuple[int, ...], str | None, tuple[str,
     return tuple(eos), template, tuple(files)
 
 
+def cleans_up_spaces(tokenizer_json: Path, tokenizer_config: Path) -> bool:
+    """Whether transformers' decode applies its clean-up (" ." -> "." ...) to this checkpoint's text: the config's
+    `clean_up_tokenization_spaces` (default off), which transformers ignores for BPE models."""
+    flag = _Fields(tokenizer_config, _read_json(tokenizer_config)).get("clean_up_tokenization_spaces", bool, False)
+    return flag and json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"].get("type") != "BPE"
+
+
 def read_checkpoint(directory: str | Path) -> Checkpoint:
     directory = Path(directory)
     if not directory.is_dir():
@@ -323,8 +331,9 @@ def read_checkpoint(directory: str | Path) -> Checkpoint:
     if not 0 <= image_token < text.vocab_size:
         top.fail("image_token_index", f"{image_token} is outside the vocabulary of {text.vocab_size}")
     eos, template, files = _tokenizer(directory)
+    clean_up = cleans_up_spaces(directory / "tokenizer.json", directory / "tokenizer_config.json")
     return Checkpoint(directory=directory, vision=vision, text=text,
                       projector_act=top.choice("projector_hidden_act", ACTIVATIONS, "gelu"),
                       projector_bias=top.get("multimodal_projector_bias", bool, True), image_token_id=image_token,
                       eos_token_ids=eos, chat_template=template, preprocess=_preprocess(directory),
-                      tokenizer_files=files)
+                      tokenizer_files=files, clean_up_tokenization_spaces=clean_up)

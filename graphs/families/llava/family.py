@@ -92,7 +92,8 @@ class LlavaFamily:
         vision = VisionSpec(image_size=v.image_size, patch_size=v.patch_size, features_per_image=v.features_per_image,
                             feature_dim=ck.text.hidden, preprocessing=preprocessing(ck))
         prompt = PromptSpec(chat_template=ck.chat_template, image_token=tok.id_to_token(ck.image_token_id),
-                            image_features=v.features_per_image, eos_token=tok.id_to_token(ck.eos_token_ids[0]))
+                            image_features=v.features_per_image, eos_token=tok.id_to_token(ck.eos_token_ids[0]),
+                            clean_up_tokenization_spaces=ck.clean_up_tokenization_spaces)
         return Specs(decoder_spec(ck, embeddings_file), vision, prompt, source=ck.to_dict())
 
     def parity_gate(self, model: Loaded, built: dict[str, dict[str, bytes]], decoder: DecoderSpec,
