@@ -25,6 +25,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
                r"|\s+(?!\S)|\s+")
 
+IMAGE_TOKEN = "<image>"
 KINDS = ("llama2-legacy", "llama2", "mistral", "llama3", "qwen2", "wordpiece")
 
 
@@ -38,14 +39,14 @@ def make_tokenizer(kind: str, out: Path):
     from transformers import AutoTokenizer
 
     out.mkdir(parents=True, exist_ok=True)
-    if kind in ("llama2-legacy", "llama2", "mistral"):
-        _sentencepiece(kind, out)
-    else:
-        _tokenizers_object(kind).save_pretrained(str(out))
+    tok = _sentencepiece(kind, out) if kind in ("llama2-legacy", "llama2", "mistral") else _tokenizers_object(kind)
+    extra = ["[INST]", "[/INST]"] if kind == "mistral" else []
+    tok.add_special_tokens({"additional_special_tokens": [*extra, IMAGE_TOKEN]})  # as LLaVA checkpoints add it
+    tok.save_pretrained(str(out))
     return AutoTokenizer.from_pretrained(str(out))
 
 
-def _sentencepiece(kind: str, out: Path) -> None:
+def _sentencepiece(kind: str, out: Path):
     import json
 
     import sentencepiece as spm
@@ -61,14 +62,11 @@ def _sentencepiece(kind: str, out: Path) -> None:
     config = {"tokenizer_class": "LlamaTokenizer", "legacy": kind == "llama2-legacy", "bos_token": "<s>",
               "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}
     (src / "tokenizer_config.json").write_text(json.dumps(config))
-    tok = AutoTokenizer.from_pretrained(str(src))
-    if kind == "mistral":
-        tok.add_special_tokens({"additional_special_tokens": ["[INST]", "[/INST]"]})
-    tok.save_pretrained(str(out))
+    return AutoTokenizer.from_pretrained(str(src))
 
 
 def _tokenizers_object(kind: str):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if kind == "wordpiece":
@@ -94,5 +92,8 @@ def _tokenizers_object(kind: str):
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(corpus(), trainers.BpeTrainer(
         vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos:  # Llama-3 adds BOS in its post-processor; its chat template writes it too
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos,
                                    clean_up_tokenization_spaces=False)

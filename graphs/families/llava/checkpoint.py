@@ -316,6 +316,18 @@ def cleans_up_spaces(tokenizer_json: Path, tokenizer_config: Path) -> bool:
     return flag and json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"].get("type") != "BPE"
 
 
+def effective_tokenizer_json(directory: Path) -> str:
+    """tokenizer.json as transformers runs it, which is not always the file: loading rebuilds parts of some tokenizers
+    from tokenizer_config.json (LlamaTokenizer's Metaspace `prepend_scheme` from `legacy`/`add_prefix_space`, its
+    BOS/EOS post-processor from `add_bos_token`/`add_eos_token`). Serving reads this, so its ids are transformers'."""
+    from transformers import AutoTokenizer
+
+    backend = AutoTokenizer.from_pretrained(str(directory)).backend_tokenizer
+    backend.no_truncation()  # transformers' call-time settings, never the model's
+    backend.no_padding()
+    return backend.to_str(pretty=True)
+
+
 def read_checkpoint(directory: str | Path) -> Checkpoint:
     directory = Path(directory)
     if not directory.is_dir():
