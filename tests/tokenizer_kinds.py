@@ -29,6 +29,36 @@ IMAGE_TOKEN = "<image>"
 KINDS = ("llama2-legacy", "llama2", "mistral", "llama3", "qwen2", "wordpiece")
 
 
+# A chat template in each kind's family style (`{% generation %}`, `{% break %}`, `raise_exception`, `{{ bos_token }}`)
+PARTS = ("{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+         "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+         "{% endfor %}{% endif %}")
+TEMPLATES = {
+    # llava-1.5-hf's shape: roles in capitals, images first, assistant text inside {% generation %}
+    "llama2": ("{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}"
+               "{% endif %}{% if message['role'] == 'assistant' %}{% generation %}" + PARTS + "{% endgeneration %}"
+               "{% else %}" + PARTS + "{% endif %}{{ ' ' }}{% endfor %}{% if add_generation_prompt %}ASSISTANT:"
+               "{% endif %}"),
+    # Mistral's: the template writes BOS, so transformers adds none; alternation enforced with raise_exception
+    "mistral": ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0)"
+                " %}{{ raise_exception('roles must alternate user/assistant') }}{% endif %}{% if message['role'] == "
+                "'user' %}[INST] " + PARTS + " [/INST]{% else %} " + PARTS + "{{ eos_token }}{% endif %}{% endfor %}"),
+    # Llama-3's headers, BOS written by the template
+    "llama3": ("{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>"
+               "\n\n" + PARTS + "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant"
+               "<|end_header_id|>\n\n{% endif %}"),
+    # ChatML with a default system message found by a loop that breaks
+    "qwen2": ("{% set ns = namespace(system=false) %}{% for message in messages %}{% if message['role'] == 'system' %}"
+              "{% set ns.system = true %}{% break %}{% endif %}{% endfor %}{% if not ns.system %}<|im_start|>system\n"
+              "You are a helpful assistant.<|im_end|>\n{% endif %}{% for message in messages %}<|im_start|>"
+              "{{ message['role'] }}\n" + PARTS + "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+              "<|im_start|>assistant\n{% endif %}"),
+}
+TEMPLATES["llama2-legacy"] = TEMPLATES["llama2"]
+TEMPLATES["wordpiece"] = TEMPLATES["llama2"]
+
+
+
 def corpus(n: int = 2000, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14))) for _ in range(n)]
@@ -77,7 +107,8 @@ def _tokenizers_object(kind: str):
         tok.decoder = decoders.WordPiece(prefix="##")
         tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
         return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                                       pad_token="[PAD]", mask_token="[MASK]", clean_up_tokenization_spaces=True)
+                                       pad_token="[PAD]", mask_token="[MASK]", eos_token="[SEP]",
+                                       clean_up_tokenization_spaces=True)
     if kind == "llama3":
         specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
         split, normalizer, bos, eos = LLAMA3_SPLIT, None, "<|begin_of_text|>", "<|eot_id|>"

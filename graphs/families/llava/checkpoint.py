@@ -328,6 +328,21 @@ def effective_tokenizer_json(directory: Path) -> str:
     return backend.to_str(pretty=True)
 
 
+def same_tokenizer(a: str, b: str) -> bool:
+    """Two tokenizer.json texts that tokenize and decode alike: equal once parsed, a post-processor that adds no
+    token (transformers writes `$A` templates for tokenizers without BOS/EOS) counting as none."""
+    from tokenizers import Tokenizer
+
+    def canonical(text: str) -> dict:
+        tok = json.loads(Tokenizer.from_str(text).to_str())
+        post = tok.get("post_processor") or {}
+        if post.get("type") == "TemplateProcessing" and not post.get("special_tokens"):
+            tok["post_processor"] = None
+        return tok
+
+    return canonical(a) == canonical(b)
+
+
 def read_checkpoint(directory: str | Path) -> Checkpoint:
     directory = Path(directory)
     if not directory.is_dir():

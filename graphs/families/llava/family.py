@@ -10,6 +10,7 @@ resize/crop as the preprocessing spec (rescale and mean/std are folded into the 
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import numpy as np
 
 from graphs.families.base import Progress, Source, SourceError, Specs
 from graphs.families.llava import SHIPPED
-from graphs.families.llava.checkpoint import Checkpoint, CheckpointError, effective_tokenizer_json, read_checkpoint
+from graphs.families.llava.checkpoint import (Checkpoint, CheckpointError, effective_tokenizer_json, read_checkpoint,
+                                              same_tokenizer)
 from graphs.families.llava.driver import decoder_spec
 from graphs.families.llava.variants import VARIANTS
 from graphs.manifest import DecoderSpec, Preprocessing, PromptSpec, VisionSpec
@@ -78,7 +80,14 @@ class LlavaFamily:
         return Loaded(ck, load_weights(ck))
 
     def write_tokenizer(self, source: Source, model: Loaded, dst: Path) -> None:
-        dst.write_text(effective_tokenizer_json(model.ck.directory), encoding="utf-8")
+        """The checkpoint's tokenizer.json verbatim when transformers runs it as written, else as transformers runs
+        it (see effective_tokenizer_json)."""
+        original = model.ck.directory / "tokenizer.json"
+        effective = effective_tokenizer_json(model.ck.directory)
+        if same_tokenizer(effective, original.read_text(encoding="utf-8")):
+            shutil.copyfile(original, dst)
+        else:
+            dst.write_text(effective, encoding="utf-8")
 
     def embeddings(self, model: Loaded) -> np.ndarray:
         return model.weights["text.embed_tokens.weight"].astype(np.float32)  # (V, D)

@@ -20,38 +20,10 @@ from graphs.manifest import PromptSpec
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.prompt import ImageSlot, PromptRenderer
 from serve_app.api.protocol import ChatMessage
-from tests.tokenizer_kinds import IMAGE_TOKEN, KINDS, make_tokenizer
+from tests.tokenizer_kinds import IMAGE_TOKEN, KINDS, TEMPLATES, make_tokenizer
 
 PATCH, SIZE = 14, 28
 FEATURES = (SIZE // PATCH) ** 2  # LlavaProcessor's count for the "default" strategy with one CLS token
-
-PARTS = ("{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
-         "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-         "{% endfor %}{% endif %}")
-TEMPLATES = {
-    # llava-1.5-hf's shape: roles in capitals, images first, assistant text inside {% generation %}
-    "llama2": ("{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}"
-               "{% endif %}{% if message['role'] == 'assistant' %}{% generation %}" + PARTS + "{% endgeneration %}"
-               "{% else %}" + PARTS + "{% endif %}{{ ' ' }}{% endfor %}{% if add_generation_prompt %}ASSISTANT:"
-               "{% endif %}"),
-    # Mistral's: the template writes BOS, so transformers adds none; alternation enforced with raise_exception
-    "mistral": ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0)"
-                " %}{{ raise_exception('roles must alternate user/assistant') }}{% endif %}{% if message['role'] == "
-                "'user' %}[INST] " + PARTS + " [/INST]{% else %} " + PARTS + "{{ eos_token }}{% endif %}{% endfor %}"),
-    # Llama-3's headers, BOS written by the template
-    "llama3": ("{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>"
-               "\n\n" + PARTS + "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant"
-               "<|end_header_id|>\n\n{% endif %}"),
-    # ChatML with a default system message found by a loop that breaks
-    "qwen2": ("{% set ns = namespace(system=false) %}{% for message in messages %}{% if message['role'] == 'system' %}"
-              "{% set ns.system = true %}{% break %}{% endif %}{% endfor %}{% if not ns.system %}<|im_start|>system\n"
-              "You are a helpful assistant.<|im_end|>\n{% endif %}{% for message in messages %}<|im_start|>"
-              "{{ message['role'] }}\n" + PARTS + "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
-              "<|im_start|>assistant\n{% endif %}"),
-}
-TEMPLATES["llama2-legacy"] = TEMPLATES["llama2"]
-TEMPLATES["wordpiece"] = TEMPLATES["llama2"]
-
 
 def png(seed: int, w: int, h: int) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
