@@ -43,8 +43,8 @@ def checkpoint_app(served, tmp_path_factory):
 
     def deploy(kind: str):
         if kind not in current:
-            for name in current:
-                serve.delete(name)
+            for name in current:  # the machine holds one such app beside the package's
+                serve.delete(f"kind-{name}")
             current.clear()
             tok = tmp_path_factory.mktemp("tok") / kind
             make_tokenizer(kind, tok)
