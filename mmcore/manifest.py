@@ -189,6 +189,9 @@ class PromptSpec(_Spec):
     image_features: int = Field(ge=1, description="feature rows one placeholder expands to")
     bos_token: str = ""
     eos_token: str = ""
+    clean_up_tokenization_spaces: bool = Field(
+        default=False, description="transformers' decode rewrites ' .' to '.' and the like (tokenizer_config.json's "
+                                   "flag; transformers ignores it for BPE models)")
 
 
 class Manifest(_Spec):

@@ -1,23 +1,25 @@
-"""Chat messages -> prompt segments, from the manifest's prompt spec alone (no family's code).
+"""Chat messages -> prompt segments, from the manifest's prompt spec alone (no family's code), with the ids
+transformers' processor gives (`ProcessorMixin.apply_chat_template(..., tokenize=True)`):
 
-    messages --chat template (jinja2, rendered the way transformers renders `chat_template`)--> text
-      --split at each image placeholder--> text, image, text, ... --tokenize each text--> segments
+    messages --chat template (compiled as transformers compiles it: api/chat_template.py)--> text
+      --tokenize the whole text once, the placeholder a special token; BOS as transformers adds it--> ids
+      --split at each placeholder--> ids, image, ids, ...
 
-The placeholder is split out as text, never looked up in the vocabulary, so a family need not reserve a token
-for it; each one expands to `image_features` feature rows once the vision stage has encoded that image. Text is
-tokenized without adding special tokens: the template writes every special token itself.
+The whole text is tokenized at once because tokenizing the pieces between placeholders apart changes ids (a Metaspace
+`prepend_scheme="first"` tokenizer gives the piece after an image a "▁" transformers never produces). BOS: transformers
+tokenizes the rendered chat with `add_special_tokens=True` unless the text already starts with the BOS token (a
+template that writes `{{ bos_token }}`), so the tokenizer's own post-processor adds it exactly when transformers does.
+Each placeholder expands to `image_features` feature rows once the vision stage has encoded that image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-
 from jinja2.exceptions import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer
 
 from mmcore.manifest import PromptSpec
+from serve_app.api.chat_template import compile_chat_template
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.protocol import ChatMessage, ImagePart, TextPart
 
@@ -30,15 +32,12 @@ class ImageSlot:
 PromptPiece = list[int] | ImageSlot  # token ids, or where an image's features go
 
 
-def _raise(message: str):  # templates call raise_exception(...) on bad conversations, as in transformers
-    raise TemplateError(message)
-
-
-@lru_cache(maxsize=8)
-def _compile(template: str):
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise
-    return env.from_string(template)
+def with_placeholder_token(tokenizer: Tokenizer, placeholder: str) -> tuple[Tokenizer, int]:
+    """A copy of the tokenizer in which the image placeholder is one special token, and its id: a family need not
+    reserve a token for it, and whole-text tokenization then splits text at it as transformers' does."""
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.add_special_tokens([AddedToken(placeholder, special=True, normalized=False)])
+    return copy, copy.token_to_id(placeholder)
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict]:
@@ -59,8 +58,8 @@ class PromptRenderer:
 
     def __init__(self, spec: PromptSpec, tokenizer: Tokenizer):
         self.spec = spec
-        self.tokenizer = tokenizer
-        self.template = _compile(spec.chat_template)
+        self.tokenizer, self.image_id = with_placeholder_token(tokenizer, spec.image_token)
+        self.template = compile_chat_template(spec.chat_template)
 
     def render(self, messages: list[ChatMessage]) -> str:
         try:
@@ -71,19 +70,32 @@ class PromptRenderer:
 
     def pieces(self, messages: list[ChatMessage], n_images: int) -> list[PromptPiece]:
         """Token ids and image slots in prompt order; the template must place every image exactly once."""
-        for i, m in enumerate(messages):
-            if self.spec.image_token in m.text():
+        for i, m in enumerate(messages):  # parts joined as a template joins them: "<ima" + "ge>" is a placeholder too
+            joined = m.content if isinstance(m.content, str) else "".join(
+                p.text for p in m.content if isinstance(p, TextPart))
+            if self.spec.image_token in joined or self.spec.image_token in m.text():
                 raise InvalidRequest(f"message text contains the image placeholder {self.spec.image_token!r}",
                                      f"messages.{i}.content", "invalid_value")
-        texts = self.render(messages).split(self.spec.image_token)
-        if len(texts) - 1 != n_images:  # a template that drops or repeats images: a bad artifact, not bad input
-            raise RuntimeError(f"chat template placed {len(texts) - 1} images for {n_images} in the request")
+        text = self.render(messages)
+        bos = self.spec.bos_token
+        ids = self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos))).ids
         pieces: list[PromptPiece] = []
-        for i, text in enumerate(texts):
-            if i:
-                pieces.append(ImageSlot(i - 1))
-            if text:
-                pieces.append(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        start = 0
+        for k, token in enumerate(ids):
+            if token == self.image_id:
+                if k > start:
+                    pieces.append(ids[start:k])
+                pieces.append(ImageSlot(sum(isinstance(p, ImageSlot) for p in pieces)))
+                start = k + 1
+        if start < len(ids):
+            pieces.append(ids[start:])
+        placed = sum(isinstance(p, ImageSlot) for p in pieces)
+        if placed > n_images:  # the client's text, e.g. a system message or text the template adds to, made one
+            raise InvalidRequest(f"the rendered prompt holds {placed} image placeholders {self.spec.image_token!r} "
+                                 f"for {n_images} images: message text must not write the placeholder",
+                                 "messages", "invalid_value")
+        if placed < n_images:  # a template that drops images: a bad artifact, not bad input
+            raise RuntimeError(f"chat template placed {placed} images for {n_images} in the request")
         return pieces
 
     def length(self, pieces: list[PromptPiece]) -> int:

@@ -33,11 +33,13 @@ from serve_app.contract import DecodeChunk, DecodeRequest, TokenSegment
 
 class Engine:
     def __init__(self, runner: StepRunner, token_embeddings: np.ndarray, tokenizer: Tokenizer, eos_ids: list[int],
-                 config: EngineConfig, metrics: EngineMetrics | None = None, variant: str = "custom"):
+                 config: EngineConfig, metrics: EngineMetrics | None = None, variant: str = "custom",
+                 clean_up_spaces: bool = False):
         self.runner = runner
         self.variant = variant  # the decoder graph variant the runner executes
         self.embeddings = token_embeddings  # (V,D) float32
         self.tokenizer = tokenizer
+        self.clean_up_spaces = clean_up_spaces  # transformers' decode clean-up, as the checkpoint's config asks
         self.eos_ids = frozenset(eos_ids)  # any of them ends a completion (unless ignore_eos)
         self.config = config
         self.metrics = metrics or NullMetrics()
@@ -65,7 +67,7 @@ class Engine:
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         """Stream a completion. Leaving the iterator early (cancellation, disconnect) frees the slot."""
         seq = self.submit(request)
-        detok = IncrementalDetokenizer(self.tokenizer, request.stop)
+        detok = IncrementalDetokenizer(self.tokenizer, request.stop, clean_up_spaces=self.clean_up_spaces)
         sent, last_yield = 0, float("-inf")
         try:
             while True:

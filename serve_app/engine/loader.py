@@ -49,4 +49,5 @@ def load_engine(artifacts_dir: str | Path, config: EngineConfig, threads: int = 
         raise ManifestError(f"{root / spec.embeddings.name}: decoder.embeddings: shape {list(embeddings.shape)}, "
                             f"the manifest declares {[spec.vocab_size, spec.hidden_size]}")
     tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer_file))
-    return Engine(runner, embeddings, tokenizer, spec.eos_token_ids, config, metrics, variant)
+    return Engine(runner, embeddings, tokenizer, spec.eos_token_ids, config, metrics, variant,
+                  clean_up_spaces=manifest.prompt.clean_up_tokenization_spaces)

@@ -74,14 +74,15 @@ def test_same_seed_same_text_other_seeds_differ(served):
 
 
 def reference_text(served, image_url: str | None, text: str, max_tokens: int) -> tuple[str, str, int]:
-    """Greedy text from the PyTorch model on the same pixels and prompt ids, detokenized like the server does."""
+    """Greedy text from the PyTorch model on the same pixels and prompt ids, decoded by transformers' tokenizer."""
     import torch
 
     from graphs.families.own.config import get_preset
     from mmcore.manifest import Manifest
     from graphs.families.own.tokenizer import encode_chat, load_tokenizer
     from graphs.families.own.weights import load_model
-    from serve_app.engine.detokenize import IncrementalDetokenizer
+    from transformers import PreTrainedTokenizerFast
+
     from serve_app.imaging.pipeline import preprocess_image
     from serve_app.stages.options import PreprocessOptions
 
@@ -96,8 +97,8 @@ def reference_text(served, image_url: str | None, text: str, max_tokens: int) ->
     ids = load_model(get_preset("tiny")).generate_greedy(pixels, encode_chat(tok, [("user", text)]), max_tokens,
                                                          eos_id=eos)
     finish = "stop" if ids[-1] == eos else "length"
-    detok = IncrementalDetokenizer(tok)
-    out = "".join(detok.add([i]) for i in ids if i != eos) + detok.flush()
+    reference = PreTrainedTokenizerFast(tokenizer_file=str(served.artifacts / manifest.tokenizer_file))
+    out = reference.decode([i for i in ids if i != eos], skip_special_tokens=True)
     return out, finish, len(ids)  # ids include the EOS that ended them: the server counts it as generated too
 
 

@@ -57,11 +57,9 @@ def _reference(ck, artifacts, messages: list[dict], images: list[str]) -> tuple[
 
     import torch
     from PIL import Image
-    from tokenizers import Tokenizer
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
     from mmcore.manifest import Manifest
-    from serve_app.engine.detokenize import IncrementalDetokenizer
 
     manifest = Manifest.read(artifacts)
     tok = AutoTokenizer.from_pretrained(ck)
@@ -80,8 +78,7 @@ def _reference(ck, artifacts, messages: list[dict], images: list[str]) -> tuple[
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_TOKENS, do_sample=False,
                              eos_token_id=eos, pad_token_id=eos[0], **kwargs)[0, ids.shape[1]:].tolist()
     finish = "stop" if out[-1] in eos else "length"
-    detok = IncrementalDetokenizer(Tokenizer.from_file(str(artifacts / manifest.tokenizer_file)))
-    answer = "".join(detok.add([i]) for i in out if i not in eos) + detok.flush()
+    answer = tok.decode([i for i in out if i not in eos], skip_special_tokens=True)  # transformers' own decode
     return answer, finish, len(out), ids.shape[1]
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from graphs.families.base import Progress, Source, SourceError, Specs
 from graphs.families.llava import SHIPPED
-from graphs.families.llava.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from graphs.families.llava.checkpoint import (Checkpoint, CheckpointError, effective_tokenizer_json, read_checkpoint,
+                                              same_tokenizer)
 from graphs.families.llava.driver import decoder_spec
 from graphs.families.llava.variants import VARIANTS
 from mmcore.manifest import DecoderSpec, Preprocessing, PromptSpec, VisionSpec
@@ -79,7 +80,14 @@ class LlavaFamily:
         return Loaded(ck, load_weights(ck))
 
     def write_tokenizer(self, source: Source, model: Loaded, dst: Path) -> None:
-        shutil.copyfile(model.ck.directory / "tokenizer.json", dst)
+        """The checkpoint's tokenizer.json verbatim when transformers runs it as written, else as transformers runs
+        it (see effective_tokenizer_json)."""
+        original = model.ck.directory / "tokenizer.json"
+        effective = effective_tokenizer_json(model.ck.directory)
+        if same_tokenizer(effective, original.read_text(encoding="utf-8")):
+            shutil.copyfile(original, dst)
+        else:
+            dst.write_text(effective, encoding="utf-8")
 
     def embeddings(self, model: Loaded) -> np.ndarray:
         return model.weights["text.embed_tokens.weight"].astype(np.float32)  # (V, D)
@@ -92,7 +100,8 @@ class LlavaFamily:
         vision = VisionSpec(image_size=v.image_size, patch_size=v.patch_size, features_per_image=v.features_per_image,
                             feature_dim=ck.text.hidden, preprocessing=preprocessing(ck))
         prompt = PromptSpec(chat_template=ck.chat_template, image_token=tok.id_to_token(ck.image_token_id),
-                            image_features=v.features_per_image, eos_token=tok.id_to_token(ck.eos_token_ids[0]))
+                            image_features=v.features_per_image, eos_token=tok.id_to_token(ck.eos_token_ids[0]),
+                            clean_up_tokenization_spaces=ck.clean_up_tokenization_spaces)
         return Specs(decoder_spec(ck, embeddings_file), vision, prompt, source=ck.to_dict())
 
     def parity_gate(self, model: Loaded, built: dict[str, dict[str, bytes]], decoder: DecoderSpec,
