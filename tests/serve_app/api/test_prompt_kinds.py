@@ -16,7 +16,7 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from graphs.families.llava.checkpoint import effective_tokenizer_json
-from graphs.manifest import PromptSpec
+from mmcore.manifest import PromptSpec
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.prompt import ImageSlot, PromptRenderer
 from serve_app.api.protocol import ChatMessage
