@@ -1,6 +1,7 @@
 """The Decoder deployment on a real Ray Serve instance with the tiny graph: streaming through a handle matches the
 reference, cancelling a stream frees its slot, a full queue is refused with Overloaded, live knobs apply."""
 
+import asyncio
 import time
 
 import numpy as np
@@ -103,7 +104,7 @@ def test_reconfigure_names_a_field_that_cannot_change_live(tiny_artifacts):
     decoder = Decoder.func_or_class.__new__(Decoder.func_or_class)
     decoder.options, decoder.max_ongoing_requests = DecoderOptions(slots=2), 512
     with pytest.raises(ValueError, match="slots cannot change"):
-        decoder.reconfigure({"slots": 4})
+        asyncio.run(decoder.reconfigure({"slots": 4}))
 
 
 def test_a_deployed_max_ongoing_requests_below_slots_plus_queue_fails_the_replica_start(ray_serve, tiny_artifacts):
