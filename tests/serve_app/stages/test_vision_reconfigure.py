@@ -5,13 +5,9 @@ keeps running (other requests, the batcher) while the twin is built. Real stage,
 from __future__ import annotations
 
 import asyncio
-import inspect
-import threading
-import time
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
@@ -19,9 +15,11 @@ from graphs.manifest import CPU_EP, GraphEntry, TensorSpec, Variant
 from serve_app.engine.types import PreprocessedImage
 from serve_app.stages.vision import VisionEncoder, VisionOptions
 from tests.fake_manifest import write_fake_manifest
+from tests.serve_app.session_builds import (Build, Heartbeat, reconfigure_as_serve, ticks_during,
+                                            watch_session_builds)
 
 S, P, D = 4, 4, 12  # image side, patches, feature width: 3*4*4 = 4*12
-DEPTH = 400  # MatMul+Relu pairs: enough that building a session takes a noticeable while
+DEPTH = 600  # MatMul+Relu pairs: enough that building a session takes a noticeable while
 
 
 def write_deep_graph(path) -> None:
@@ -66,41 +64,9 @@ def replica_context(monkeypatch):
     monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
 
 
-class Build:
-    """Where and when one session was built."""
-
-    def __init__(self):
-        try:
-            asyncio.get_running_loop()
-            self.on_event_loop = True
-        except RuntimeError:
-            self.on_event_loop = False
-        self.thread = threading.current_thread().name
-        self.started = time.perf_counter()
-        self.ended: float | None = None
-
-
 @pytest.fixture
 def builds(monkeypatch) -> list[Build]:
-    """Every InferenceSession built from now on (a real one), with where and when."""
-    seen, real_class = [], ort.InferenceSession
-
-    def watched(*args, **kwargs):
-        seen.append(Build())
-        session = real_class(*args, **kwargs)
-        seen[-1].ended = time.perf_counter()
-        return session
-
-    monkeypatch.setattr(ort, "InferenceSession", watched)
-    return seen
-
-
-async def reconfigure_as_serve(stage, user_config: dict) -> None:
-    """How a replica calls reconfigure when it does not hand sync methods to a thread pool
-    (RAY_SERVE_RUN_SYNC_IN_THREADPOOL=0): straight on its event loop, awaiting the result if it is awaitable."""
-    result = stage.reconfigure(user_config)
-    if inspect.isawaitable(result):
-        await result
+    return watch_session_builds(monkeypatch)
 
 
 def test_switching_profiling_on_builds_the_twin_off_the_event_loop(artifacts, builds, tmp_path):
@@ -109,25 +75,15 @@ def test_switching_profiling_on_builds_the_twin_off_the_event_loop(artifacts, bu
     pixels = (np.arange(3 * S * S) % 251).astype(np.uint8).reshape(3, S, S)
 
     async def scenario():
-        ticks, stop = [], asyncio.Event()
-
-        async def heartbeat():  # stands in for everything else the replica's loop serves
-            while not stop.is_set():
-                ticks.append(time.perf_counter())
-                await asyncio.sleep(0.001)
-
-        beating = asyncio.create_task(heartbeat())
-        await asyncio.sleep(0.01)
-        await reconfigure_as_serve(enc, {"ort_profile": {"calls": 1, "dir": str(tmp_path), "label": "live"}})
-        stop.set()
-        await beating
+        async with Heartbeat() as beat:
+            await reconfigure_as_serve(enc, {"ort_profile": {"calls": 1, "dir": str(tmp_path), "label": "live"}})
         features = await enc.encode(PreprocessedImage(pixels, "h", 1, S * S))  # the profiled call
-        return ticks, features
+        return beat.ticks, features
 
     ticks, features = asyncio.run(scenario())
     [twin] = builds
     assert not twin.on_event_loop, f"the profiling twin was built on the event loop ({twin.thread})"
-    during = [t for t in ticks if twin.started < t < twin.ended]
-    assert during, f"the event loop stood still for the whole {twin.ended - twin.started:.3f} s twin build"
+    assert ticks_during(ticks, twin), \
+        f"the event loop stood still for the whole {twin.ended - twin.started:.3f} s twin build"
     np.testing.assert_array_equal(features, pixels.reshape(P, D).astype(np.float32))
     assert len(enc.session.traces) == 1 and "-live_" in enc.session.traces[0]
