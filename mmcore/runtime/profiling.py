@@ -5,8 +5,11 @@ ORT decides at session creation whether a session profiles (`SessionOptions.enab
 of the stage's session with profiling on, run the next N calls on it, end its profiling (the trace file lands in
 `dir`) and drop it; calls go back to the normal session. The stage keeps serving throughout.
 
-    reconfigure(profile={calls: N, dir, label}) -> ProfilableSession.arm -> twin session (profiling)
+    reconfigure(profile={calls: N, dir, label}) -> ProfilableSession.arm, in a worker thread -> twin session (profiling)
     next N run()/run_with_iobinding() calls -> twin;  call N ends -> twin.end_profiling() -> <dir>/<prefix>_<time>.json
+
+A twin is ended only when no call runs on it: one switched off or replaced while a call is in flight on it (the
+decoder's step thread, the vision stage's worker) is ended by that call as it returns, never under it.
 
 IO bindings belong to the session that created them (ORT refuses to run another session's), so `io_binding()`
 hands out a binding that records its bind calls and replays them onto the twin's own binding when the twin runs.
@@ -19,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -73,9 +77,23 @@ class _RecordedBinding:
         return binding
 
 
+@dataclass(eq=False)
+class _Twin:
+    """A profiling twin and the calls it still takes; it is ended only once retired and no call runs on it."""
+
+    session: ort.InferenceSession
+    generation: int  # recorded bindings key their replays by it
+    remaining: int  # calls it may still take
+    running: int = 0  # calls in flight on it
+    retired: bool = False  # takes no new call (its calls ran out, or arm replaced it)
+
+
 class ProfilableSession:
     """Stands in for an InferenceSession; `arm(settings)` routes the next `settings.calls` calls to a profiling
-    twin. Thread-safe: `arm` runs in reconfigure, calls run in the stage's worker thread."""
+    twin. Thread-safe: `arm` runs in reconfigure (a worker thread: it builds a session, seconds on a large graph, so
+    never on a replica's event loop), calls run in the stage's worker or step thread. A twin's `end_profiling()`
+    runs only once no call is in flight on it: ending a session while another thread runs it races ORT's profiler,
+    so a twin retired mid-call is ended by that call when it returns."""
 
     def __init__(self, session: ort.InferenceSession, model_path: str | Path, threads: int, stage: str):
         self.base = session
@@ -83,10 +101,10 @@ class ProfilableSession:
         self.threads = threads
         self.stage = stage
         self.traces: list[str] = []  # trace files written by this replica, oldest first
-        self._lock = threading.Lock()
-        self._twin: ort.InferenceSession | None = None
+        self._lock = threading.Lock()  # guards _twin and every twin's counts
+        self._arming = threading.Lock()  # one arm at a time: reconfigures may overlap
+        self._twin: _Twin | None = None
         self._generation = 0  # bumps with every twin, so recorded bindings know which twin they were made for
-        self._remaining = 0
         self._armed_with: ProfileSettings | None = None
 
     def __getattr__(self, name: str):  # get_inputs, get_providers, ...: the normal session's
@@ -98,16 +116,29 @@ class ProfilableSession:
 
     def arm(self, settings: ProfileSettings) -> None:
         """Profile the next `settings.calls` calls. The same settings again do nothing: reconfigure passes the whole
-        user_config on every change, and only a changed `profile` block means "profile again"."""
-        if settings == self._armed_with:
-            return
-        self._armed_with = settings
-        twin = self._open_twin(settings) if settings.calls > 0 else None
-        with self._lock:
-            previous, self._twin, self._remaining = self._twin, twin, settings.calls
-            self._generation += 1
-        if previous is not None:
-            self._finish(previous)  # switched off or re-armed before its calls ran out: keep what it recorded
+        user_config on every change, and only a changed `profile` block means "profile again". Blocks while the
+        twin is built: call it off the event loop."""
+        with self._arming:
+            if settings == self._armed_with:
+                return
+            self._armed_with = settings
+            session = self._open_twin(settings) if settings.calls > 0 else None
+            with self._lock:
+                previous = self._twin
+                if session is not None:
+                    self._generation += 1
+                    self._twin = _Twin(session, self._generation, settings.calls)
+                else:
+                    self._twin = None
+                end_previous = previous is not None and self._retire(previous)
+            if end_previous:
+                self._finish(previous.session)  # switched off or re-armed early: keep what it recorded
+
+    @staticmethod
+    def _retire(twin: _Twin) -> bool:
+        """Under the lock: the twin takes no more calls; -> whether it may be ended now (nothing runs on it)."""
+        twin.retired = True
+        return twin.running == 0
 
     def _open_twin(self, settings: ProfileSettings) -> ort.InferenceSession:
         Path(settings.dir).mkdir(parents=True, exist_ok=True)
@@ -120,21 +151,27 @@ class ProfilableSession:
         log.info("%s: ORT profiling on for the next %d calls -> %s", self.stage, settings.calls, settings.dir)
         return ort.InferenceSession(self.model_path, options, providers=providers)
 
-    def _take(self) -> tuple[ort.InferenceSession, int, bool]:
-        """-> (session for this call, its generation, whether this call is the twin's last)."""
+    def _take(self) -> _Twin | None:
+        """The twin this call runs on (None: the normal session), counted as running on it until _release."""
         with self._lock:
-            if self._twin is None:
-                return self.base, 0, False
-            self._remaining -= 1
-            return self._twin, self._generation, self._remaining == 0
+            twin = self._twin
+            if twin is None:
+                return None
+            twin.remaining -= 1
+            twin.running += 1
+            if twin.remaining == 0:  # this call is its last: the next ones go back to the normal session
+                self._twin = None
+                twin.retired = True
+            return twin
 
-    def _release(self, session: ort.InferenceSession, last: bool) -> None:
-        if not last:
+    def _release(self, twin: _Twin | None) -> None:
+        if twin is None:
             return
         with self._lock:
-            if self._twin is session:
-                self._twin = None
-        self._finish(session)
+            twin.running -= 1
+            end = twin.retired and twin.running == 0
+        if end:  # exactly one thread sees this: running reaches 0 once, after retirement
+            self._finish(twin.session)
 
     def _finish(self, twin: ort.InferenceSession) -> None:
         path = twin.end_profiling()
@@ -143,18 +180,21 @@ class ProfilableSession:
             log.info("%s: ORT profile written to %s", self.stage, path)
 
     def run(self, output_names, input_feed, run_options=None):
-        session, _, last = self._take()
+        twin = self._take()
         try:
-            return session.run(output_names, input_feed, run_options)
+            return (self.base if twin is None else twin.session).run(output_names, input_feed, run_options)
         finally:
-            self._release(session, last)
+            self._release(twin)
 
     def io_binding(self) -> _RecordedBinding:
         return _RecordedBinding(self.base)
 
     def run_with_iobinding(self, binding: _RecordedBinding, run_options=None) -> None:
-        session, generation, last = self._take()
+        twin = self._take()
         try:
-            session.run_with_iobinding(binding.for_session(generation, session), run_options)
+            if twin is None:
+                self.base.run_with_iobinding(binding.for_session(0, self.base), run_options)
+            else:
+                twin.session.run_with_iobinding(binding.for_session(twin.generation, twin.session), run_options)
         finally:
-            self._release(session, last)
+            self._release(twin)

@@ -39,6 +39,18 @@ class Prefiller:
                  else np.asarray(s.features, np.float32) for s in seq.request.segments]
         return np.concatenate(parts)
 
+    def prepare(self, seq: Sequence, report) -> np.ndarray | None:
+        """A popped sequence's prompt embeddings (S,D), or None when they cannot be built: then that sequence alone
+        fails and gives its slot back, and the step goes on with the others (it is neither active nor staged yet,
+        so nothing else would ever fail it and its stream would wait forever)."""
+        try:
+            return self.prompt_embeds(seq)
+        except Exception as e:  # noqa: BLE001 -- handed to the stream, which raises it to its caller
+            self.scheduler.abandon(seq)
+            fail(seq, PromptError(f"request {seq.request.request_id}: its prompt could not be prepared for "
+                                  f"prefill: {type(e).__name__}: {e}"), report)
+            return None
+
     def step(self, budget: int, report) -> Prefilled:
         """Spend up to `budget` prompt positions: the staged prompt first, then arrivals in order."""
         done: Prefilled = []
@@ -48,7 +60,9 @@ class Prefiller:
             if seq is None:
                 break
             report.queue_waits_s.append(time.perf_counter() - seq.submitted_at)
-            embeds = self.prompt_embeds(seq)
+            embeds = self.prepare(seq, report)
+            if embeds is None:
+                continue
             if embeds.shape[0] <= budget:
                 budget -= embeds.shape[0]
                 self.whole(seq, embeds, done, report)
@@ -94,6 +108,10 @@ class Prefiller:
             self.staged = None
             done.append((seq, logits))
         return n
+
+
+class PromptError(RuntimeError):
+    """A sequence's prompt could not be turned into the embeddings its prefill needs."""
 
 
 def fail(seq: Sequence, error: BaseException, report) -> None:

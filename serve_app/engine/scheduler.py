@@ -24,8 +24,14 @@ class Scheduler:
         self.config = config
         self.active: list[Sequence] = []  # active[i] owns cache slot i
         self.waiting: deque[Sequence] = deque()
-        self.in_transit = 0  # taken from `waiting`, not yet active (being prefilled or staged): they hold a slot
-        self._lock = threading.Lock()  # guards `waiting` and `in_transit`
+        # Taken from `waiting`, not yet active (being prepared, prefilled or staged): each holds a slot. Kept as the
+        # sequences themselves, not a count, so a failure anywhere between pop and activate can still fail them.
+        self._in_transit: list[Sequence] = []
+        self._lock = threading.Lock()  # guards `waiting` and `_in_transit`
+
+    @property
+    def in_transit(self) -> int:
+        return len(self._in_transit)
 
     @property
     def free_slots(self) -> int:
@@ -52,20 +58,27 @@ class Scheduler:
                 self.waiting.popleft()
             if not self.waiting or self.free_slots <= 0:
                 return None
-            self.in_transit += 1
-            return self.waiting.popleft()
+            seq = self.waiting.popleft()
+            self._in_transit.append(seq)
+            return seq
 
     def activate(self, seq: Sequence) -> int:
         """A popped sequence takes the next slot (its prompt is being or has been cached there); -> the slot."""
         with self._lock:
-            self.in_transit -= 1
+            self._in_transit.remove(seq)
             self.active.append(seq)
             return len(self.active) - 1
 
     def abandon(self, seq: Sequence) -> None:
-        """A popped sequence that will never be active (cancelled or failed while staged) gives its slot back."""
+        """A popped sequence that will never be active (cancelled or failed before activation) gives its slot back."""
         with self._lock:
-            self.in_transit -= 1
+            self._in_transit.remove(seq)
+
+    def take_in_transit(self) -> list[Sequence]:
+        """Every popped sequence not yet active, giving their slots back: the step loop fails them when a step dies."""
+        with self._lock:
+            taken, self._in_transit = self._in_transit, []
+            return taken
 
     def retire_done(self) -> list[Sequence]:
         """Free the slots of finished and cancelled sequences, keeping the active ones compacted."""
@@ -95,6 +108,6 @@ class Scheduler:
         waited = time.perf_counter() - self.waiting[0].submitted_at
         if len(self.waiting) < self.runner.slots and waited < self.config.batch_wait_s:
             return [], self.config.batch_wait_s - waited
-        n = min(len(self.waiting), self.runner.slots)
-        self.in_transit += n
-        return [self.waiting.popleft() for _ in range(n)], None
+        batch = [self.waiting.popleft() for _ in range(min(len(self.waiting), self.runner.slots))]
+        self._in_transit.extend(batch)
+        return batch, None

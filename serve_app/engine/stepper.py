@@ -73,15 +73,18 @@ class StepLoop:
             if not busy:
                 self._wake.wait(self._recheck_s)
 
-    def _fail_everything(self, error: BaseException) -> None:
-        """Fail every sequence in flight and start over with empty slots: the cache bookkeeping cannot be trusted."""
+    def _fail_everything(self, error: BaseException, unpublished: StepReport | None = None) -> None:
+        """Fail every sequence in flight and start over with empty slots: the cache bookkeeping cannot be trusted.
+        In flight: the active ones, and every one taken from the queue and not yet active (being prepared or
+        prefilled, or staged), wherever the step died; `unpublished` holds failures the dying step had already
+        recorded (a staged prompt whose chunk failed is in neither list) and must still deliver."""
         sched, report = self.scheduler, StepReport()
-        in_flight = list(sched.active) + ([self.prefiller.staged] if self.prefiller.staged is not None else [])
-        for seq in in_flight:
+        failed = dict(unpublished.failed) if unpublished is not None else {}  # seq -> its own error, kept
+        for seq in list(sched.active) + sched.take_in_transit():
             seq.finished = "error"
-            report.failed.append((seq, error))
+            failed.setdefault(seq, error)
+        report.failed = list(failed.items())
         sched.active.clear()
-        sched.in_transit = 0
         self.prefiller.staged = None
         self.publish(report)
 
@@ -89,8 +92,13 @@ class StepLoop:
         """One round: retire, prefill arrivals (within the budget), decode. False when there was nothing to do."""
         sched = self.scheduler
         retired = sched.retire_done()
-        prefilled = self._prefill_phase()
-        if prefilled is None:
+        prefilled = StepReport()
+        try:
+            busy = self._prefill_phase(prefilled)
+        except Exception as e:  # noqa: BLE001 -- as in _run, plus the failures this phase recorded before it died
+            self._fail_everything(e, prefilled)
+            return True
+        if not busy:
             if retired:  # the last sequences left: report the empty batch, or the gauges keep the busy counts
                 self.publish(StepReport(queued=len(sched.waiting)))
             return False
@@ -101,24 +109,27 @@ class StepLoop:
             self.publish(self._guarded(self._decode, list(sched.active)))
         return True
 
-    def _prefill_phase(self) -> StepReport | None:
-        """Prefill what may start now and sample first tokens; None when nothing is running or may start."""
-        sched, report = self.scheduler, StepReport()
+    def _prefill_phase(self, report: StepReport) -> bool:
+        """Prefill what may start now and sample first tokens into `report`; False when nothing is running or may
+        start."""
+        sched = self.scheduler
         if sched.config.scheduling == "run_to_completion":
             batch, self._recheck_s = sched.take_full_batch()
             done = []
             for seq in batch:
                 report.queue_waits_s.append(time.perf_counter() - seq.submitted_at)
-                self.prefiller.whole(seq, self.prefiller.prompt_embeds(seq), done, report)
+                embeds = self.prefiller.prepare(seq, report)
+                if embeds is not None:
+                    self.prefiller.whole(seq, embeds, done, report)
         else:
             self._recheck_s = None
             done = self.prefiller.step(sched.config.prefill_token_budget, report)
         if not sched.active and not done and not report.failed and self.prefiller.staged is None:
-            return None
+            return False
         for seq, logits in done:
             self._record(seq, int(sample_batch(logits[None], [seq.params], [seq.rng])[0]), report)
         report.active, report.queued = len(sched.active), len(sched.waiting)
-        return report
+        return True
 
     def _guarded(self, phase, seqs: list[Sequence]) -> StepReport:
         """A failing graph call fails the sequences it served, not the loop: the others keep running."""

@@ -24,6 +24,7 @@ Shapes: in DecodeRequest (prompt ids, image features (n*P, D) float32); out Deco
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -74,9 +75,10 @@ class Decoder:
         runner.prefill(0, np.zeros((4, width), np.float32))  # slot 0 is prefilled afresh before any real use
         runner.decode(1, np.zeros((1, width), np.float32), np.array([4], np.int32))
 
-    def reconfigure(self, user_config: dict) -> None:
+    async def reconfigure(self, user_config: dict) -> None:
         """Live knobs: max_queue, prefill_token_budget, retry_after_s, stream_interval_s, max_chunk_rate,
-        ort_profile. Others need a new replica."""
+        ort_profile. Others need a new replica. Async, so the knobs change on the event loop that reads them and the
+        profiling switch (a session build) runs in a worker thread whatever Ray's dispatch of sync methods."""
         user_config = dict(user_config or {})
         fixed = sorted(k for k in user_config if k not in LIVE_FIELDS and
                        user_config[k] != getattr(self.options, k, object()))
@@ -87,7 +89,7 @@ class Decoder:
         options.check_admission(self.max_ongoing_requests)
         self.options = options
         self.engine.update_config(self.options.engine_config())
-        self.engine.runner.session.arm(self.options.ort_profile)
+        await asyncio.to_thread(self.engine.runner.session.arm, self.options.ort_profile)
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         with self.metrics.track():  # outcome: ok, overloaded (503), cancelled (client gone), error

@@ -62,8 +62,10 @@ class VisionEncoder:
             log.warning("vision runs on %s, not %s: %s", self.provider, self.options.providers[0].name,
                         "; ".join(self.fallbacks))
 
-    def reconfigure(self, user_config: dict) -> None:
-        """Live knobs: max_batch_size, batch_wait_timeout_s, cache_size, ort_profile."""
+    async def reconfigure(self, user_config: dict) -> None:
+        """Live knobs: max_batch_size, batch_wait_timeout_s, cache_size, ort_profile. Async, so the batcher and the
+        cache change on the event loop that uses them and the profiling switch (a session build) runs in a worker
+        thread whatever Ray's dispatch of sync methods."""
         options = VisionOptions.model_validate({**self.options.model_dump(), **(user_config or {})})
         if options.max_batch_size > self.profile.max_batch:
             # outside the profile TensorRT would rebuild its engine mid-traffic, and no EP was warmed up there
@@ -73,7 +75,7 @@ class VisionEncoder:
         self.options = options
         self._apply_batching(self.options)
         self.cache.resize(self.options.cache_size)
-        self.session.arm(self.options.ort_profile)
+        await asyncio.to_thread(self.session.arm, self.options.ort_profile)
 
     def _apply_batching(self, options: VisionOptions) -> None:
         self._encode_batch.set_max_batch_size(options.max_batch_size)

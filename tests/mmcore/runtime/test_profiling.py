@@ -5,6 +5,7 @@ summary command reads it."""
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import onnx
@@ -112,3 +113,81 @@ def test_summary_refuses_what_is_not_a_finished_trace(tmp_path, capsys):
     assert profile_summary.main([str(empty)]) == 2
     assert "still on" in capsys.readouterr().err
     assert profile_summary.main([str(tmp_path / "missing.json")]) == 2
+
+
+class WatchedSession:
+    """A real InferenceSession that counts the calls running on it, records that count at every end_profiling, and
+    can hold a call before it reaches ORT (the test decides when it goes on)."""
+
+    def __init__(self, real_class, *args, **kwargs):
+        self.real = real_class(*args, **kwargs)
+        self.running = 0
+        self.running_at_end: list[int] = []  # one entry per end_profiling call
+        self.hold = threading.Event()
+        self.hold.set()
+        self.entered = threading.Event()  # a call is in flight (held or not)
+
+    def run(self, *args, **kwargs):
+        self.running += 1
+        try:
+            self.entered.set()
+            assert self.hold.wait(10), "the test never let the held call go on"
+            return self.real.run(*args, **kwargs)
+        finally:
+            self.running -= 1
+
+    def end_profiling(self):
+        self.running_at_end.append(self.running)
+        return self.real.end_profiling()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+@pytest.fixture
+def twins(session, monkeypatch) -> list[WatchedSession]:
+    """Every profiling twin the session builds from now on, watched (the normal session was built before)."""
+    built, real_class = [], ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **kw: built.append(WatchedSession(real_class, *a, **kw))
+                        or built[-1])
+    return built
+
+
+def run_held(session, twin: WatchedSession, value: float) -> tuple[threading.Thread, list]:
+    """Start one call that the twin holds before ORT runs it, as the step thread would be mid-call; -> its thread
+    and where its output lands."""
+    out = []
+    twin.hold.clear()
+    x = np.full((2, 4), value, np.float32)
+    thread = threading.Thread(target=lambda: out.append(session.run(["y"], {"x": x})[0]))
+    thread.start()
+    assert twin.entered.wait(10)
+    return thread, out
+
+
+def test_rearming_never_ends_a_twin_while_a_call_runs_on_it(session, twins, tmp_path):
+    session.arm(ProfileSettings(calls=5, dir=str(tmp_path), label="first"))
+    [first] = twins
+    thread, out = run_held(session, first, 3.0)
+    session.arm(ProfileSettings(calls=2, dir=str(tmp_path), label="second"))  # a reconfigure while that call runs
+    assert first.running_at_end == []  # not ended under the running call: it will be when the call returns
+    first.hold.set()
+    thread.join(10)
+    np.testing.assert_array_equal(out[0], np.full((2, 4), 7.0, np.float32))
+    assert first.running_at_end == [0]  # ended once, after its call
+    [trace] = session.traces
+    assert "-first_" in trace and model_runs(trace) == 1  # the call that was running is in its profile
+    session.run(["y"], {"x": np.ones((1, 4), np.float32)})  # the next calls go to the new twin
+    assert twins[1].running == 0 and session.profiling
+
+
+def test_switching_off_during_the_last_profiled_call_ends_the_twin_once_after_it(session, twins, tmp_path):
+    session.arm(ProfileSettings(calls=1, dir=str(tmp_path), label="last"))
+    [twin] = twins
+    thread, out = run_held(session, twin, 1.0)  # the twin's last call
+    session.arm(ProfileSettings(calls=0, dir=str(tmp_path)))  # switched off meanwhile
+    twin.hold.set()
+    thread.join(10)
+    np.testing.assert_array_equal(out[0], np.full((2, 4), 3.0, np.float32))
+    assert twin.running_at_end == [0]  # once (not by both the call and the switch), and not under the call
+    assert [model_runs(t) for t in session.traces] == [1] and not session.profiling

@@ -1,6 +1,8 @@
 """The Decoder deployment on a real Ray Serve instance with the tiny graph: streaming through a handle matches the
 reference, cancelling a stream frees its slot, a full queue is refused with Overloaded, live knobs apply."""
 
+import asyncio
+import threading
 import time
 
 import numpy as np
@@ -10,7 +12,7 @@ from ray import serve
 
 from serve_app.stages.decoder import Decoder
 from serve_app.stages.options import DecoderOptions
-from serve_app.contract import DecodeRequest, Overloaded, TokenSegment
+from serve_app.contract import DecodeRequest, FeatureSegment, Overloaded, TokenSegment
 
 pytestmark = pytest.mark.e2e
 
@@ -104,7 +106,7 @@ def test_reconfigure_names_a_field_that_cannot_change_live(tiny_artifacts):
     decoder = Decoder.func_or_class.__new__(Decoder.func_or_class)
     decoder.options, decoder.max_ongoing_requests = DecoderOptions(slots=2), 512
     with pytest.raises(ValueError, match="slots cannot change"):
-        decoder.reconfigure({"slots": 4})
+        asyncio.run(decoder.reconfigure({"slots": 4}))
 
 
 def test_a_deployed_max_ongoing_requests_below_slots_plus_queue_fails_the_replica_start(ray_serve, tiny_artifacts):
@@ -116,3 +118,44 @@ def test_a_deployed_max_ongoing_requests_below_slots_plus_queue_fails_the_replic
     why = serve.status().applications["admission"].deployments["Decoder"].message
     serve.delete("admission")
     assert "decoder.slots + decoder.max_queue = 6 exceeds the Decoder deployment's max_ongoing_requests 4" in why
+
+
+
+def outcome_within(stream, timeout_s: float):
+    """Consume a handle stream on a daemon thread: -> its chunks or the exception it raised; TimeoutError if it hangs
+    (the thread is left behind, blocked, and dies with the process)."""
+    result = []
+
+    def consume():
+        try:
+            result.append(list(stream))
+        except Exception as e:  # noqa: BLE001 -- the outcome under test
+            result.append(e)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not result:
+        raise TimeoutError(f"the stream neither ended nor failed in {timeout_s} s")
+    return result[0]
+
+
+def test_a_prompt_the_engine_cannot_prepare_fails_its_stream_and_the_replica_serves_on(ray_serve, tiny_artifacts):
+    """Image features of the right shape that are not numbers pass the submit-time checks and fail on the step
+    thread after leaving the queue: that stream gets an error (it used to wait forever), a stream running beside it
+    runs to its end, and the replica takes new requests."""
+    from mmcore.manifest import Manifest
+
+    handle = deploy(tiny_artifacts, name="unpreparable", slots=2)
+    width = Manifest.read(tiny_artifacts).decoder.hidden_size
+    running = handle.options(stream=True).generate.remote(
+        DecodeRequest("running", [TokenSegment(prompt(1))], max_tokens=120, temperature=0.0, ignore_eos=True))
+    first = next(running)  # admitted and decoding
+    bad = DecodeRequest("bad", [TokenSegment(prompt(2)), FeatureSegment(np.full((3, width), "x", dtype=object))],
+                        max_tokens=4, temperature=0.0)
+    failed = outcome_within(handle.options(stream=True).generate.remote(bad), timeout_s=30)
+    assert isinstance(failed, Exception), failed
+    assert "bad: its prompt could not be prepared for prefill: ValueError" in str(failed)
+    assert len(first.token_ids) + sum(len(c.token_ids) for c in running) == 120  # not failed with it
+    after = DecodeRequest("after", [TokenSegment(prompt(3))], max_tokens=3, temperature=0.0, ignore_eos=True)
+    assert sum(len(c.token_ids) for c in handle.options(stream=True).generate.remote(after)) == 3

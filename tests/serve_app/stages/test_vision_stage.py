@@ -115,11 +115,11 @@ def test_cache_by_content_hash_skips_the_session(artifacts):
 
 def test_reconfigure_sets_batching_and_cache(artifacts):
     enc = make(artifacts, max_batch_size=8, batch_profile_max=16)
-    enc.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.05, "cache_size": 0})
+    asyncio.run(enc.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.05, "cache_size": 0}))
     info = asyncio.run(enc.info())
     assert info["max_batch_size"] == 16 and info["batch_wait_timeout_s"] == 0.05 and enc.cache.capacity == 0
     with pytest.raises(Exception, match="max_batch_size"):
-        enc.reconfigure({"max_batch_size": 0})
+        asyncio.run(enc.reconfigure({"max_batch_size": 0}))
 
 
 def test_a_live_batch_size_past_the_profile_fixed_at_start_is_refused_on_any_ep(artifacts):
@@ -127,7 +127,7 @@ def test_a_live_batch_size_past_the_profile_fixed_at_start_is_refused_on_any_ep(
     # second place for the same knob) is refused naming both, on the CPU EP too, and nothing changes.
     enc = make(artifacts, max_batch_size=4)
     with pytest.raises(ValueError, match="max_batch_size 16 exceeds 4.*vision.max_batch_size"):
-        enc.reconfigure({"max_batch_size": 16})
+        asyncio.run(enc.reconfigure({"max_batch_size": 16}))
     assert asyncio.run(enc.info())["max_batch_size"] == 4
 
 

@@ -1,6 +1,7 @@
 """The vision stage's EP handling: default provider order, strict start, warm-up over the profile's batch sizes,
 and the TensorRT profile bounding live batch-size changes. Real ORT sessions; a fake only for the GPU host."""
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -57,8 +58,8 @@ def test_tensorrt_replica_keeps_batches_inside_the_profile(vision_artifacts, mon
         return type(opened)(opened.session, TENSORRT_EP, "portable")
     monkeypatch.setattr(vision, "open_vision_session", on_tensorrt)
     enc = make(vision_artifacts, max_batch_size=4)  # batch_profile_max None: the profile ends at 4
-    enc.reconfigure({"max_batch_size": 2})
+    asyncio.run(enc.reconfigure({"max_batch_size": 2}))
     assert enc.options.max_batch_size == 2
     with pytest.raises(ValueError, match="max_batch_size 5 exceeds 4, the batch profile"):
-        enc.reconfigure({"max_batch_size": 5})
+        asyncio.run(enc.reconfigure({"max_batch_size": 5}))
     assert enc.options.max_batch_size == 2
