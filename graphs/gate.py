@@ -49,7 +49,7 @@ def settle(variants: dict[str, dict[str, VariantSpec]], result: GateResult,
             sibling = variants[graph][name].same_weights_as
             if sibling in own and name not in own:
                 out[name] = f"its float-cache sibling {sibling} was rejected (its cache is gated against it)"
-        rejected[graph] = {n: out[n] for n in measured if n in out}
+        rejected[graph] = {n: out[n] for n in variants[graph] if n in out}  # the family's order, as `variants`
     for graph, reasons in rejected.items():
         for name, reason in reasons.items():
             if named is not None and f"{graph}/{name}" in named:
