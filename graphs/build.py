@@ -7,8 +7,8 @@
 
 Everything is written into a temporary directory beside the target and renamed into place at the end, so a failed
 build (bad weights, a graph with no variant within tolerance, a full disk) leaves nothing behind. A variant past its
-parity bounds alone is left out and recorded as rejected (graphs/gate.py has the rules). Same inputs -> same bytes: weights
-are seeded, graphs are emitted in a fixed order, and nothing time- or host-dependent is written.
+parity bounds alone is left out and recorded as rejected (graphs/gate.py has the rules). Same inputs -> same bytes:
+weights are seeded, graphs are emitted in a fixed order, and nothing time- or host-dependent is written.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ class ParityError(RuntimeError):
     Here, not in graphs.verify, so the build imports it without torch (graphs.verify re-exports it)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class GateResult:
     figures: dict[str, dict[str, dict]]  # graph -> variant -> figures, every variant measured
     failures: dict[str, dict[str, str]] = field(default_factory=dict)  # graph -> variant -> figures past bounds

@@ -3,9 +3,10 @@ record with its figures and reason, one output line), and the build fails only w
 variant named in --variants fails. Serving never picks a rejected variant.
 
 The failing variants are real wrong graphs (a weight used untransposed, a classic export slip: a decoder layer's
-out-projection, the vision tower's output projection) judged by the real gate: deterministic on any CPU, unlike an int4 variant that misses top-1 on some random
-checkpoint (on the tiny test checkpoints int4 has too few decisive contexts to be top-1 gated at all). Each test
-builds the own family's tiny preset with a few variants only, to keep the CPU cost down.
+out-projection, the vision tower's output projection) judged by the real gate: deterministic on any CPU, unlike an
+int4 variant that misses top-1 on some random checkpoint (on the tiny test checkpoints int4 has too few decisive
+contexts to be top-1 gated at all). Each test builds the own family's tiny preset with a few variants only, to keep
+the CPU cost down.
 """
 
 from __future__ import annotations
