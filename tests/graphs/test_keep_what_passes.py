@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 
 import pytest
@@ -25,7 +26,7 @@ from graphs.families.own.family import FAMILY
 from graphs.families.own.variants import VARIANTS, VariantSpec
 from graphs.families.own.vision_graph import build_vision
 from graphs.gate import GateResult, ParityError, settle
-from graphs.manifest import CPU_EP, Manifest
+from graphs.manifest import CPU_EP, MANIFEST, Manifest
 from serve_app.engine import EngineConfig
 from serve_app.engine.loader import open_runner
 from serve_app.stages.vision import VisionOptions, open_vision_session
@@ -183,3 +184,14 @@ def test_a_kv_variant_whose_sibling_is_rejected_is_rejected_too():
 def test_a_passing_build_rejects_nothing():
     gate = GateResult({"decoder": {"a-kv8": {}, "a": {}, "b": {}}})
     assert settle(KV_FAMILY, gate, {"decoder/a"}) == {}
+
+
+def test_a_manifest_written_before_rejected_existed_still_reads(one_rejected, tmp_path):
+    out, manifest, _, _ = one_rejected
+    data = json.loads((out / MANIFEST).read_text())
+    for entry in data["graphs"].values():
+        del entry["rejected"]
+    (tmp_path / MANIFEST).write_text(json.dumps(data))
+    again = Manifest.read(tmp_path)
+    assert all(g.rejected == {} for g in again.graphs.values())
+    assert again.graphs["decoder"].variants == manifest.graphs["decoder"].variants
