@@ -6,8 +6,9 @@
                                          (a file lock makes two processes asking at once build it once)
 
 Everything is written into a temporary directory beside the target and renamed into place at the end, so a failed
-build (bad weights, parity past tolerance, a full disk) leaves nothing behind. Same inputs -> same bytes: weights
-are seeded, graphs are emitted in a fixed order, and nothing time- or host-dependent is written.
+build (bad weights, a graph with no variant within tolerance, a full disk) leaves nothing behind. A variant past its
+parity bounds alone is left out and recorded as rejected (graphs/gate.py has the rules). Same inputs -> same bytes:
+weights are seeded, graphs are emitted in a fixed order, and nothing time- or host-dependent is written.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import onnx
 from graphs.emit.inspect import file_name, fusion_counts, ort_optimized_counts
 from graphs.families import family_for_source
 from graphs.families.base import Family, Progress, Source, SourceError
+from graphs.gate import GateResult, settle
 from mmcore import manifest as manifest_module
-from mmcore.manifest import CPU_EP, MANIFEST, DecoderSpec, GraphEntry, Manifest, ManifestError, TensorSpec, Variant
+from mmcore.manifest import (CPU_EP, MANIFEST, DecoderSpec, GraphEntry, Manifest, ManifestError, RejectedVariant,
+                             TensorSpec, Variant)
 
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 TOKENIZER = "tokenizer.json"
@@ -105,7 +108,15 @@ def _signature(specs: list[TensorSpec], kv_cache, decoder: DecoderSpec) -> list[
             if t.name in cache else t for t in specs]
 
 
-def _graph_entries(family: Family, built, tmp: Path, parity: dict, decoder: DecoderSpec) -> dict[str, GraphEntry]:
+def _rejected(family: Family, graph: str, gate: GateResult, reasons: dict[str, str]) -> dict[str, RejectedVariant]:
+    return {name: RejectedVariant(providers=list(family.variants[graph][name].providers),
+                                  precision=family.variants[graph][name].precision,
+                                  parity=gate.figures[graph][name], reason=reason) for name, reason in reasons.items()}
+
+
+def _graph_entries(family: Family, built, tmp: Path, gate: GateResult, rejected: dict[str, dict[str, str]],
+                   decoder: DecoderSpec) -> dict[str, GraphEntry]:
+    """built: the variants kept (graph -> name -> proto); rejected: graph -> name -> reason for those left out."""
     entries = {}
     for graph, protos in built.items():
         # the signature the entry lists: the first variant's with the decoder spec's own cache dtype
@@ -120,9 +131,10 @@ def _graph_entries(family: Family, built, tmp: Path, parity: dict, decoder: Deco
             ort_counts = ort_optimized_counts(tmp / f) if CPU_EP in spec.providers else {}
             variants[name] = Variant(file=f, sha256=_sha256(tmp / f), providers=list(spec.providers),
                                      precision=spec.precision, fusions=fusion_counts(proto),
-                                     parity=parity[graph][name], ort_optimized=ort_counts,
+                                     parity=gate.figures[graph][name], ort_optimized=ort_counts,
                                      kv_cache=spec.kv_cache)
-        entries[graph] = GraphEntry(inputs=ins, outputs=outs, variants=variants)
+        entries[graph] = GraphEntry(inputs=ins, outputs=outs, variants=variants,
+                                    rejected=_rejected(family, graph, gate, rejected.get(graph, {})))
     return entries
 
 
@@ -132,8 +144,18 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+def _leave_out(built: dict[str, dict[str, onnx.ModelProto]], rejected: dict[str, dict[str, str]], tmp: Path,
+               progress: Progress) -> None:
+    """Delete each rejected variant's graph file and proto: one progress line per variant, naming the reason."""
+    for graph, reasons in rejected.items():
+        for name, reason in reasons.items():
+            progress(f"rejected {graph}/{name}: {reason}")
+            (tmp / file_name(graph, name)).unlink()
+            del built[graph][name]
+
+
 def _write_artifacts(family: Family, source: Source, tmp: Path, progress: Progress,
-                     picked: dict[str, list[str]]) -> Manifest:
+                     picked: dict[str, list[str]], named: set[str] | None) -> Manifest:
     progress("load weights")
     try:
         model = family.load(source)
@@ -148,11 +170,13 @@ def _write_artifacts(family: Family, source: Source, tmp: Path, progress: Progre
     np.save(tmp / TOKEN_EMBEDDINGS, wte)
     specs = family.specs(source, model, tmp / TOKENIZER, TOKEN_EMBEDDINGS)
     built = _build_graphs(family, model, tmp, progress, picked)
-    parity = family.parity_gate(model, {g: {n: p.SerializeToString() for n, p in ps.items()}
-                                        for g, ps in built.items()}, specs.decoder, progress)
+    gate = family.parity_gate(model, {g: {n: p.SerializeToString() for n, p in ps.items()}
+                                      for g, ps in built.items()}, specs.decoder, progress)
+    rejected = settle(family.variants, gate, named)  # ParityError when the build cannot keep enough
+    _leave_out(built, rejected, tmp, progress)
     manifest = Manifest(
         family=family.name, preset=source.name, decoder=specs.decoder, vision=specs.vision, prompt=specs.prompt,
-        tokenizer_file=TOKENIZER, graphs=_graph_entries(family, built, tmp, parity, specs.decoder),
+        tokenizer_file=TOKENIZER, graphs=_graph_entries(family, built, tmp, gate, rejected, specs.decoder),
         source=specs.source,
         versions=_versions(), weights_sha256=None if source.weights is None else _sha256(source.weights),
         files_sha256={f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MANIFEST})
@@ -197,8 +221,9 @@ def build_artifacts(source: str | Path, out_dir: str | Path, weights: str | Path
                     tokenizer: str | Path | None = None, progress: Progress | None = None,
                     variants: list[str] | None = None) -> Manifest:
     """Build every variant (or the `graph/name`s in `variants`) of `source` -- a preset name or a checkpoint
-    directory -- into out_dir. Raises BuildError/WeightsError/ParityError with one-line messages; on any failure
-    out_dir is left as it was."""
+    directory -- into out_dir, leaving out (and recording as rejected) each variant past its parity bounds. Raises
+    BuildError/WeightsError/ParityError with one-line messages (ParityError: a graph with no variant left, or a
+    rejected one named in `variants`); on any failure out_dir is left as it was."""
     progress = progress or (lambda _msg: None)
     family, src = _resolve(source, weights, tokenizer)
     picked = _selected(family, variants)
@@ -206,7 +231,8 @@ def build_artifacts(source: str | Path, out_dir: str | Path, weights: str | Path
     _check_replaceable(out)
     tmp = _make_temp_dir(out)
     try:
-        manifest = _write_artifacts(family, src, tmp, progress, picked)
+        named = None if variants is None else set(variants)
+        manifest = _write_artifacts(family, src, tmp, progress, picked, named)
         progress("write")
         _move_into_place(tmp, out)
         return manifest

@@ -5,6 +5,8 @@ local HuggingFace LLaVA checkpoint directory.
 
 Progress goes to stderr, one line per step; any failure is one line `mmserve build: error: ...` naming the file,
 tensor or setting, with exit status 1 (2 for bad arguments, argparse's convention) and no artifact left behind.
+A variant that fails its parity gate is left out of the artifact, one line `rejected graph/name: reason` (printed
+with --quiet too); the build fails only when a graph keeps no variant or a variant named in --variants fails.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                                          f"shipped LLaVA captioner, as --hf graphs/assets/demo-llava builds it)")
     source.add_argument("--hf", metavar="DIR", help="a LLaVA checkpoint directory as save_pretrained writes it")
     b.add_argument("--variants", nargs="+", default=None,
-                   help="graph/variant names to build (default: all), e.g. decoder/cpu-int4")
+                   help="graph/variant names to build (default: all, leaving out any that fails its parity "
+                        "gate; a named one that fails fails the build), e.g. decoder/cpu-int4")
     b.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
     b.add_argument("--weights", default=None, help="own-family presets: a safetensors file; default: seeded random "
                                                    "weights")
@@ -70,8 +73,13 @@ def _build(args) -> int:
         print(f"mmserve build: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
         return 1
     n = sum(len(g.variants) for g in manifest.graphs.values())
+    rejected = [(f"{graph}/{name}", r.reason) for graph, g in manifest.graphs.items() for name, r in g.rejected.items()]
+    if args.quiet:  # the progress lines named them otherwise
+        for name, reason in rejected:
+            print(f"rejected {name}: {reason}", file=sys.stderr)
     what = f"{manifest.family} checkpoint {args.hf}" if args.hf else f"preset {manifest.preset}"
-    print(f"built {args.out}: {what}, {n} graph variants, parity gate passed")
+    left_out = f"; left out, past their parity bounds: {', '.join(n for n, _ in rejected)}" if rejected else ""
+    print(f"built {args.out}: {what}, {n} graph variants passed the parity gate{left_out}")
     return 0
 
 

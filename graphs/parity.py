@@ -1,4 +1,5 @@
-"""Which parity checks each variant gets, and the gate that fails the build (the checks live in graphs.verify).
+"""Which parity checks each variant gets, and the gate's verdict per variant (the checks live in graphs.verify;
+what the build keeps of the verdicts, graphs.gate).
 
     vision  every variant        features of a seeded batch of 2 vs the reference (max abs error, cosine)
             fp32 variants        + greedy 32 tokens after image + prompt, through the fp32 decoder
@@ -6,6 +7,9 @@
             fp32 variants        + greedy 32 tokens after image + prompt, through the fp32 CPU vision graph
             quantized KV cache   + logits vs the same weights with a float32 cache (graphs/families/own/
                                    kv_parity.py), and the greedy tokens (recorded, not gated: int8 weights already change them)
+
+The fp32 greedy checks run a pair (vision cpu-fp32 with decoder cpu-fp32, or the reverse), so a wrong graph in the
+pair fails both: conservative, since a rejected variant is left out, never served.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Callable
 
 from graphs import verify
 from graphs.families.own.variants import VARIANTS
+from graphs.gate import GateResult
 from mmcore.manifest import DecoderSpec
 
 FP32_PARTNER = "cpu-fp32"  # the other graph used for end-to-end greedy checks
@@ -40,15 +45,14 @@ def _figures(model, decoder: DecoderSpec, graph: str, name: str, built: dict[str
 
 
 def run_parity_gate(model, built: dict[str, dict[str, bytes]], progress: Callable[[str], None],
-                    decoder: DecoderSpec) -> dict:
-    """Figures per graph and variant; raises verify.ParityError at the first variant past tolerance."""
-    results: dict[str, dict[str, dict]] = {}
+                    decoder: DecoderSpec) -> GateResult:
+    """Figures per graph and variant, and the figures past bounds of each variant that failed."""
+    results = GateResult({})
     progress("parity reference greedy decoding")
     greedy_ref = verify.greedy_reference(model)
     for graph, variants in built.items():
         for name in variants:
             progress(f"parity {graph} {name}")
             figures = _figures(model, decoder, graph, name, built, greedy_ref)
-            verify.check(graph, name, VARIANTS[graph][name].precision, figures)
-            results.setdefault(graph, {})[name] = figures
+            results.add(graph, name, figures, verify.failures(VARIANTS[graph][name].precision, figures))
     return results

@@ -6,8 +6,12 @@ An artifact directory holds:
     tokenizer.json           Hugging Face tokenizers file; vocabulary == decoder vocab_size
     <decoder.embeddings>     (V, Dd) table: the decoder stage embeds prompt tokens itself, so image features and
                              token embeddings meet as one `inputs_embeds` tensor
-    vision.<variant>.onnx    one file per vision variant
-    decoder.<variant>.onnx   one file per decoder variant
+    vision.<variant>.onnx    one file per vision variant that passed the build's parity gate
+    decoder.<variant>.onnx   one file per decoder variant that passed it
+
+A variant that failed its gate has no file: its figures and the reason stand in its graph's `rejected` map
+(GraphEntry.rejected), apart from `variants`, so whatever reads `variants` (serving, fetches, sha256 checks) sees
+only gated variants.
 
 Graph signatures (symbolic dims in quotes); the names are data (`GraphEntry.inputs/outputs`, `DecoderSpec.cache_names`):
   vision
@@ -32,10 +36,13 @@ Graph signatures (symbolic dims in quotes); the names are data (`GraphEntry.inpu
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -87,10 +94,22 @@ class Variant(_Spec):
                                                                      "None: DecoderSpec.cache_dtype")
 
 
+class RejectedVariant(_Spec):
+    """A variant the build's parity gate turned down: no file in the artifact, only what it measured and why."""
+    providers: list[str]
+    precision: Literal["fp32", "fp16", "int8", "int4"]
+    parity: dict[str, float | int | bool | str] = Field(default_factory=dict,
+                                                         description="figures from the build's parity gate")
+    reason: str = Field(description="one line: every figure past its bound, or the rejected variant it depends on")
+
+
 class GraphEntry(_Spec):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    variants: dict[str, Variant]
+    variants: dict[str, Variant] = Field(description="the gated variants, each with its file")
+    rejected: dict[str, RejectedVariant] = Field(default_factory=dict,
+                                                 description="variants the parity gate rejected: no file, never "
+                                                             "served")
 
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]
@@ -99,13 +118,19 @@ class GraphEntry(_Spec):
         return [t.name for t in self.outputs]
 
     def variant_for(self, provider: str, prefer: list[str] | None = None) -> tuple[str, Variant]:
-        """The variant to run on `provider` (the EP that actually loaded); `prefer` orders candidate names."""
+        """The variant to run on `provider` (the EP that actually loaded); `prefer` orders candidate names. A rejected
+        variant is never picked: a preferred one is passed over with a warning naming the gate's reason."""
         names = list(prefer or []) + [n for n in self.variants if n not in (prefer or [])]
         for name in names:
             v = self.variants.get(name)
             if v is not None and provider in v.providers:
                 return name, v
-        raise LookupError(f"no variant for {provider}; have {sorted(self.variants)}")
+            if name in self.rejected and provider in self.rejected[name].providers:
+                log.warning("prefer_variants: %s was rejected by the build's parity gate (%s); trying the next",
+                            name, self.rejected[name].reason)
+        rejected = "".join(f"; rejected at build: {n} ({r.reason})" for n, r in self.rejected.items()
+                           if provider in r.providers)
+        raise LookupError(f"no variant for {provider}; have {sorted(self.variants)}{rejected}")
 
 
 class Positions(_Spec):

@@ -71,7 +71,7 @@ def test_build_is_reproducible(tiny_artifacts, tmp_path):
 
 def test_cli_builds_and_reports(tmp_path, capsys):
     assert main(["build", "--preset", "tiny", "--out", str(tmp_path / "a"), "--quiet"]) == 0
-    assert "parity gate passed" in capsys.readouterr().out
+    assert "graph variants passed the parity gate" in capsys.readouterr().out
     assert (tmp_path / "a" / "manifest.json").is_file()
 
 

@@ -34,7 +34,8 @@ def test_int8_and_fp16_thresholds():
     check("vision", "cpu-int8", "int8", {"feature_cosine": 0.9995, "top1_agreement": 0.99})
 
 
-def test_a_wrong_graph_fails_the_build_and_leaves_nothing(tmp_path, monkeypatch):
+def test_a_wrong_graph_named_in_variants_fails_the_build_and_leaves_nothing(tmp_path, monkeypatch):
+    # named: the build fails rather than leave it out (unnamed, tests/graphs/test_keep_what_passes.py)
     def broken(model):  # a classic export slip: one layer's out-projection used untransposed
         wrong = copy.deepcopy(model)  # the reference itself must stay right
         out = wrong.vision.blocks[0].attn.out
@@ -47,7 +48,7 @@ def test_a_wrong_graph_fails_the_build_and_leaves_nothing(tmp_path, monkeypatch)
     monkeypatch.setattr(FAMILY, "variants", registry)  # what the family-agnostic build emits
     monkeypatch.setattr("graphs.parity.VARIANTS", registry)
     with pytest.raises(ParityError, match="vision cpu-fp32"):
-        build_artifacts("tiny", tmp_path / "out")
+        build_artifacts("tiny", tmp_path / "out", variants=["vision/cpu-fp32", "decoder/cpu-fp32"])
     assert list(tmp_path.iterdir()) == []
 
 

@@ -22,6 +22,7 @@ from graphs.families.llava.checkpoint import (Checkpoint, CheckpointError, effec
                                               same_tokenizer)
 from graphs.families.llava.driver import decoder_spec
 from graphs.families.llava.variants import VARIANTS
+from graphs.gate import GateResult
 from mmcore.manifest import DecoderSpec, Preprocessing, PromptSpec, VisionSpec
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -105,14 +106,14 @@ class LlavaFamily:
         return Specs(decoder_spec(ck, embeddings_file), vision, prompt, source=ck.to_dict())
 
     def parity_gate(self, model: Loaded, built: dict[str, dict[str, bytes]], decoder: DecoderSpec,
-                    progress: Progress) -> dict:
+                    progress: Progress) -> GateResult:
         from graphs.families.llava import parity
         from graphs.families.llava.reference import Reference
 
         progress("reference: transformers LlavaForConditionalGeneration")
         ref = Reference(model.ck)
         inputs = parity.Inputs(ref)
-        out: dict = {}
+        out = GateResult({})
         for graph, protos in built.items():
             forced: dict[str, np.ndarray] = {}  # decoder variant -> its forced-decode logits, for kv siblings
             # float-cache siblings first: a -kv8 variant is measured against its sibling's logits
@@ -125,9 +126,8 @@ class LlavaFamily:
                     figures, forced[name] = parity.decoder_run(model.ck, inputs, protos[name], spec.kv_cache)
                     if spec.kv_cache is not None:
                         figures |= self._kv_figures(model, ref, inputs, (forced[name], figures), spec,
-                                                   (forced, out[graph]))
-                parity.check(graph, name, spec.precision, figures)
-                out.setdefault(graph, {})[name] = figures
+                                                   (forced, out.figures[graph]))
+                out.add(graph, name, figures, parity.failures(spec.precision, figures))
         return out
 
     @staticmethod

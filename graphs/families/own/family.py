@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from graphs.families.own.config import ModelConfig, get_preset
 from graphs.families.own.tokenizer import EOS, ROLE_TOKENS, build_tokenizer, load_tokenizer, token_id
 from graphs.families.own.variants import VARIANTS
 from mmcore.manifest import DecoderSpec, Positions, Preprocessing, PromptSpec, TensorSpec, VisionSpec
+
+if TYPE_CHECKING:  # graphs.gate imports this package
+    from graphs.gate import GateResult
 
 IMAGE_TOKEN = "<image>"  # text the template writes per image; split out before tokenizing, never a vocabulary entry
 
@@ -89,7 +93,7 @@ class OwnFamily:
         return Specs(decoder, vision, prompt, source=cfg.to_dict())
 
     def parity_gate(self, model, built: dict[str, dict[str, bytes]], decoder: DecoderSpec,
-                    progress: Progress) -> dict:
+                    progress: Progress) -> GateResult:
         from graphs.parity import run_parity_gate  # torch
 
         return run_parity_gate(model, built, progress, decoder)
