@@ -28,6 +28,7 @@ from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.api.errors import unwrap
 from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
 from serve_app.api.retry import RETRYABLE, gather_with_retry
+from serve_app.api.unsupported import refuse_unsupported
 from serve_app.engine.types import DecodeChunk, DecodeRequest, FeatureSegment, ModelMismatch, TokenSegment
 
 
@@ -39,7 +40,7 @@ def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatC
         raise InvalidRequest(f"request body is not valid JSON ({e})", None, "invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object", None, "invalid_json")
-    return ChatCompletionRequest.model_validate(data)  # ValidationError -> 400 naming the field
+    return ChatCompletionRequest.model_validate(refuse_unsupported(data))  # ValidationError -> 400 naming the field
 
 
 @dataclass(frozen=True)

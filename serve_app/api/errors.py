@@ -102,18 +102,31 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def validation_param(err: ValidationError) -> str | None:
-    """`messages.0.content` style path of the first failing field."""
+def _first_error(err: ValidationError) -> dict | None:
+    """The error to report: an unknown field first (it is refused by name, wherever it sits), else the first."""
     errors = err.errors()
-    if not errors:
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0] if errors else None)
+
+
+def validation_param(err: ValidationError) -> str | None:
+    """`messages.0.content` style path of the reported field."""
+    first = _first_error(err)
+    if first is None:
         return None
-    return ".".join(str(p) for p in errors[0]["loc"]) or None
+    return ".".join(str(p) for p in first["loc"]) or None
 
 
 def validation_message(err: ValidationError) -> str:
-    first = err.errors()[0]
+    first = _first_error(err)
     where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{where}: this server does not support the parameter {str(first['loc'][-1])!r}"
     return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def validation_code(err: ValidationError) -> str:
+    first = _first_error(err)
+    return "unsupported_parameter" if first is not None and first["type"] == "extra_forbidden" else "invalid_value"
 
 
 @dataclass(frozen=True)
@@ -160,7 +173,7 @@ def to_error(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
         return exc.status, ErrorResponse(error=info), ({"Retry-After": str(round(retry))} if retry else {})
     if isinstance(exc, ValidationError):
         info = ErrorInfo(message=validation_message(exc), type="invalid_request_error",
-                         param=validation_param(exc), code="invalid_value")
+                         param=validation_param(exc), code=validation_code(exc))
         return 400, ErrorResponse(error=info), {}
     outcome = _outcome(exc)
     if outcome is None:
