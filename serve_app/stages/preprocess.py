@@ -15,7 +15,6 @@ import binascii
 import hashlib
 import io
 import re
-import struct
 import time
 import urllib.request
 import warnings
@@ -29,6 +28,7 @@ from graphs.manifest import Manifest, VisionSpec
 from serve_app.api.errors import InvalidImage
 from serve_app.artifacts import ModelSource, model_key, resolve_model
 from serve_app.observability.metrics import ImageMetrics, StageMetrics
+from serve_app.stages.pillow_errors import pillow_reading
 from serve_app.engine.types import PreprocessedImage, check_model_key
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -95,7 +95,9 @@ def image_bytes(url: str, param: str, opts: PreprocessOptions) -> bytes:
 
 def open_header(raw: bytes, param: str, max_pixels: int) -> Image.Image:
     """Image.open reads only the header: size and format are known, no pixel is decoded yet."""
-    with warnings.catch_warnings():
+    # pillow_reading: a recognised format cut inside its header fails in the plugin's own read in Image.open,
+    # before load() (JPEG "Truncated File Read" in a marker segment, WebP "could not create decoder object").
+    with warnings.catch_warnings(), pillow_reading(param):
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
@@ -103,10 +105,6 @@ def open_header(raw: bytes, param: str, max_pixels: int) -> Image.Image:
             raise _unreadable(raw, param) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidImage(f"image has more than {max_pixels} pixels", param, "image_too_many_pixels") from None
-        except (OSError, SyntaxError, EOFError, struct.error, ValueError) as e:
-            # A recognised format cut inside its header: the plugin's own read fails in Image.open, before load()
-            # (JPEG "Truncated File Read" in a marker segment, WebP "could not create decoder object").
-            raise InvalidImage(f"image data is truncated or corrupt ({e})", param, "invalid_image") from None
     w, h = img.size
     if w * h > max_pixels:
         raise InvalidImage(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}", param,
@@ -167,12 +165,10 @@ def decode(raw: bytes, param: str, opts: PreprocessOptions) -> tuple[Image.Image
     """-> (oriented RGB image, source width*height)."""
     img = open_header(raw, param, opts.max_image_pixels)
     source_pixels = img.size[0] * img.size[1]
-    try:
+    with pillow_reading(param):  # truncated or corrupt data surfaces only when decoding, forged EXIF when rotating
         img.load()
         img = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data surfaces only when decoding
-        raise InvalidImage(f"image data is truncated or corrupt ({e})", param, "invalid_image") from None
-    return to_rgb(img), source_pixels
+        return to_rgb(img), source_pixels
 
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
