@@ -78,6 +78,22 @@ class StageUnavailable(APIError):
         return (type(self), (self.stage, self.param, self.code))
 
 
+class DecoderTimeout(APIError):
+    """504: the decoder sent no chunk for `timeout_s` (before the first token or between two chunks); the ingress
+    has cancelled its call, so the stalled request frees its slot or leaves the queue."""
+
+    status = 504
+    type = "timeout"
+
+    def __init__(self, timeout_s: float, param: str | None = None, code: str | None = "decoder_timeout"):
+        super().__init__(f"the decoder sent nothing for {timeout_s:g} s (ingress.decoder_timeout_s); the request "
+                         f"was cancelled", param, code)
+        self.timeout_s = timeout_s
+
+    def __reduce__(self):
+        return (type(self), (self.timeout_s, self.param, self.code))
+
+
 class Unauthorized(APIError):
     status = 401
     type = "authentication_error"

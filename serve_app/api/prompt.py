@@ -78,12 +78,15 @@ class PromptRenderer:
         texts = self.render(messages).split(self.spec.image_token)
         if len(texts) - 1 != n_images:  # a template that drops or repeats images: a bad artifact, not bad input
             raise RuntimeError(f"chat template placed {len(texts) - 1} images for {n_images} in the request")
+        # encode_batch, not encode per text: the same ids, but it lets go of the GIL while it works, so a long
+        # prompt tokenized on the ingress's worker thread does not hold the event loop (encode held it throughout)
+        encodings = iter(self.tokenizer.encode_batch([t for t in texts if t], add_special_tokens=False))
         pieces: list[PromptPiece] = []
         for i, text in enumerate(texts):
             if i:
                 pieces.append(ImageSlot(i - 1))
             if text:
-                pieces.append(self.tokenizer.encode(text, add_special_tokens=False).ids)
+                pieces.append(next(encodings).ids)
         return pieces
 
     def length(self, pieces: list[PromptPiece]) -> int:
