@@ -52,7 +52,8 @@ def _check(obj: dict, model: type[BaseModel], where: str, neutral: dict | None =
 
 
 def _check_part(part, where: str):
-    model = PARTS.get(part.get("type")) if isinstance(part, dict) else None
+    kind = part.get("type") if isinstance(part, dict) else None
+    model = PARTS.get(kind) if isinstance(kind, str) else None
     if model is None:
         return part  # not an object, or an unknown type: the discriminated union names it
     part = _check(part, model, where)
