@@ -13,33 +13,36 @@ their model (serve_app/api/served.py) and runs the whole request again. One requ
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+import pydantic_core
 
 from mmcore.manifest import Manifest
-from serve_app.api.errors import ContextLengthExceeded, InvalidRequest, StageUnavailable
+from serve_app.api.errors import ContextLengthExceeded, DecoderTimeout, InvalidRequest, StageUnavailable
 from serve_app.api.prompt import ImageSlot, PromptPiece, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.api.errors import unwrap
 from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
 from serve_app.api.retry import RETRYABLE, gather_with_retry
+from serve_app.api.unsupported import refuse_unsupported
 from serve_app.contract import DecodeChunk, DecodeRequest, FeatureSegment, ModelMismatch, TokenSegment
 
 
 def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatCompletionRequest:
-    check_json_depth(body, max_depth)  # before json.loads, whose recursion fails near a thousand levels
+    check_json_depth(body, max_depth)  # before parsing: a parser's recursion fails near a thousand levels
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # pydantic's JSON parser, not json.loads: it takes half as long over a 50 MB base64 image, and that time is
+        # one call holding the GIL -- the longest the ingress's event loop waits while a big body is parsed
+        data = pydantic_core.from_json(body)
+    except ValueError as e:
         raise InvalidRequest(f"request body is not valid JSON ({e})", None, "invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object", None, "invalid_json")
-    return ChatCompletionRequest.model_validate(data)  # ValidationError -> 400 naming the field
+    return ChatCompletionRequest.model_validate(refuse_unsupported(data))  # ValidationError -> 400 naming the field
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Stages:
     missing: Callable[[], frozenset[str]] = frozenset  # deployments with no running replica (a StageWatch)
     model_key: str | None = None  # the ingress's model; None = calls untagged (unit tests of other things)
     retry_s: float = 2.0  # how long a call refused by replicas of another model is sent again
+    decoder_timeout_s: float = 60.0  # longest wait for the decoder's first chunk, and between two chunks
 
 
 RETRY_PAUSE_S = (0.02, 0.5)  # first and longest pause between two tries of a refused call
@@ -191,20 +195,35 @@ async def open_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator[D
         nonlocal gen
         gen = stages.decoder.options(stream=True).generate.remote(request)
         try:
-            return await gen.__anext__()
+            return await next_chunk(gen, stages.decoder_timeout_s)
         except StopAsyncIteration:
             return None
 
     first = await matching(stages, opened)
-    return _rest(gen, first)
+    return _rest(gen, first, stages.decoder_timeout_s)
 
 
-async def _rest(gen, first: DecodeChunk | None) -> AsyncIterator[DecodeChunk]:
+async def next_chunk(gen, timeout_s: float) -> DecodeChunk:
+    """The stream's next chunk within `timeout_s` (StopAsyncIteration at its end). A decoder that sends nothing
+    for that long -- stuck, or its queue not moving -- would otherwise hold the client until Serve's request
+    timeout: its call is cancelled (freeing its slot or its place in the queue) and DecoderTimeout (504) raised."""
+    try:
+        return await asyncio.wait_for(anext(gen), timeout_s)
+    except TimeoutError:
+        gen.cancel()
+        raise DecoderTimeout(timeout_s) from None
+
+
+async def _rest(gen, first: DecodeChunk | None, timeout_s: float) -> AsyncIterator[DecodeChunk]:
     finished = False
     try:
         if first is not None:
             yield first
-            async for chunk in gen:
+            while True:
+                try:
+                    chunk = await next_chunk(gen, timeout_s)
+                except StopAsyncIteration:
+                    break
                 yield chunk
         finished = True
     finally:

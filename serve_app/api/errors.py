@@ -59,6 +59,22 @@ class StageUnavailable(APIError):
         return (type(self), (self.stage, self.param, self.code))
 
 
+class DecoderTimeout(APIError):
+    """504: the decoder sent no chunk for `timeout_s` (before the first token or between two chunks); the ingress
+    has cancelled its call, so the stalled request frees its slot or leaves the queue."""
+
+    status = 504
+    type = "timeout"
+
+    def __init__(self, timeout_s: float, param: str | None = None, code: str | None = "decoder_timeout"):
+        super().__init__(f"the decoder sent nothing for {timeout_s:g} s (ingress.decoder_timeout_s); the request "
+                         f"was cancelled", param, code)
+        self.timeout_s = timeout_s
+
+    def __reduce__(self):
+        return (type(self), (self.timeout_s, self.param, self.code))
+
+
 class Unauthorized(APIError):
     status = 401
     type = "authentication_error"
@@ -73,18 +89,31 @@ class NotFound(APIError):
     type = "not_found_error"
 
 
-def validation_param(err: ValidationError) -> str | None:
-    """`messages.0.content` style path of the first failing field."""
+def _first_error(err: ValidationError) -> dict | None:
+    """The error to report: an unknown field first (it is refused by name, wherever it sits), else the first."""
     errors = err.errors()
-    if not errors:
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0] if errors else None)
+
+
+def validation_param(err: ValidationError) -> str | None:
+    """`messages.0.content` style path of the reported field."""
+    first = _first_error(err)
+    if first is None:
         return None
-    return ".".join(str(p) for p in errors[0]["loc"]) or None
+    return ".".join(str(p) for p in first["loc"]) or None
 
 
 def validation_message(err: ValidationError) -> str:
-    first = err.errors()[0]
+    first = _first_error(err)
     where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{where}: this server does not support the parameter {str(first['loc'][-1])!r}"
     return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def validation_code(err: ValidationError) -> str:
+    first = _first_error(err)
+    return "unsupported_parameter" if first is not None and first["type"] == "extra_forbidden" else "invalid_value"
 
 
 def to_error(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
@@ -96,7 +125,7 @@ def to_error(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
         return exc.status, ErrorResponse(error=info), ({"Retry-After": str(round(retry))} if retry else {})
     if isinstance(exc, ValidationError):
         info = ErrorInfo(message=validation_message(exc), type="invalid_request_error",
-                         param=validation_param(exc), code="invalid_value")
+                         param=validation_param(exc), code=validation_code(exc))
         return 400, ErrorResponse(error=info), {}
     outcome = outcome_of(exc)
     if outcome is None:

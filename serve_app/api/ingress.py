@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.api import chat
 from serve_app.api.completions import CompletionMeta, collect, stream_chunks
+from serve_app.api.offload import RequestWork
 from serve_app.api.served import ServedModels, load_served_model
 from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized, unwrap
 from serve_app.api.options import IngressOptions
@@ -96,9 +97,11 @@ class Ingress:
         first = load_served_model(ModelSource.model_validate(model), max_context, self.options.max_images_per_request)
         self.models = ServedModels(first, max_context, self.options.max_images_per_request)  # follows rollouts
         self.watch = StageWatch(stages_without_replica).start()  # image requests fail fast when vision is lost
-        self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing)
+        self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing,
+                                  decoder_timeout_s=self.options.decoder_timeout_s)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
+        self.work = RequestWork()  # parsing and preparing a request, off the loop that relays every stream
         self.body_limit = self.options.max_request_bytes or default_max_request_bytes(
             PreprocessOptions().max_image_bytes, self.options.max_images_per_request)
 
@@ -155,7 +158,7 @@ class Ingress:
                 if req.model is not None and req.model != model.name:
                     raise NotFound(f"model {req.model!r} does not exist; this server serves {model.name!r}",
                                    "model", "model_not_found")
-                prepared = chat.prepare(req, model.prompt, model.limits)
+                prepared = await self.work.prepare(req, model.prompt, model.limits)
                 stages = dataclasses.replace(self.stages, model_key=model.key)
                 features = await chat.image_features(stages, prepared.images)
                 request = chat.decode_request(rid, req, prepared, features, model.key)
@@ -169,7 +172,7 @@ class Ingress:
         try:
             self._authorize(request)
             body = await read_body(request, self.body_limit)  # 413 before the body fills memory
-            req = chat.parse_request(body, self.options.max_json_depth)
+            req = await self.work.parse(body, self.options.max_json_depth)
             rid = completion_id()
             model, prepared, tokens = await self._start(rid, req)
         except Exception as e:  # noqa: BLE001 -- one error path for all: to_error picks the status

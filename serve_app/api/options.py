@@ -25,6 +25,11 @@ class IngressOptions(BaseModel):
                                             "adds more; none = no authentication")
     max_images_per_request: int = Field(default=4, ge=0, description="image parts allowed in one request")
     stage_timeout_s: float = Field(default=60.0, gt=0, description="how long the ingress waits on a stage call")
+    decoder_timeout_s: float = Field(default=60.0, gt=0,
+                                     description="longest wait for the decoder's first chunk and between two "
+                                                 "chunks of one answer; past it the decoder call is cancelled and "
+                                                 "the client gets 504 decoder_timeout (an error event then [DONE] "
+                                                 "once streaming has started)")
     max_request_bytes: int | None = Field(default=None, gt=0,
                                           description="largest request body in bytes (413 request_too_large over "
                                                       "it); default: every allowed image at preprocess."

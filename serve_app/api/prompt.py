@@ -78,7 +78,9 @@ class PromptRenderer:
                                      f"messages.{i}.content", "invalid_value")
         text = self.render(messages)
         bos = self.spec.bos_token
-        ids = self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos))).ids
+        # encode_batch of one, not encode: the same ids, but it lets go of the GIL while it works, so a long prompt
+        # tokenized on the ingress's worker thread does not hold the event loop (encode holds it throughout)
+        ids = self.tokenizer.encode_batch([text], add_special_tokens=not (bos and text.startswith(bos)))[0].ids
         pieces: list[PromptPiece] = []
         start = 0
         for k, token in enumerate(ids):

@@ -1,7 +1,7 @@
 """OpenAI wire types: every request, response, chunk and error the HTTP API speaks, in one place.
 
-Requests reject unknown roles, wrong types and out-of-range sampling values at parse time, so the ingress only
-checks what needs the model (context length, image count). Responses follow the OpenAI shapes that the official
+Requests reject unknown fields, unknown roles, wrong types and out-of-range sampling values at parse time, so the
+ingress only checks what needs the model (context length, image count). Responses follow the OpenAI shapes that the official
 `openai` client parses: `chat.completion`, `chat.completion.chunk`, `list` of `model`, and `{"error": {...}}`.
 """
 
@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class OpenAIBase(BaseModel):
-    # Clients send fields this server does not use (logprobs, n, user, ...): accept and ignore them, as OpenAI does
-    # for forward compatibility; the fields that matter are typed below.
-    model_config = ConfigDict(extra="ignore")
+    # A field this server does not implement is refused by name, never silently ignored (serve_app.api.unsupported
+    # refuses it with a clean path before validation; forbidding extras here is the backstop).
+    model_config = ConfigDict(extra="forbid")
 
 
 # ---------------------------------------------------------------- request

@@ -4,7 +4,6 @@ pixels, then the colour modes that Pillow's convert("RGB") gets wrong."""
 from __future__ import annotations
 
 import io
-import struct
 import warnings
 
 import numpy as np
@@ -12,11 +11,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from serve_app.contract import InvalidImage
 from serve_app.imaging.limits import ACCEPTED_FORMATS, ImageLimits
+from serve_app.imaging.pillow_errors import pillow_reading
 
 
 def open_header(raw: bytes, param: str, max_pixels: int) -> Image.Image:
     """Image.open reads only the header: size and format are known, no pixel is decoded yet."""
-    with warnings.catch_warnings():
+    # pillow_reading: a recognised format cut inside its header fails in the plugin's own read in Image.open,
+    # before load() (JPEG "Truncated File Read" in a marker segment, WebP "could not create decoder object").
+    with warnings.catch_warnings(), pillow_reading(param):
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(raw), formats=ACCEPTED_FORMATS)
@@ -24,10 +26,6 @@ def open_header(raw: bytes, param: str, max_pixels: int) -> Image.Image:
             raise _unreadable(raw, param) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidImage(f"image has more than {max_pixels} pixels", param, "image_too_many_pixels") from None
-        except (OSError, SyntaxError, EOFError, struct.error, ValueError) as e:
-            # A recognised format cut inside its header: the plugin's own read fails in Image.open, before load()
-            # (JPEG "Truncated File Read" in a marker segment, WebP "could not create decoder object").
-            raise InvalidImage(f"image data is truncated or corrupt ({e})", param, "invalid_image") from None
     w, h = img.size
     if w * h > max_pixels:
         raise InvalidImage(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}", param,
@@ -88,9 +86,7 @@ def decode(raw: bytes, param: str, opts: ImageLimits) -> tuple[Image.Image, int]
     """-> (oriented RGB image, source width*height)."""
     img = open_header(raw, param, opts.max_image_pixels)
     source_pixels = img.size[0] * img.size[1]
-    try:
+    with pillow_reading(param):  # truncated or corrupt data surfaces only when decoding, forged EXIF when rotating
         img.load()
         img = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data surfaces only when decoding
-        raise InvalidImage(f"image data is truncated or corrupt ({e})", param, "invalid_image") from None
-    return to_rgb(img), source_pixels
+        return to_rgb(img), source_pixels

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.e2e.conftest import auth_headers
-from tests.serve_app.image_samples import encode, gradient_rgb
+from tests.serve_app.image_samples import data_url
+from tests.serve_app.corrupt_images import FORGED_EXIF, REAL, corrupt_images
 
 pytestmark = pytest.mark.e2e
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -35,18 +36,8 @@ bodies = st.fixed_dictionaries({"messages": messages | json_values}, optional={
     "temperature": st.floats(-1, 3) | json_values, "top_p": st.floats(-1, 2), "stream": st.booleans(),
     "stop": json_values, "seed": st.integers() | json_values})
 
-REAL = {fmt: encode(gradient_rgb(40, 24, seed=2), fmt) for fmt in ("PNG", "JPEG", "WEBP", "GIF")}
-
-
-@st.composite
-def image_bytes(draw) -> bytes:
-    """Real images cut, with bytes flipped, or random bytes."""
-    raw = bytearray(REAL[draw(st.sampled_from(sorted(REAL)))])
-    cut = draw(st.integers(1, len(raw)))
-    raw = raw[:cut]
-    for pos, val in draw(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)), max_size=4)):
-        raw[pos] = val
-    return bytes(raw) if draw(st.booleans()) else draw(st.binary(max_size=200))
+# Real images truncated, bit-flipped or header-forged (as in the preprocess unit fuzz), or random bytes.
+image_bytes = corrupt_images() | st.binary(max_size=200)
 
 
 def post(served, content: bytes) -> httpx.Response:
@@ -77,12 +68,24 @@ def test_fuzzed_raw_bytes_never_5xx(served, raw):
 
 
 @FUZZ
-@given(raw=image_bytes(), mime=st.sampled_from(["image/png", "image/jpeg", "image/webp", "image/gif", "text/plain"]))
+@given(raw=image_bytes, mime=st.sampled_from(["image/png", "image/jpeg", "image/webp", "image/gif", "text/plain"]))
 def test_fuzzed_image_bytes_never_5xx(served, raw, mime):
-    url = f"data:{mime};base64,{base64.b64encode(raw).decode()}"
-    body = {"model": "mmserve-tiny", "max_tokens": 2, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what?"}]}]}
-    assert_not_5xx(post(served, json.dumps(body).encode()))
+    assert_not_5xx(post(served, image_request(f"data:{mime};base64,{base64.b64encode(raw).decode()}")))
+
+
+def image_request(url: str) -> bytes:
+    return json.dumps({"model": "mmserve-tiny", "max_tokens": 2, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what?"}]}]}).encode()
+
+
+@pytest.mark.parametrize("name,raw", [*sorted(FORGED_EXIF.items()), ("png-cut", REAL["png"][:60]),
+                                      ("jpeg-cut", REAL["jpeg"][:len(REAL["jpeg"]) // 2])])
+def test_corrupt_images_are_400_invalid_image(served, name, raw):
+    r = post(served, image_request(data_url(raw)))
+    assert r.status_code == 400, r.text[:500]
+    err = r.json()["error"]
+    assert err["code"] == "invalid_image" and err["param"] == "messages.0.content.0.image_url", err
+    assert "truncated or corrupt" in err["message"]
 
 
 def test_service_still_serves_after_fuzzing(served):

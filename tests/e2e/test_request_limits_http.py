@@ -26,8 +26,8 @@ def assert_413(status: int, body: dict) -> None:
 
 
 def text_request(pad: int = 0) -> bytes:
-    return json.dumps({"model": "mmserve-tiny", "max_tokens": 2, "user": "x" * pad,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    return json.dumps({"model": "mmserve-tiny", "max_tokens": 2,
+                       "messages": [{"role": "user", "content": "hi" + " " * pad}]}).encode()
 
 
 def test_declared_length_over_limit_is_refused_before_the_body_is_sent(served):

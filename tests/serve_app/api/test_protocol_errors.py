@@ -36,8 +36,64 @@ def test_content_parts_parse():
     assert r.include_usage() and r.stop_list() == ["\n"] and r.token_limit() == 5 and r.ignore_eos
 
 
-def test_unknown_fields_are_ignored_like_openai():
-    assert ChatCompletionRequest.model_validate(req(logprobs=False, user="u", n=1)).messages[0].role == "user"
+def msg(**kw) -> dict:
+    return {"messages": [{"role": "user", "content": "hi", **kw}]}
+
+
+def parts(*part) -> dict:
+    return {"messages": [{"role": "user", "content": list(part)}]}
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:x"}}
+
+
+@pytest.mark.parametrize("body,param", [
+    (req(response_format={"type": "json_object"}), "response_format"),
+    (req(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    (req(tool_choice="auto"), "tool_choice"),
+    (req(user="u"), "user"),
+    (req(logit_bias={"1": 5}), "logit_bias"),
+    (req(max_token=5), "max_token"),  # a typo is refused too, not ignored
+    (req(logprobs=True), "logprobs"),
+    (req(logprobs=True, top_logprobs=2), "logprobs"),
+    (req(presence_penalty=0.5), "presence_penalty"),
+    (req(frequency_penalty=-1), "frequency_penalty"),
+    (req(n=2), "n"),
+    (msg(name="bob"), "messages.0.name"),
+    (msg(tool_calls=[]), "messages.0.tool_calls"),
+    (parts({"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}}), "messages.0.content.0.cache_control"),
+    (parts({"type": "text", "text": "a"}, {**IMAGE, "image_url": {"url": "data:x", "foo": 1}}),
+     "messages.0.content.1.image_url.foo"),
+    (parts({**IMAGE, "image_url": {"url": "data:x", "detail": "high"}}), "messages.0.content.0.image_url.detail"),
+    (parts({**IMAGE, "extra": 1}), "messages.0.content.0.extra"),
+    (req(stream=True, stream_options={"include_usage": True, "include_obfuscation": False}),
+     "stream_options.include_obfuscation"),
+])
+def test_unsupported_fields_are_refused_by_name(body, param):
+    import json
+    status, err = error_of(json.dumps(body).encode())
+    assert status == 400 and err["type"] == "invalid_request_error"
+    assert err["code"] == "unsupported_parameter" and err["param"] == param, err
+    assert param.rsplit(".", 1)[-1] in err["message"], err
+
+
+def test_neutral_values_of_unimplemented_fields_are_taken():
+    # the value that asks for nothing: the server does exactly that, and clients such as LangChain send it
+    import json
+    body = req(n=1, logprobs=False, presence_penalty=0, frequency_penalty=0.0, stream_options=None)
+    body["messages"][0]["content"] = [{**IMAGE, "image_url": {"url": "data:x", "detail": "auto"}}]
+    r = parse_request(json.dumps(body).encode())
+    assert r.n == 1 and r.messages[0].content[0].image_url.url == "data:x"
+    status, err = error_of(json.dumps(req(logprobs=0)).encode())  # 0 is not false
+    assert status == 400 and err["param"] == "logprobs"
+
+
+def test_direct_validation_refuses_unknown_fields_too():
+    # the wire types forbid extras themselves: a path around parse_request cannot ignore a field either
+    with pytest.raises(ValidationError) as e:
+        ChatCompletionRequest.model_validate(parts({"type": "text", "text": "a", "foo": 1}))
+    status, body, _ = to_error(e.value)
+    assert status == 400 and body.error.code == "unsupported_parameter" and body.error.param.endswith("foo")
 
 
 @pytest.mark.parametrize("body,param", [
@@ -53,6 +109,7 @@ def test_unknown_fields_are_ignored_like_openai():
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [{"type": ["text"], "text": "x"}]}]}, "messages.0.content"),
 ])
 def test_bad_fields_are_400_naming_the_field(body, param):
     import json
@@ -110,3 +167,29 @@ def test_validation_error_maps_to_first_field():
     with pytest.raises(ValidationError) as e:
         ChatCompletionRequest.model_validate(req(top_p=3))
     assert to_error(e.value)[1].error.param == "top_p"
+
+
+def test_any_json_is_a_request_or_a_400():
+    # the unsupported-field walk meets bodies of any shape before pydantic does: it must never raise anything else
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                              st.sampled_from(["type", "text", "image_url", "url", "role", "content", "x"]), inner,
+                              max_size=3), max_leaves=12)
+    bodies = st.fixed_dictionaries({"messages": st.lists(st.fixed_dictionaries(
+        {"role": st.just("user"), "content": st.lists(values, max_size=2) | values}), max_size=2) | values},
+        optional={"stream_options": values, "n": values, "logprobs": values})
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None)
+    @given(body=bodies)
+    def check(body):
+        try:
+            parse_request(json.dumps(body).encode())
+        except Exception as e:  # noqa: BLE001 -- classified below
+            assert to_error(e)[0] == 400, e
+
+    check()
