@@ -99,12 +99,12 @@ def sample_batch(logits: np.ndarray, params: list[SamplingParams], rngs: list[np
         if banned is not None and banned[i] is not None:
             probs[j, banned[i]] = 0.0  # -inf was clamped to -80 above
     u = np.array([rngs[i].random() for i in rows])  # (k,) one draw per row per token, whatever the batch
-    _cut(probs, [params[i] for i in rows])
+    cut_probs(probs, [params[i] for i in rows])
     tokens[rows] = _first_index(probs, u * probs.sum(axis=1), strictly_above=True)
     return tokens
 
 
-def _cut(probs: np.ndarray, params: list[SamplingParams]) -> None:
+def cut_probs(probs: np.ndarray, params: list[SamplingParams]) -> None:
     """Zero, in place, what top_k, then top_p, then min_p leave out of each row of probs (k,V)."""
     top_k = np.array([p.top_k for p in params])  # (k,)
     limited = (top_k > 0) & (top_k < probs.shape[1])
