@@ -108,7 +108,8 @@ class PreparedChat:
     images: list[ImageRef]
     max_tokens: int
     prompt_len: int  # positions, images included
-    sampling: dict  # DecodeRequest's sampling fields: the request's, else the checkpoint's, else the server's
+    sampling: dict  # DecodeRequest's sampling fields: the request's, else the checkpoint's, else the server's (and
+    #                 the image placeholder id, which the repetition penalty counts as transformers does)
 
 
 def prepare(req: ChatCompletionRequest, prompt: PromptRenderer, limits: ModelLimits) -> PreparedChat:
@@ -116,7 +117,7 @@ def prepare(req: ChatCompletionRequest, prompt: PromptRenderer, limits: ModelLim
     images = collect_images(req, limits)
     pieces = prompt.pieces(req.messages, len(images))
     prompt_len = prompt.length(pieces)
-    sampling = sampling_fields(req, limits.generation, limits.vocab_size)
+    sampling = sampling_fields(req, limits.generation, limits.vocab_size) | {"image_token_id": prompt.image_id}
     return PreparedChat(pieces, images, plan_tokens(prompt_len, req, limits), prompt_len, sampling)
 
 

@@ -139,8 +139,7 @@ class Engine:
         self._validate(request)
         params = sampling_params(request)
         seq = Sequence(request, params, params.make_rng(), asyncio.get_running_loop())
-        seq.history = TokenHistory.of_prompt([i for s in request.segments if isinstance(s, TokenSegment)
-                                              for i in s.ids])
+        seq.history = TokenHistory.of_prompt(self._prompt_ids(request))
         self.scheduler.enqueue(seq)
         self.metrics.set_queued(len(self.scheduler.waiting))
         if not self._started:
@@ -148,6 +147,15 @@ class Engine:
             self._steps.start()
         self._steps.wake()
         return seq
+
+    def _prompt_ids(self, request: DecodeRequest) -> list[int]:
+        """The prompt's token ids, with the image placeholder id for image positions (as transformers' input_ids)."""
+        ids = [i for s in request.segments if isinstance(s, TokenSegment) for i in s.ids]
+        image_id = request.image_token_id
+        has_image = any(not isinstance(s, TokenSegment) for s in request.segments)
+        if has_image and image_id is not None and 0 <= image_id < self.embeddings.shape[0]:
+            ids.append(image_id)
+        return ids
 
     def abort(self, seq: Sequence) -> None:
         """Stop generating for `seq` (its stream went away); its slot is freed at the next step."""
@@ -169,6 +177,8 @@ class Engine:
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
         vocab, width = self.embeddings.shape
+        if any(not 0 <= t < vocab for t in request.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be in [0, {vocab})")
         for seg in request.segments:
             if isinstance(seg, TokenSegment):
                 ids = np.asarray(seg.ids, dtype=np.int64)

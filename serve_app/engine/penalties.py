@@ -9,8 +9,8 @@ and transformers' order:
     presence_penalty    (output tokens)           l -= p * (count > 0)          OpenAI / vLLM
     min_tokens          until that many tokens:   eos ids and stop_token_ids -> -inf   transformers MinNewTokensLength
 
-Image positions carry no token id here, so the repetition penalty does not see the image placeholder id
-transformers' input_ids repeat; that can only change the placeholder token's own logit.
+Image positions count as the image placeholder's id (DecodeRequest.image_token_id), as transformers' input_ids
+hold it there.
 
 Logprobs are the raw model's (log_softmax of the logits before any of the above, temperature included), as vLLM
 returns them by default (its `logprobs_mode` "raw_logprobs").

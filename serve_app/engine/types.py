@@ -56,6 +56,8 @@ class DecodeRequest:
     min_tokens: int = 0  # eos and stop_token_ids banned until this many tokens are out
     stop_token_ids: list[int] = field(default_factory=list)  # end the completion like eos
     logprobs: int | None = None  # None = none; n = each token's logprob and the n most likely (OpenAI top_logprobs)
+    image_token_id: int | None = None  # the id transformers' input_ids hold at image positions: the repetition
+    #                                    penalty counts it as a prompt token where the prompt has an image
     model_key: str | None = None  # the artifact the ingress tokenized for (manifest sha256); None = not checked
 
     @property

@@ -86,3 +86,13 @@ def test_each_row_is_the_same_alone_and_in_a_mixed_batch():
     for r, chunks in zip(mixed, together):
         (alone,) = run([r])
         assert tokens(alone) == tokens(chunks)
+
+
+def test_image_positions_count_as_the_placeholder_id_for_the_repetition_penalty():
+    from serve_app.engine.types import FeatureSegment
+
+    feats = FeatureSegment(np.zeros((4, TABLE.shape[1]), np.float32))
+    with_image = DecodeRequest("r", [TokenSegment([3, 4]), feats, TokenSegment([5])], 4, image_token_id=300)
+    text_only = DecodeRequest("r", [TokenSegment([3, 4, 5])], 4, image_token_id=300)
+    e = engine()
+    assert sorted(e._prompt_ids(with_image)) == [3, 4, 5, 300] and e._prompt_ids(text_only) == [3, 4, 5]
