@@ -84,7 +84,8 @@ class Engine:
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         """Stream a completion. Leaving the iterator early (cancellation, disconnect) frees the slot."""
         seq = self.submit(request)
-        detok = IncrementalDetokenizer(self.tokenizer, request.stop, clean_up_spaces=self.clean_up_spaces)
+        detok = IncrementalDetokenizer(self.tokenizer, request.stop, clean_up_spaces=self.clean_up_spaces,
+                                       min_tokens=request.min_tokens)
         sent, last_yield = 0, float("-inf")
         try:
             while True:

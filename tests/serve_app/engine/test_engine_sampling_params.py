@@ -96,3 +96,14 @@ def test_image_positions_count_as_the_placeholder_id_for_the_repetition_penalty(
     text_only = DecodeRequest("r", [TokenSegment([3, 4, 5])], 4, image_token_id=300)
     e = engine()
     assert sorted(e._prompt_ids(with_image)) == [3, 4, 5, 300] and e._prompt_ids(text_only) == [3, 4, 5]
+
+
+def test_a_stop_string_ends_nothing_before_min_tokens():
+    (free,) = run([req()])
+    text = "".join(c.text for c in free)
+    at = next(i for i in range(len(text) - 2) if "\ufffd" not in text[i:i + 3])
+    (stopped,) = run([req(stop=[text[at:at + 3]])])
+    n = len(tokens(stopped))
+    assert n < 9 and stopped[-1].finish_reason == "stop"
+    (held,) = run([req(stop=[text[at:at + 3]], min_tokens=n + 3)])
+    assert len(tokens(held)) >= n + 3
