@@ -54,8 +54,8 @@ async def run(artifacts: str, variant: str, concurrency: int, gen: int, seconds:
     for name, key in (("decode", "ort decode"), ("prefill", "ort prefill"), ("move", "cache move")):
         setattr(runner, name, clock.wrap(getattr(runner, name), key))
     loop._step, loop.publish = clock.wrap(loop._step, "step"), clock.wrap(loop.publish, "publish")
-    real_sample = stepper_module.sample_batch
-    stepper_module.sample_batch = clock.wrap(real_sample, "sampling")
+    real_sample = stepper_module.next_tokens
+    stepper_module.next_tokens = clock.wrap(real_sample, "sampling")
     tokens, end = 0, time.perf_counter() + seconds
 
     async def client(c: int) -> None:
@@ -71,7 +71,7 @@ async def run(artifacts: str, variant: str, concurrency: int, gen: int, seconds:
         await asyncio.gather(*(client(c) for c in range(concurrency)))
     finally:
         wall = time.perf_counter() - t0
-        stepper_module.sample_batch = real_sample
+        stepper_module.next_tokens = real_sample
         await engine.close()
     steps, cpu = max(1, loop.steps), clock.cpu["step"]
     lines = [f"  {tokens / wall:6.0f} tokens/s wall, {tokens / cpu:6.0f} tokens per step-thread CPU second "

@@ -154,6 +154,19 @@ class DecoderIO(_Spec):
     present_value: str = "present_value.{i}"
 
 
+class GenerationDefaults(_Spec):
+    """The checkpoint's generation_config.json sampling defaults: what a request that leaves a field out gets (request
+    > these > the server's defaults, as vLLM applies them). None = the checkpoint does not set it."""
+    temperature: float | None = Field(default=None, ge=0.0, description="0 = greedy: also what `do_sample: false` "
+                                                                        "records, since transformers then decodes "
+                                                                        "greedily whatever the temperature")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, description="0 = no top-k cut")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    max_new_tokens: int | None = Field(default=None, ge=1, description="max_tokens when the request sets none")
+
+
 class DecoderSpec(_Spec):
     layers: int = Field(ge=1)
     heads: int = Field(ge=1, description="query heads")
@@ -169,6 +182,8 @@ class DecoderSpec(_Spec):
     cache_dtype: str = Field(default="float32", description="numpy dtype of the KV cache buffers")
     io: DecoderIO = Field(default_factory=DecoderIO, description="tensor names; per-layer ones with {i} for the "
                                                                   "layer (ORT GenAI's name templates)")
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults,
+                                           description="sampling defaults from the checkpoint's generation_config")
 
     def cache_names(self) -> list[str]:
         """Every past/present tensor name, all layers."""

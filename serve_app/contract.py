@@ -56,11 +56,30 @@ class DecodeRequest:
     seed: int | None = None  # same seed + same request = same tokens, whatever else shares the batch
     stop: list[str] = field(default_factory=list)  # stop strings, matched on the detokenized text
     ignore_eos: bool = False  # vLLM's benchmark extension: generate exactly max_tokens
+    top_k: int = 0  # 0 = no top-k cut
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # over prompt + output tokens
+    presence_penalty: float = 0.0  # over output tokens
+    frequency_penalty: float = 0.0
+    min_tokens: int = 0  # eos and stop_token_ids banned until this many tokens are out
+    stop_token_ids: list[int] = field(default_factory=list)  # end the completion like eos
+    logprobs: int | None = None  # None = none; n = each token's logprob and the n most likely (OpenAI top_logprobs)
+    image_token_id: int | None = None  # the id transformers' input_ids hold at image positions: the repetition
+    #                                    penalty counts it as a prompt token where the prompt has an image
     model_key: str | None = None  # the artifact the ingress tokenized for (manifest sha256); None = not checked
 
     @property
     def prompt_len(self) -> int:
         return sum(len(s) for s in self.segments)
+
+
+@dataclass
+class TokenLogprob:
+    """One token's raw logprob, as OpenAI's chat format gives it: the token's text and its UTF-8 bytes."""
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list["TokenLogprob"] = field(default_factory=list)  # the most likely tokens, most likely first
 
 
 @dataclass
@@ -71,6 +90,7 @@ class DecodeChunk:
     finish_reason: str | None = None  # "stop" (EOS or a stop string) | "length" (max_tokens or context)
     prompt_tokens: int = 0
     completion_tokens: int = 0  # running count, including this chunk's tokens
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when the request asked for logprobs
 
 
 class Overloaded(Exception):

@@ -21,11 +21,12 @@ from functools import partial
 import numpy as np
 import pydantic_core
 
-from mmcore.manifest import Manifest
+from mmcore.manifest import GenerationDefaults, Manifest
 from serve_app.api.errors import ContextLengthExceeded, DecoderTimeout, InvalidRequest, StageUnavailable
 from serve_app.api.prompt import ImageSlot, PromptPiece, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.api.errors import unwrap
+from serve_app.api.generation import sampling_fields
 from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
 from serve_app.api.retry import RETRYABLE, gather_with_retry
 from serve_app.api.unsupported import refuse_unsupported
@@ -50,13 +51,16 @@ class ModelLimits:
     image_tokens: int  # P: features per image
     max_positions: int  # the longest context: image tokens + prompt + completion
     max_images: int
+    vocab_size: int | None = None  # None: token ids unchecked here (unit tests of other things)
+    generation: GenerationDefaults = GenerationDefaults()  # the checkpoint's sampling defaults
 
     @classmethod
     def of(cls, manifest: Manifest, max_context: int | None, max_images: int) -> "ModelLimits":
         """The context is what the decoder stage's cache holds: its max_context when set, else the model's."""
         positions = manifest.decoder.max_positions if max_context is None else \
             min(max_context, manifest.decoder.max_positions)
-        return cls(manifest.prompt.image_features, positions, max_images)
+        return cls(manifest.prompt.image_features, positions, max_images, manifest.decoder.vocab_size,
+                   manifest.decoder.generation)
 
 
 @dataclass(frozen=True)
@@ -86,14 +90,19 @@ def collect_images(req: ChatCompletionRequest, limits: ModelLimits) -> list[Imag
 
 
 def plan_tokens(prompt_len: int, req: ChatCompletionRequest, limits: ModelLimits) -> int:
-    """max_tokens for the decoder; `prompt_len` counts image tokens too. No max_tokens = fill the context."""
+    """max_tokens for the decoder; `prompt_len` counts image tokens too. No max_tokens = the checkpoint's
+    max_new_tokens within the context, else fill the context."""
     room = limits.max_positions - prompt_len
     wanted = req.token_limit()
     if room < 1 or (wanted is not None and wanted > room):
         asked = f" + max_tokens {wanted}" if wanted is not None else ""
         raise ContextLengthExceeded(f"prompt ({prompt_len} tokens, images included){asked} exceeds the "
                                     f"context of {limits.max_positions} tokens")
-    return wanted if wanted is not None else room
+    planned = wanted if wanted is not None else min(room, limits.generation.max_new_tokens or room)
+    if req.min_tokens > planned:
+        raise InvalidRequest(f"min_tokens ({req.min_tokens}) exceeds max_tokens ({planned})", "min_tokens",
+                             "invalid_value")
+    return planned
 
 
 @dataclass
@@ -102,6 +111,8 @@ class PreparedChat:
     images: list[ImageRef]
     max_tokens: int
     prompt_len: int  # positions, images included
+    sampling: dict  # DecodeRequest's sampling fields: the request's, else the checkpoint's, else the server's (and
+    #                 the image placeholder id, which the repetition penalty counts as transformers does)
 
 
 def prepare(req: ChatCompletionRequest, prompt: PromptRenderer, limits: ModelLimits) -> PreparedChat:
@@ -109,7 +120,8 @@ def prepare(req: ChatCompletionRequest, prompt: PromptRenderer, limits: ModelLim
     images = collect_images(req, limits)
     pieces = prompt.pieces(req.messages, len(images))
     prompt_len = prompt.length(pieces)
-    return PreparedChat(pieces, images, plan_tokens(prompt_len, req, limits), prompt_len)
+    sampling = sampling_fields(req, limits.generation, limits.vocab_size) | {"image_token_id": prompt.image_id}
+    return PreparedChat(pieces, images, plan_tokens(prompt_len, req, limits), prompt_len, sampling)
 
 
 @dataclass
@@ -180,8 +192,8 @@ def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedCh
                    features: list[np.ndarray], model_key: str | None = None) -> DecodeRequest:
     segments = [FeatureSegment(features[p.index]) if isinstance(p, ImageSlot) else TokenSegment(p)
                 for p in chat.pieces]
-    return DecodeRequest(request_id=request_id, segments=segments, max_tokens=chat.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-                         stop=req.stop_list(), ignore_eos=req.ignore_eos, model_key=model_key)
+    return DecodeRequest(request_id=request_id, segments=segments, max_tokens=chat.max_tokens, seed=req.seed,
+                         stop=req.stop_list(), ignore_eos=req.ignore_eos, model_key=model_key, **chat.sampling)
 
 
 async def open_stream(stages: Stages, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class OpenAIBase(BaseModel):
@@ -62,12 +62,24 @@ class ChatCompletionRequest(OpenAIBase):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)  # the newer OpenAI name for max_tokens
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Sampling: a field left out (None) takes the checkpoint's generation_config value, else the server default
+    # (serve_app/api/generation.py), as vLLM does.
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
     ignore_eos: bool = False  # vLLM extension: generate exactly max_tokens, for benchmarks
     n: int = Field(default=1, ge=1, le=1)  # one choice per request: refuse n > 1 rather than answer with one
+    # vLLM's extensions and OpenAI's penalties, with their semantics (serve_app/engine/penalties.py)
+    top_k: int | None = Field(default=None, ge=-1, description="keep the k most likely tokens; -1 or 0 = all")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, description="over prompt and output tokens")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    min_tokens: int = Field(default=0, ge=0, description="eos and stop_token_ids cannot end the completion before")
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @field_validator("stop")
     @classmethod
@@ -75,6 +87,17 @@ class ChatCompletionRequest(OpenAIBase):
         if isinstance(v, list) and len(v) > 4:
             raise ValueError("at most 4 stop sequences")
         return v
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, v, info: ValidationInfo):
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return v
+
+    def logprobs_count(self) -> int | None:
+        """None: no logprobs; n: each token's logprob and the n most likely tokens'."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -110,11 +133,31 @@ class AssistantMessage(OpenAIBase):
     content: str
 
 
+class TopLogprob(OpenAIBase):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(OpenAIBase):
+    content: list[ChatLogprob] | None = None
+
+    @classmethod
+    def of(cls, entries) -> "ChoiceLogprobs":
+        """From the engine's TokenLogprob entries."""
+        return cls(content=[ChatLogprob(token=e.token, logprob=e.logprob, bytes=e.bytes, top_logprobs=[
+            TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top]) for e in entries])
+
+
 class Choice(OpenAIBase):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionResponse(OpenAIBase):
@@ -138,7 +181,7 @@ class ChunkChoice(OpenAIBase):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(OpenAIBase):

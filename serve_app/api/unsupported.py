@@ -1,12 +1,12 @@
 """Request fields this server does not implement are refused by name, never silently ignored.
 
-A client that sends `response_format`, `tools` or `logprobs: true` expects them to act; answering without them would
+A client that sends `response_format`, `tools` or `n: 4` expects them to act; answering without them would
 look like success. So before validation, the parsed body is walked along the request's shape (top level, messages,
 their content parts, image_url, stream_options) and the first key no wire type declares is a 400
 `unsupported_parameter` whose `param` is its path, e.g. `messages.0.content.1.image_url.foo`.
 
-A few OpenAI fields are taken with the one value that asks for nothing (`n: 1`, `logprobs: false`, zero penalties,
-`detail: "auto"`): clients such as LangChain send them explicitly, and the server does exactly that anyway. Any other
+A few OpenAI fields are taken with the one value that asks for nothing (`n: 1`, `detail: "auto"`): clients such as
+LangChain send them explicitly, and the server does exactly that anyway. Any other
 value of them is refused the same way. Shapes the walk does not expect (content not a list, a part of an unknown type)
 are left to the pydantic models, which name the field.
 """
@@ -19,7 +19,7 @@ from serve_app.api.errors import InvalidRequest
 from serve_app.api.protocol import ChatCompletionRequest, ChatMessage, ImagePart, ImageURL, StreamOptions, TextPart
 
 # field -> the value that asks for nothing; fields the wire types do not declare are dropped when they carry it.
-TOP_LEVEL_NEUTRAL = {"n": 1, "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0}
+TOP_LEVEL_NEUTRAL = {"n": 1}
 IMAGE_URL_NEUTRAL = {"detail": "auto"}
 PARTS: dict[str, type[BaseModel]] = {"text": TextPart, "image_url": ImagePart}
 

@@ -57,9 +57,11 @@ def clean_up_tokenization(text: str) -> str:
 class IncrementalDetokenizer:
     """Feed token ids, get the new text. `stopped` turns True when a stop string was found."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: list[str] | None = None, *, clean_up_spaces: bool = False):
+    def __init__(self, tokenizer: Tokenizer, stop: list[str] | None = None, *, clean_up_spaces: bool = False,
+                 min_tokens: int = 0):
         self._tok = tokenizer
         self._stop = [s for s in (stop or []) if s]
+        self._min_tokens = min_tokens  # stop strings end nothing before this many tokens (vLLM's min_tokens)
         self._clean_up = clean_up_spaces
         self._byte_ids = byte_fallback_ids(tokenizer)
         self._ids: list[int] = []
@@ -121,7 +123,7 @@ class IncrementalDetokenizer:
     def _release(self, hold_back: bool = True) -> str:
         start = self._sent
         hits = [i for i in (self._text.find(s, start) for s in self._stop) if i >= 0]
-        if hits:
+        if hits and len(self._ids) >= self._min_tokens:
             self.stopped = True
             self._sent = min(hits)
             return self._text[start:self._sent]

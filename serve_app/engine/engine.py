@@ -24,11 +24,28 @@ from serve_app.engine.config import EngineConfig
 from serve_app.engine.detokenize import IncrementalDetokenizer
 from serve_app.engine.metrics import EngineMetrics, NullMetrics
 from serve_app.engine.runner import StepRunner
+from serve_app.engine.penalties import TokenHistory, TokenLogprobs
 from serve_app.engine.sampling import SamplingParams
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.stepper import StepLoop, StepReport
-from serve_app.contract import DecodeChunk, DecodeRequest, TokenSegment
+from serve_app.contract import DecodeChunk, DecodeRequest, TokenLogprob, TokenSegment
+
+
+def sampling_params(request: DecodeRequest) -> SamplingParams:
+    """ValueError naming the field for an out-of-range value (the ingress has refused those already)."""
+    return SamplingParams(request.temperature, request.top_p, request.seed, top_k=request.top_k, min_p=request.min_p,
+                          repetition_penalty=request.repetition_penalty, presence_penalty=request.presence_penalty,
+                          frequency_penalty=request.frequency_penalty, min_tokens=request.min_tokens,
+                          stop_token_ids=tuple(request.stop_token_ids), logprobs=request.logprobs)
+
+
+def token_logprob(tokenizer: Tokenizer, token_id: int, logprob: float, top: list[tuple[int, float]]) -> TokenLogprob:
+    """A token's text as vLLM's chat logprobs give it (the token decoded on its own, special tokens shown) and its
+    UTF-8 bytes; `top`: (id, logprob) of the most likely tokens."""
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    return TokenLogprob(text, logprob, list(text.encode("utf-8", errors="replace")),
+                        [token_logprob(tokenizer, i, lp, []) for i, lp in top])
 
 
 class Engine:
@@ -67,7 +84,8 @@ class Engine:
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         """Stream a completion. Leaving the iterator early (cancellation, disconnect) frees the slot."""
         seq = self.submit(request)
-        detok = IncrementalDetokenizer(self.tokenizer, request.stop, clean_up_spaces=self.clean_up_spaces)
+        detok = IncrementalDetokenizer(self.tokenizer, request.stop, clean_up_spaces=self.clean_up_spaces,
+                                       min_tokens=request.min_tokens)
         sent, last_yield = 0, float("-inf")
         try:
             while True:
@@ -77,16 +95,18 @@ class Engine:
                 if seq.error is not None:
                     raise RuntimeError(f"decoder failed: {seq.error}") from seq.error
                 ids, seq.pending = seq.pending, []
+                raw_logprobs, seq.pending_logprobs = seq.pending_logprobs, []
                 text, ids = self._detokenize(detok, ids)
+                logprobs = self._logprobs(raw_logprobs[:len(ids)]) if request.logprobs is not None else None
                 sent += len(ids)
                 finish = "stop" if detok.stopped else seq.finish_reason
                 if finish is not None:
                     if detok.stopped:
                         self._free(seq)  # a stop string is a normal end, not a cancellation
-                    yield DecodeChunk(text + detok.flush(), ids, finish, request.prompt_len, sent)
+                    yield DecodeChunk(text + detok.flush(), ids, finish, request.prompt_len, sent, logprobs)
                     return
                 if ids:
-                    yield DecodeChunk(text, ids, None, request.prompt_len, sent)
+                    yield DecodeChunk(text, ids, None, request.prompt_len, sent, logprobs)
                     last_yield = time.perf_counter()
         finally:
             self.abort(seq)
@@ -113,10 +133,14 @@ class Engine:
                 return "".join(parts), ids[:k + 1]
         return "".join(parts), ids
 
+    def _logprobs(self, entries: list[TokenLogprobs]) -> list[TokenLogprob]:
+        return [token_logprob(self.tokenizer, e.token_id, e.logprob, e.top) for e in entries]
+
     def submit(self, request: DecodeRequest) -> Sequence:
         self._validate(request)
-        params = SamplingParams(request.temperature, request.top_p, request.seed)
+        params = sampling_params(request)
         seq = Sequence(request, params, params.make_rng(), asyncio.get_running_loop())
+        seq.history = TokenHistory.of_prompt(self._prompt_ids(request))
         self.scheduler.enqueue(seq)
         self.metrics.set_queued(len(self.scheduler.waiting))
         if not self._started:
@@ -124,6 +148,15 @@ class Engine:
             self._steps.start()
         self._steps.wake()
         return seq
+
+    def _prompt_ids(self, request: DecodeRequest) -> list[int]:
+        """The prompt's token ids, with the image placeholder id for image positions (as transformers' input_ids)."""
+        ids = [i for s in request.segments if isinstance(s, TokenSegment) for i in s.ids]
+        image_id = request.image_token_id
+        has_image = any(not isinstance(s, TokenSegment) for s in request.segments)
+        if has_image and image_id is not None and 0 <= image_id < self.embeddings.shape[0]:
+            ids.append(image_id)
+        return ids
 
     def abort(self, seq: Sequence) -> None:
         """Stop generating for `seq` (its stream went away); its slot is freed at the next step."""
@@ -145,6 +178,8 @@ class Engine:
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
         vocab, width = self.embeddings.shape
+        if any(not 0 <= t < vocab for t in request.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be in [0, {vocab})")
         for seg in request.segments:
             if isinstance(seg, TokenSegment):
                 ids = np.asarray(seg.ids, dtype=np.int64)
@@ -168,9 +203,11 @@ class Engine:
 
     def _deliver(self, report: StepReport, loop: asyncio.AbstractEventLoop) -> None:
         now = time.perf_counter()
-        for seq, token, finish in report.tokens:
+        for seq, token, finish, logprobs in report.tokens:
             if seq.loop is not loop or seq.cancelled:
                 continue
+            if logprobs is not None:
+                seq.pending_logprobs.append(logprobs)
             if seq.last_token_at is None:
                 self.metrics.observe_ttft(now - seq.submitted_at)
             else:

@@ -5,11 +5,17 @@ number per token from its own numpy Generator, and every other operation works w
 that row's values, running sums), so a seeded request produces the same tokens whatever else shares the batch
 (provided the graph gives the row the same logits, which the fp32 decoder does).
 
-    probs = exp((logits - max) / T)                               unnormalized, per row
+    logits    penalties and min_tokens' ban first (penalties.py), for greedy and sampled rows alike
+    probs = exp((logits - max) / T)                               unnormalized, per row; the most likely is 1
+    top_k > 0: zero every token below the row's k-th largest value (ties with it kept)
     top_p < 1: sort the row's values (vectorized, no argsort), find where their running mass reaches p, and zero
                every token below that value
+    min_p > 0: zero every token whose probability is below min_p times the most likely one's
     token = the first index whose running mass exceeds u * (kept mass), u ~ U[0,1) from the row's Generator
     Running masses are found in two levels (block sums, then inside one block): numpy's full cumsum is slow.
+
+The cuts run in transformers' order (TopK, TopP, MinP warpers, each seeing what the one before kept) and match its
+warpers' masks; vLLM applies min_p before top-k/top-p, which only differs when min_p removes part of a nucleus.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from serve_app.engine.penalties import TokenHistory, TokenLogprobs, adjust_row, needs_adjusting, row_logprobs
 
 BLOCK = 64  # inverse-CDF block width: 8k logits -> 128 block sums
 
@@ -26,12 +34,26 @@ class SamplingParams:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches top_p
     seed: int | None = None  # None = fresh OS entropy
+    top_k: int = 0  # keep the k most likely tokens (and ties with the k-th); 0 = all
+    min_p: float = 0.0  # drop tokens less likely than min_p times the most likely one
+    repetition_penalty: float = 1.0  # over prompt + output tokens; 1 = off
+    presence_penalty: float = 0.0  # over output tokens
+    frequency_penalty: float = 0.0  # over output tokens, per occurrence
+    min_tokens: int = 0  # eos and stop_token_ids banned until this many tokens are out
+    stop_token_ids: tuple[int, ...] = ()  # end the sequence like eos
+    logprobs: int | None = None  # None = no logprobs; n = the chosen token's and the n most likely tokens'
 
     def __post_init__(self):
-        if not self.temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        checks = (("temperature", self.temperature >= 0.0, ">= 0"), ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
+                  ("top_k", self.top_k >= 0, ">= 0"), ("min_p", 0.0 <= self.min_p <= 1.0, "in [0, 1]"),
+                  ("repetition_penalty", self.repetition_penalty > 0.0, "> 0"),
+                  ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "in [-2, 2]"),
+                  ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "in [-2, 2]"),
+                  ("min_tokens", self.min_tokens >= 0, ">= 0"),
+                  ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20, "in [0, 20]"))
+        for name, ok, requirement in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {requirement}, got {getattr(self, name)}")
 
     @property
     def greedy(self) -> bool:
@@ -42,8 +64,27 @@ class SamplingParams:
         return np.random.default_rng(None if self.seed is None else self.seed % 2**64)
 
 
-def sample_batch(logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator]) -> np.ndarray:
-    """logits (n,V), one params and rng per row -> token ids (n,) int64."""
+def next_tokens(logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator],
+                histories: list[TokenHistory], end_ids: list[frozenset[int]]
+                ) -> tuple[np.ndarray, list[TokenLogprobs | None]]:
+    """logits (n,V) raw, per row its params, rng, token history and the eos ids that end it -> token ids (n,) and
+    per row its logprobs entry (None where not asked for). The histories are not updated here."""
+    raw = {i: logits[i].copy() for i, p in enumerate(params) if p.logprobs is not None}  # before any penalty
+    adjusted = [i for i, (p, h) in enumerate(zip(params, histories)) if needs_adjusting(p, h)]
+    banned: list[np.ndarray | None] = [None] * len(params)
+    if adjusted:
+        logits = logits.copy()  # the runner's output buffer stays as the graph wrote it
+        for i in adjusted:
+            banned[i] = adjust_row(logits[i], params[i], histories[i], end_ids[i])
+    tokens = sample_batch(logits, params, rngs, banned)
+    return tokens, [row_logprobs(raw[i], int(tokens[i]), params[i].logprobs) if i in raw else None
+                    for i in range(len(params))]
+
+
+def sample_batch(logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator],
+                 banned: list[np.ndarray | None] | None = None) -> np.ndarray:
+    """logits (n,V), one params and rng per row -> token ids (n,) int64. `banned`: per row the ids whose logits are
+    -inf (min_tokens), which must weigh exactly nothing."""
     tokens = np.argmax(logits, axis=1)  # (n,) greedy for every row; sampled rows overwrite theirs
     rows = [i for i, p in enumerate(params) if not p.greedy]
     if not rows:
@@ -53,14 +94,32 @@ def sample_batch(logits: np.ndarray, params: list[SamplingParams], rngs: list[np
     z -= z.max(axis=1, keepdims=True)
     z *= inv_temps
     np.maximum(z, -80.0, out=z)  # exp would give denormals below ~-87, which are slow and weigh nothing
-    probs = np.exp(z, out=z)  # (k,V) unnormalized
+    probs = np.exp(z, out=z)  # (k,V) unnormalized, the most likely token at 1
+    for j, i in enumerate(rows):
+        if banned is not None and banned[i] is not None:
+            probs[j, banned[i]] = 0.0  # -inf was clamped to -80 above
     u = np.array([rngs[i].random() for i in rows])  # (k,) one draw per row per token, whatever the batch
-    top_p = np.array([params[i].top_p for i in rows])  # (k,)
+    cut_probs(probs, [params[i] for i in rows])
+    tokens[rows] = _first_index(probs, u * probs.sum(axis=1), strictly_above=True)
+    return tokens
+
+
+def cut_probs(probs: np.ndarray, params: list[SamplingParams]) -> None:
+    """Zero, in place, what top_k, then top_p, then min_p leave out of each row of probs (k,V)."""
+    top_k = np.array([p.top_k for p in params])  # (k,)
+    limited = (top_k > 0) & (top_k < probs.shape[1])
+    if limited.any():
+        desc = np.sort(probs[limited], axis=1)[:, ::-1]  # (m,V)
+        kth = desc[np.arange(len(desc)), top_k[limited] - 1][:, None]  # (m,1)
+        probs[limited] = np.where(probs[limited] >= kth, probs[limited], np.float32(0.0))
+    top_p = np.array([p.top_p for p in params])  # (k,)
     cut = top_p < 1.0
     if cut.any():
         probs[cut] = _nucleus(probs[cut], top_p[cut])
-    tokens[rows] = _first_index(probs, u * probs.sum(axis=1), strictly_above=True)
-    return tokens
+    min_p = np.array([p.min_p for p in params], np.float32)  # (k,)
+    floor = min_p > 0.0
+    if floor.any():  # relative to the most likely token, which every cut keeps at 1
+        probs[floor] = np.where(probs[floor] >= min_p[floor][:, None], probs[floor], np.float32(0.0))
 
 
 def _nucleus(probs: np.ndarray, top_p: np.ndarray) -> np.ndarray:

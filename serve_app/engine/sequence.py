@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve_app.engine.penalties import TokenHistory, TokenLogprobs
 from serve_app.engine.sampling import SamplingParams
 from serve_app.contract import DecodeRequest
 
@@ -27,8 +28,10 @@ class Sequence:
     generated: int = 0
     last_token: int = -1
     finished: str | None = None  # "stop" | "length" | "error": no more steps for this sequence
+    history: TokenHistory = field(default_factory=TokenHistory)  # its tokens, for penalties and min_tokens
     # stream side (event loop)
     pending: list[int] = field(default_factory=list)  # delivered, not yet taken by the stream
+    pending_logprobs: list[TokenLogprobs] = field(default_factory=list)  # one per pending token, when asked for
     finish_reason: str | None = None  # set when the last token is delivered
     error: BaseException | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # pending/finish/error changed

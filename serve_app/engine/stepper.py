@@ -20,14 +20,16 @@ import numpy as np
 
 from serve_app.engine.prefill import Prefiller
 from serve_app.engine.runner import StepRunner
-from serve_app.engine.sampling import sample_batch
+from serve_app.engine.penalties import TokenLogprobs
+from serve_app.engine.sampling import next_tokens
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence
 
 
 @dataclass
 class StepReport:
-    tokens: list[tuple[Sequence, int, str | None]] = field(default_factory=list)  # (seq, token, finish reason)
+    # (seq, token, finish reason, its logprobs when asked for)
+    tokens: list[tuple[Sequence, int, str | None, TokenLogprobs | None]] = field(default_factory=list)
     failed: list[tuple[Sequence, BaseException]] = field(default_factory=list)
     step_s: float | None = None  # set for a decode step
     batch: int = 0
@@ -127,7 +129,8 @@ class StepLoop:
         if not sched.active and not done and not report.failed and self.prefiller.staged is None:
             return False
         for seq, logits in done:
-            self._record(seq, int(sample_batch(logits[None], [seq.params], [seq.rng])[0]), report)
+            tokens, logprobs = self._choose(logits[None], [seq])
+            self._record(seq, int(tokens[0]), logprobs[0], report)
         report.active, report.queued = len(sched.active), len(sched.waiting)
         return True
 
@@ -149,19 +152,26 @@ class StepLoop:
         last = np.fromiter((s.last_token for s in seqs), np.int64, n)
         lengths = np.fromiter((s.length for s in seqs), np.int32, n)
         logits = self.runner.decode(n, self.embeddings[last], lengths)  # (n,V)
-        tokens = sample_batch(logits, [s.params for s in seqs], [s.rng for s in seqs]).tolist()
+        tokens, logprobs = self._choose(logits, seqs)
         self.steps += 1
-        for seq, tok in zip(seqs, tokens):
+        for seq, tok, lp in zip(seqs, tokens.tolist(), logprobs):
             seq.length += 1
-            self._record(seq, tok, report)
+            self._record(seq, tok, lp, report)
         report.step_s, report.batch = time.perf_counter() - t0, n
 
-    def _record(self, seq: Sequence, token: int, report: StepReport) -> None:
+    def _choose(self, logits: np.ndarray, seqs: list[Sequence]):
+        """-> the next token of each sequence (n,) and its logprobs entry (or None)."""
+        end_ids = [frozenset() if s.request.ignore_eos else self.eos_ids for s in seqs]
+        return next_tokens(logits, [s.params for s in seqs], [s.rng for s in seqs], [s.history for s in seqs],
+                           end_ids)
+
+    def _record(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None, report: StepReport) -> None:
         seq.generated += 1
         seq.last_token = token
+        seq.history.add(token)
         req = seq.request
-        if token in self.eos_ids and not req.ignore_eos:
+        if (token in self.eos_ids and not req.ignore_eos) or token in seq.params.stop_token_ids:
             seq.finished = "stop"
         elif seq.generated >= req.max_tokens or seq.length >= self.runner.max_context:
             seq.finished = "length"
-        report.tokens.append((seq, token, seq.finished))
+        report.tokens.append((seq, token, seq.finished, logprobs))

@@ -4,7 +4,7 @@
     tokenizer.json (+ _config.json)  -> eos ids, chat template (tokenizer_config's `chat_template` or
                                         chat_template.jinja)
     processor_config.json | preprocessor_config.json -> PreprocessSpec
-    generation_config.json           -> more eos ids, when present
+    generation_config.json           -> more eos ids and the sampling defaults, when present (generation.py)
 
 Everything unsupported is refused here with a one-line `CheckpointError` naming the file and the field, before
 anything is read from the weights or written anywhere. The weights themselves are read by `weights.py`.
@@ -99,6 +99,7 @@ class Checkpoint:
     preprocess: PreprocessSpec
     tokenizer_files: tuple[str, ...] = field(default=())
     clean_up_tokenization_spaces: bool = False
+    generation: dict = field(default_factory=dict)  # GenerationDefaults fields the generation_config sets
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -294,9 +295,9 @@ def _tokenizer(directory: Path) -> tuple[tuple[int, ...], str | None, tuple[str,
         if tok.token_to_id(token) is None:
             cfg.fail("eos_token", f"{token!r} is not in tokenizer.json")
         eos.append(tok.token_to_id(token))
-    gen = _read_json(directory / "generation_config.json", required=False) or {}
-    extra = gen.get("eos_token_id")
-    eos += [e for e in ([extra] if isinstance(extra, int) else extra or []) if e not in eos]
+    from graphs.families.llava.generation import read_generation  # noqa: PLC0415 -- it imports this module
+
+    eos += [e for e in read_generation(directory).eos_token_ids if e not in eos]
     template = cfg.get("chat_template", str, None)
     files = ["tokenizer.json", "tokenizer_config.json"]
     if (directory / "chat_template.jinja").is_file():
@@ -359,8 +360,11 @@ def read_checkpoint(directory: str | Path) -> Checkpoint:
         top.fail("image_token_index", f"{image_token} is outside the vocabulary of {text.vocab_size}")
     eos, template, files = _tokenizer(directory)
     clean_up = cleans_up_spaces(directory / "tokenizer.json", directory / "tokenizer_config.json")
+    from graphs.families.llava.generation import read_generation  # noqa: PLC0415 -- it imports this module
+
     return Checkpoint(directory=directory, vision=vision, text=text,
                       projector_act=top.choice("projector_hidden_act", ACTIVATIONS, "gelu"),
                       projector_bias=top.get("multimodal_projector_bias", bool, True), image_token_id=image_token,
                       eos_token_ids=eos, chat_template=template, preprocess=_preprocess(directory),
-                      tokenizer_files=files, clean_up_tokenization_spaces=clean_up)
+                      tokenizer_files=files, clean_up_tokenization_spaces=clean_up,
+                      generation=read_generation(directory).defaults_dict())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphs.families.llava.checkpoint import Checkpoint
-from mmcore.manifest import DecoderIO, DecoderSpec, Positions, TensorSpec
+from mmcore.manifest import DecoderIO, DecoderSpec, GenerationDefaults, Positions, TensorSpec
 
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 
@@ -22,7 +22,7 @@ def decoder_spec(ck: Checkpoint, embeddings_file: str = TOKEN_EMBEDDINGS) -> Dec
                        positions=Positions(scheme="rotary", theta=t.rope_theta, scaling=t.rope_scaling),
                        eos_token_ids=list(ck.eos_token_ids),
                        embeddings=TensorSpec(name=embeddings_file, dtype="float32", shape=[t.vocab_size, t.hidden]),
-                       io=DecoderIO(position_ids=None))
+                       io=DecoderIO(position_ids=None), generation=GenerationDefaults(**ck.generation))
 
 
 def open_runner(session, ck: Checkpoint, slots: int, max_context: int, cache=None):

@@ -18,11 +18,14 @@ from graphs.families.llava.checkpoint import Checkpoint
 class Reference:
     def __init__(self, ck: Checkpoint):
         import torch
-        from transformers import LlavaForConditionalGeneration
+        from transformers import GenerationConfig, LlavaForConditionalGeneration
 
         self.torch, self.ck = torch, ck
         self.model = LlavaForConditionalGeneration.from_pretrained(
             Path(ck.directory), dtype=torch.float32, attn_implementation="eager").eval()
+        # The gate measures the graphs, not the checkpoint's sampling defaults: generate() would otherwise apply its
+        # generation_config (a repetition_penalty, say) to the reference's greedy tokens and not to the graph's.
+        self.model.generation_config = GenerationConfig()
 
     def pixel_values(self, pixels: np.ndarray):
         """uint8 (B,3,H,W) -> the float pixel_values the image processor would produce from them."""

@@ -62,7 +62,7 @@ def test_ordinary_openai_calls_are_accepted():
 
 @pytest.mark.parametrize("kwargs,param", [
     ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+    ({"n": 2}, "n"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
     ({"user": "someone"}, "user"),
 ])

@@ -90,6 +90,30 @@ def test_seeded_sample_is_the_same_alone_and_in_a_full_batch(tiny_artifacts, var
     assert text_of(other)[1] != text_of(alone)[1]
 
 
+def test_penalized_and_cut_rows_are_the_same_alone_and_among_other_parameters(tiny_artifacts):
+    """The new sampling parameters on the real fp32 graph: a row's tokens and logprobs do not depend on the other
+    rows' parameters or histories."""
+    def req(i, **kw):
+        ids = np.random.default_rng(i).integers(10, 400, 4 + 3 * i).tolist()
+        return DecodeRequest(f"p{i}", [TokenSegment(ids)], max_tokens=20, ignore_eos=True, **kw)
+
+    mine = dict(temperature=0.9, seed=7, top_k=40, min_p=0.02, repetition_penalty=1.3, frequency_penalty=0.5,
+                min_tokens=5, logprobs=2)
+    others = [dict(temperature=0.0, presence_penalty=1.5), dict(temperature=1.2, seed=3, top_p=0.8),
+              dict(temperature=0.7, seed=4, repetition_penalty=0.8, min_p=0.1), dict(temperature=1.0, seed=5)]
+
+    def engine():
+        return load_engine(tiny_artifacts, EngineConfig(slots=8), prefer=["cpu-fp32"])
+
+    def tokens_and_logprobs(chunks):
+        return [t for c in chunks for t in c.token_ids], [(e.token, e.logprob) for c in chunks for e in c.logprobs]
+    alone = asyncio.run(run_all(engine(), [req(0, **mine)]))[0]
+    crowd = [req(i + 1, **kw) for i, kw in enumerate(others)]
+    crowd.insert(2, req(0, **mine))
+    together = asyncio.run(run_all(engine(), crowd))[2]
+    assert tokens_and_logprobs(together) == tokens_and_logprobs(alone)
+
+
 def test_int8_cache_engine_chunks_and_compacts_like_each_stream_alone(tiny_artifacts):
     """The int8 cache through the engine's real paths: chunked prefill into the staging row, its move into a slot,
     compaction on retire (int8 rows copied), batched ragged decode. Row-wise weights + static cache scales make each

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from serve_app.api.errors import InvalidImage
+from serve_app.contract import InvalidImage
 from serve_app.imaging.pipeline import preprocess_image
 from serve_app.stages.options import PreprocessOptions
 from tests.fake_manifest import vision_spec
