@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from ray import serve
 
 from graphs.manifest import Manifest, check_session_io
 from serve_app.artifacts import ModelSource, model_key, resolve_model
+from serve_app.encoder.feature_cache import MIB, FeatureCache
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
 from serve_app.runtime.ort_session import OpenedSession, open_stage_session
@@ -59,7 +59,11 @@ class VisionOptions(BaseModel):
                                                       "TensorRT: the profile's max shape, so no engine rebuild; "
                                                       "None = max_batch_size")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="longest wait for a batch to fill")
-    cache_size: int = Field(default=256, ge=0, description="image features kept by content hash (LRU); 0 = off")
+    cache_mib: float = Field(default=256, ge=0, description="MiB of image features kept by content hash (LRU by "
+                                                           "bytes: one LLaVA-1.5 image is 9 MiB, a tiny model's "
+                                                           "kilobytes); 0 = off (live)")
+    cache_size: int | None = Field(default=None, ge=0, description="also at most this many images in the cache; "
+                                                                   "None = bounded by cache_mib alone (live)")
     ort_profile: ProfileSettings = Field(default_factory=ProfileSettings,
                                          description="ORT profiling of the next N batches (live via user_config)")
 
@@ -83,36 +87,6 @@ class VisionOptions(BaseModel):
         """TensorRT profile over the `pixels` batch dim: min 1, opt max_batch_size, max batch_profile_max."""
         pixels = manifest.graphs["vision"].inputs[0]  # ("batch", 3, H, W) uint8
         return batch_profile(pixels, self.max_batch_size, self.batch_profile_max or self.max_batch_size)
-
-
-class FeatureCache:
-    """LRU of content hash -> features (P,D): the same image sent again skips the encoder."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    def get(self, key: str) -> np.ndarray | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        if self.capacity <= 0:
-            return
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def resize(self, capacity: int) -> None:
-        self.capacity = capacity
-        while len(self._items) > max(capacity, 0):
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def open_vision_session(artifacts_dir: str | Path, options: VisionOptions) -> OpenedSession:
@@ -144,7 +118,7 @@ class VisionEncoder:
         report_active_ep("vision", self.provider, self.variant)
         self.profile = self.options.profile(manifest)
         self.io = manifest.vision.io
-        self.cache = FeatureCache(self.options.cache_size)
+        self.cache = FeatureCache(int(self.options.cache_mib * MIB), self.options.cache_size)
         # A batcher per instance, not a decorated method: serve.batch keeps its queue on the function object, which
         # a method decorator shares across every instance in the process (and across event loops in tests).
         self._encode_batch = serve.batch(max_batch_size=self.options.max_batch_size,
@@ -156,7 +130,7 @@ class VisionEncoder:
                         "; ".join(self.fallbacks))
 
     def reconfigure(self, user_config: dict) -> None:
-        """Live knobs: max_batch_size, batch_wait_timeout_s, cache_size, ort_profile."""
+        """Live knobs: max_batch_size, batch_wait_timeout_s, cache_mib, cache_size, ort_profile."""
         options = VisionOptions.model_validate({**self.options.model_dump(), **(user_config or {})})
         if options.max_batch_size > self.profile.max_batch:
             # outside the profile TensorRT would rebuild its engine mid-traffic, and no EP was warmed up there
@@ -165,7 +139,7 @@ class VisionEncoder:
                              f"vision.batch_profile_max in the args); raise it there and redeploy")
         self.options = options
         self._apply_batching(self.options)
-        self.cache.resize(self.options.cache_size)
+        self.cache.resize(int(self.options.cache_mib * MIB), self.options.cache_size)
         self.session.arm(self.options.ort_profile)
 
     def _apply_batching(self, options: VisionOptions) -> None:
@@ -191,17 +165,15 @@ class VisionEncoder:
         this replica's)."""
         with self.metrics.track():
             check_model_key("vision", self.model_key, model_key, self.source)
-            cached = self.cache.get(image.content_hash)
-            self.metrics.count_cache(cached is not None)
-            if cached is not None:
-                return cached
-            features = await self._encode_batch(image.pixels, time.perf_counter())
-            self.cache.put(image.content_hash, features)
+            features, source = await self.cache.get_or_encode(  # the same image in flight: encoded once
+                image.content_hash, lambda: self._encode_batch(image.pixels, time.perf_counter()))
+            self.metrics.count_cache(source != "miss")
             return features
 
     async def info(self) -> dict:
         return {"variant": self.variant, "provider": self.provider, "fallbacks": self.fallbacks,
-                "warmup_s": self.warmup_s, "cached": len(self.cache), "batches_run": self.batches_run,
+                "warmup_s": self.warmup_s, "cached": len(self.cache), "cached_bytes": self.cache.nbytes,
+                "batches_run": self.batches_run,
                 "ort_profile": self.options.ort_profile.model_dump(), "ort_traces": list(self.session.traces),
                 "max_batch_size": self.options.max_batch_size,
                 "batch_wait_timeout_s": self.options.batch_wait_timeout_s}
