@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.api import chat
 from serve_app.api.completions import CompletionMeta, collect, stream_chunks
-from serve_app.api.served import ServedModels, load_served_model
+from serve_app.api.served import ServedModels, load_served_model, rollout_settled
 from serve_app.config import IngressOptions, ModelSource
 from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized, unwrap
 from serve_app.engine.types import ModelMismatch
@@ -36,6 +36,7 @@ from serve_app.api.sse import error_response, sse_response
 from serve_app.api.request_limits import default_max_request_bytes, read_body
 from serve_app.api.retry import RETRYABLE
 from serve_app.api.stage_watch import StageWatch
+from serve_app.observability.memory_trace import MemoryTrace
 from serve_app.stages.preprocess import PreprocessOptions
 
 app = FastAPI(title="mmserve", docs_url=None, redoc_url=None)
@@ -82,6 +83,15 @@ def stages_without_replica() -> list[str]:
     return missing_stages(app["deployments"])
 
 
+def stages_settled() -> bool:
+    """No deployment of this application is rolling out: its stage replicas serve one model."""
+    from ray.serve.context import _get_global_client  # noqa: PLC0415
+
+    app = _get_global_client().get_serve_details().get("applications", {}).get(
+        serve.get_replica_context().app_name)
+    return app is not None and rollout_settled(app["deployments"])
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress(app)
 class Ingress:
@@ -92,9 +102,11 @@ class Ingress:
                  preprocess, vision, decoder):
         """`max_context`: the Decoder's cache length (its args' max_context; None = the model's)."""
         self.options = IngressOptions.model_validate(options)
+        self._memory_trace = MemoryTrace.start_if_asked()  # first: allocations made at start are traced too
         first = load_served_model(ModelSource.model_validate(model), max_context, self.options.max_images_per_request)
         self.models = ServedModels(first, max_context, self.options.max_images_per_request)  # follows rollouts
         self.watch = StageWatch(stages_without_replica).start()  # image requests fail fast when vision is lost
+        self._forgetting: asyncio.Task | None = None  # after a follow: forget the old model once the rollout ends
         self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
@@ -108,6 +120,23 @@ class Ingress:
         # compare_digest against every key: timing does not reveal how much of a key matched
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.encode(), k.encode()) for k in self.keys):
             raise Unauthorized()
+
+    def __del__(self) -> None:
+        """Serve calls this when the replica stops: the stage watch's thread and a pending forget end with it."""
+        watch = getattr(self, "watch", None)  # absent when __init__ failed early
+        if watch is not None:
+            watch.stop()
+        forgetting = getattr(self, "_forgetting", None)
+        if forgetting is not None:
+            forgetting.cancel()
+
+    async def memory_trace(self, action: str = "growth", limit: int = 15) -> dict:
+        """Benchmarks only, through a Serve handle (no HTTP route): `baseline` marks the allocations now, `growth`
+        lists what grew most since, `trim` returns the heap's free pages to the kernel; needs MMSERVE_TRACEMALLOC
+        in the replica's environment (memory_trace.py)."""
+        if self._memory_trace is None:
+            raise RuntimeError("memory_trace: start the cluster with MMSERVE_TRACEMALLOC=<frames|native> set")
+        return self._memory_trace.act(action, limit)
 
     @app.get("/health")
     async def health(self) -> dict:
@@ -163,6 +192,8 @@ class Ingress:
                 refused = unwrap(e)
                 if not (may_follow and isinstance(refused, ModelMismatch) and await self.models.follow(refused)):
                     raise
+                if self._forgetting is None or self._forgetting.done():
+                    self._forgetting = asyncio.create_task(self.models.forget_when_settled(stages_settled))
 
     async def _chat_completions(self, request: Request) -> Response:
         try:
