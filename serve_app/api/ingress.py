@@ -35,6 +35,7 @@ from serve_app.api.protocol import ModelCard, ModelList, completion_id
 from serve_app.api.sse import error_response, sse_response
 from serve_app.api.request_limits import default_max_request_bytes, read_body
 from serve_app.api.retry import RETRYABLE
+from serve_app.api.heap_trim import HeapTrimmer
 from serve_app.api.stage_watch import StageWatch
 from serve_app.observability.memory_trace import MemoryTrace
 from serve_app.stages.preprocess import PreprocessOptions
@@ -107,6 +108,7 @@ class Ingress:
         self.models = ServedModels(first, max_context, self.options.max_images_per_request)  # follows rollouts
         self.watch = StageWatch(stages_without_replica).start()  # image requests fail fast when vision is lost
         self._forgetting: asyncio.Task | None = None  # after a follow: forget the old model once the rollout ends
+        self.heap_trim = HeapTrimmer().start()  # freed heap pages back to the kernel: RSS stays flat under load
         self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
@@ -122,10 +124,14 @@ class Ingress:
             raise Unauthorized()
 
     def __del__(self) -> None:
-        """Serve calls this when the replica stops: the stage watch's thread and a pending forget end with it."""
+        """Serve calls this when the replica stops: the stage watch's and heap trim's threads and a pending forget
+        end with it."""
         watch = getattr(self, "watch", None)  # absent when __init__ failed early
         if watch is not None:
             watch.stop()
+        heap_trim = getattr(self, "heap_trim", None)
+        if heap_trim is not None:
+            heap_trim.stop()
         forgetting = getattr(self, "_forgetting", None)
         if forgetting is not None:
             forgetting.cancel()
