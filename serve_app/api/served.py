@@ -86,10 +86,18 @@ class ServedModels:
         """After a follow: wait until `settled()` (a blocking controller read: run off the event loop) says no
         rollout is in progress, then forget every model but the current one; a replica still refusing with an
         older model's key later is followed again, from the node's cache."""
-        while not await asyncio.to_thread(settled):
+        while not await asyncio.to_thread(self._settled, settled):
             await asyncio.sleep(period_s)
         async with self._lock:
             gone = set(self._loaded) - {self.current.key}
             self._loaded = {self.current.key: self.current}
         if gone:
             log.info("mmserve: rollout over; this ingress forgets model(s) %s", ", ".join(k[:12] for k in gone))
+
+    @staticmethod
+    def _settled(settled: Callable[[], bool]) -> bool:
+        try:
+            return settled()
+        except Exception as e:  # noqa: BLE001 -- the controller restarting: ask again later
+            log.warning("mmserve: rollout state unknown (%s: %s)", type(e).__name__, e)
+            return False

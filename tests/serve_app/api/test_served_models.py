@@ -22,12 +22,15 @@ def test_the_ingress_forgets_the_old_model_once_the_rollout_is_over(tiny_artifac
     new = load_served_model(ModelSource.model_validate(source), None, 2)
     old = dataclasses.replace(new, key=OLD, fingerprint="mmserve-old")
     models = ServedModels(old, None, 2)
-    answers = iter([False, False, True])  # the controller says: updating, updating, settled
+    answers = iter([False, ConnectionError("controller restarting"), True])  # updating, unknown, settled
     asked = []
 
     def settled() -> bool:
         asked.append(True)
-        return next(answers)
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     async def main():
         assert await models.follow(ModelMismatch("decoder", new.key, OLD, source))
