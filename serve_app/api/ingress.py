@@ -17,6 +17,8 @@ otherwise SSE. Every error goes through `errors.to_error`.
 import asyncio
 import dataclasses
 import hmac
+import logging
+import os
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +42,7 @@ from serve_app.api.stage_watch import StageWatch
 from serve_app.observability.memory_trace import MemoryTrace
 from serve_app.stages.preprocess import PreprocessOptions
 
+log = logging.getLogger("ray.serve")
 app = FastAPI(title="mmserve", docs_url=None, redoc_url=None)
 
 
@@ -93,7 +96,14 @@ def stages_settled() -> bool:
     return app is not None and rollout_settled(app["deployments"])
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+# Two malloc arenas, set before the process starts (glibc reads it once): with one arena per thread, the buffers Ray's
+# threads and the event loop allocate and free per request left the arenas' free space growing, and the RSS with it
+# (docs/failures.md, soak). A config file's ray_actor_options replace this dict: the shipped configs repeat it.
+ARENA_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": ARENA_ENV}},
+                  max_ongoing_requests=256)
 @serve.ingress(app)
 class Ingress:
     """Lifecycle: load the tokenizer and model limits from the manifest -> per request: auth -> parse -> validate
@@ -109,6 +119,10 @@ class Ingress:
         self.watch = StageWatch(stages_without_replica).start()  # image requests fail fast when vision is lost
         self._forgetting: asyncio.Task | None = None  # after a follow: forget the old model once the rollout ends
         self.heap_trim = HeapTrimmer().start()  # freed heap pages back to the kernel: RSS stays flat under load
+        if os.environ.get("MALLOC_ARENA_MAX") is None:
+            log.warning("mmserve: the ingress runs without MALLOC_ARENA_MAX (its deployment's ray_actor_options "
+                        "replaced the default runtime_env): expect its RSS to creep under load; set "
+                        "runtime_env: {env_vars: {MALLOC_ARENA_MAX: \"2\"}} there")
         self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
