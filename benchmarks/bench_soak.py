@@ -218,7 +218,8 @@ def main() -> None:
     p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                    help="trace the ingress's allocations with this many frames and print the top growth")
     p.add_argument("--native-heap", action="store_true",
-                   help="with --tracemalloc 0: print the ingress's C heap account and malloc_trim's effect alone")
+                   help="read the ingress's C heap account (glibc) alone, without tracemalloc's cost: its growth "
+                        "and what malloc_trim gives back")
     args = p.parse_args()
     clients = args.clients or max(1, math.floor(0.7 * args.slots))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
