@@ -7,6 +7,11 @@ Load: `--clients` closed-loop streaming clients (default 70% of the decoder's sl
 request carries an image (a few distinct ones, so the vision cache both hits and misses). RSS comes from the
 replicas' process ids in Ray's actor table (psutil); growth is measured from the first sample after `--warmup-s`
 to the last, and must stay under 5%.
+
+`--tracemalloc N` traces the ingress's allocations (N frames per traceback; it slows the ingress, so its RSS figure
+is then not the one to judge; `--tracemalloc 0 --native-heap` reads glibc's heap account alone): a baseline is marked
+after the warm-up, and at the end the tracebacks that grew most since, the heap's in-use and free bytes, and what
+malloc_trim gives back are printed, read through a Serve handle (serve_app/observability/memory_trace.py).
 """
 
 from __future__ import annotations
@@ -133,6 +138,36 @@ def growth_report(samples: list, warmup_s: float) -> bool:
     return ok
 
 
+def ingress_memory_trace(action: str, limit: int = 15) -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle("Ingress", APP).memory_trace.remote(action, limit).result()
+
+
+async def trace_baseline_after(warmup_s: float) -> None:
+    await asyncio.sleep(warmup_s)
+    traced = await asyncio.to_thread(ingress_memory_trace, "baseline")
+    print(f"memory trace baseline: {traced['traced_bytes'] / 2**20:.1f} MiB traced in the ingress; "
+          + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in traced["native"].items()), flush=True)
+
+
+def print_trace_growth(limit: int) -> None:
+    growth = ingress_memory_trace("growth", limit)
+    print("\ningress C heap (glibc, every arena) now and since the baseline: "
+          + ", ".join(f"{k} {now / 2**20:.1f} MiB ({diff / 2**20:+.1f})" for k, (now, diff) in growth["native"].items()))
+    trimmed = ingress_memory_trace("trim")
+    print(f"malloc_trim(0) in the ingress: RSS {trimmed['rss_before'] / 2**20:.1f} -> "
+          f"{trimmed['rss_after'] / 2**20:.1f} MiB")
+    if not growth["top"]:
+        return
+    print(f"ingress Python allocations since the baseline: {growth['total_diff'] / 2**10:+.0f} KiB "
+          f"({growth['traced_bytes'] / 2**20:.1f} MiB traced); top {limit} by growth:")
+    for stat in growth["top"]:
+        print(f"  {stat['size_diff'] / 2**10:+9.1f} KiB {stat['count_diff']:+7d} blocks")
+        for frame in stat["traceback"]:
+            print(f"      {frame}")
+
+
 def decoder_drained(timeout_s: float = 15.0) -> dict:
     from ray import serve
 
@@ -180,9 +215,17 @@ def main() -> None:
     p.add_argument("--image-every", type=int, default=3, help="every n-th request carries an image (0: none)")
     p.add_argument("--distinct-images", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=24)
+    p.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                   help="trace the ingress's allocations with this many frames and print the top growth")
+    p.add_argument("--native-heap", action="store_true",
+                   help="read the ingress's C heap account (glibc) alone, without tracemalloc's cost: its growth "
+                        "and what malloc_trim gives back")
     args = p.parse_args()
     clients = args.clients or max(1, math.floor(0.7 * args.slots))
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    traced = bool(args.tracemalloc or args.native_heap)
+    if traced:  # before ray.init: the replicas inherit it
+        os.environ["MMSERVE_TRACEMALLOC"] = str(args.tracemalloc) if args.tracemalloc else "native"
 
     import ray
     from ray import serve
@@ -196,8 +239,11 @@ def main() -> None:
 
         async def run() -> Counter:
             sampler = asyncio.create_task(sample_rss(until, args.sample_s, samples))
+            tracer = asyncio.create_task(trace_baseline_after(args.warmup_s)) if traced else None
             outcomes = await load(url, model, clients, until, args)
             await sampler
+            if tracer is not None:
+                await tracer
             return outcomes
 
         outcomes = asyncio.run(run())
@@ -207,6 +253,8 @@ def main() -> None:
         print(f"\nrequests: {total} in {time.monotonic() - began:.0f}s ({total / args.duration_s:.1f}/s); "
               f"errors: {errors} {dict(o for o in outcomes.items() if o[0] != 'ok')}")
         growth_ok = growth_report(samples, args.warmup_s)
+        if traced:
+            print_trace_growth(15)
         info = decoder_drained()
         drained = info["active"] == 0 and info["waiting"] == 0
         print(f"decoder after the load: active={info['active']} waiting={info['waiting']} "

@@ -72,6 +72,12 @@ class OrtDecoderRunner:
         """Bytes of KV cache allocated (every layer, keys and values, the staging row included)."""
         return 2 * self._layers * (self.slots + 1) * self._row_bytes
 
+    def close(self) -> None:
+        """Release the KV cache (and the bindings that point into it); the runner runs nothing after this."""
+        self._decode_bindings.clear()
+        self._host = []
+        self._cache = []
+
     def _bind_cache(self, io: ort.IOBinding, lo: int, hi: int) -> None:
         names = self._io
         for i in range(self._layers):

@@ -17,6 +17,8 @@ otherwise SSE. Every error goes through `errors.to_error`.
 import asyncio
 import dataclasses
 import hmac
+import logging
+import os
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.api import chat
 from serve_app.api.completions import CompletionMeta, collect, stream_chunks
 from serve_app.api.offload import RequestWork
-from serve_app.api.served import ServedModels, load_served_model
+from serve_app.api.served import ServedModels, load_served_model, rollout_settled
 from serve_app.api.errors import APIError, InvalidRequest, NotFound, Unauthorized, unwrap
 from serve_app.api.options import IngressOptions
 from serve_app.artifacts import ModelSource
@@ -37,9 +39,12 @@ from serve_app.api.protocol import ModelCard, ModelList, completion_id
 from serve_app.api.sse import error_response, sse_response
 from serve_app.api.request_limits import default_max_request_bytes, read_body
 from serve_app.api.retry import RETRYABLE
+from serve_app.api.heap_trim import HeapTrimmer
 from serve_app.api.stage_watch import StageWatch
+from serve_app.observability.memory_trace import MemoryTrace
 from serve_app.stages.options import PreprocessOptions
 
+log = logging.getLogger("ray.serve")
 app = FastAPI(title="mmserve", docs_url=None, redoc_url=None)
 
 
@@ -84,7 +89,23 @@ def stages_without_replica() -> list[str]:
     return missing_stages(app["deployments"])
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+def stages_settled() -> bool:
+    """No deployment of this application is rolling out: its stage replicas serve one model."""
+    from ray.serve.context import _get_global_client  # noqa: PLC0415
+
+    app = _get_global_client().get_serve_details().get("applications", {}).get(
+        serve.get_replica_context().app_name)
+    return app is not None and rollout_settled(app["deployments"])
+
+
+# Two malloc arenas, set before the process starts (glibc reads it once): with one arena per thread, the buffers Ray's
+# threads and the event loop allocate and free per request left the arenas' free space growing, and the RSS with it
+# (docs/failures.md, soak). A config file's ray_actor_options replace this dict: the shipped configs repeat it.
+ARENA_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": ARENA_ENV}},
+                  max_ongoing_requests=256)
 @serve.ingress(app)
 class Ingress:
     """Lifecycle: load the tokenizer and model limits from the manifest -> per request: auth -> parse -> validate
@@ -94,9 +115,16 @@ class Ingress:
                  preprocess, vision, decoder):
         """`max_context`: the Decoder's cache length (its args' max_context; None = the model's)."""
         self.options = IngressOptions.model_validate(options)
+        self._memory_trace = MemoryTrace.start_if_asked()  # first: allocations made at start are traced too
         first = load_served_model(ModelSource.model_validate(model), max_context, self.options.max_images_per_request)
         self.models = ServedModels(first, max_context, self.options.max_images_per_request)  # follows rollouts
         self.watch = StageWatch(stages_without_replica).start()  # image requests fail fast when vision is lost
+        self._forgetting: asyncio.Task | None = None  # after a follow: forget the old model once the rollout ends
+        self.heap_trim = HeapTrimmer().start()  # freed heap pages back to the kernel: RSS stays flat under load
+        if os.environ.get("MALLOC_ARENA_MAX") is None:
+            log.warning("mmserve: the ingress runs without MALLOC_ARENA_MAX (its deployment's ray_actor_options "
+                        "replaced the default runtime_env): expect its RSS to creep under load; set "
+                        "runtime_env: {env_vars: {MALLOC_ARENA_MAX: \"2\"}} there")
         self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing,
                                   decoder_timeout_s=self.options.decoder_timeout_s)
         self.keys = self.options.keys()
@@ -112,6 +140,27 @@ class Ingress:
         # compare_digest against every key: timing does not reveal how much of a key matched
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.encode(), k.encode()) for k in self.keys):
             raise Unauthorized()
+
+    def __del__(self) -> None:
+        """Serve calls this when the replica stops: the stage watch's and heap trim's threads and a pending forget
+        end with it."""
+        watch = getattr(self, "watch", None)  # absent when __init__ failed early
+        if watch is not None:
+            watch.stop()
+        heap_trim = getattr(self, "heap_trim", None)
+        if heap_trim is not None:
+            heap_trim.stop()
+        forgetting = getattr(self, "_forgetting", None)
+        if forgetting is not None:
+            forgetting.cancel()
+
+    async def memory_trace(self, action: str = "growth", limit: int = 15) -> dict:
+        """Benchmarks only, through a Serve handle (no HTTP route): `baseline` marks the allocations now, `growth`
+        lists what grew most since, `trim` returns the heap's free pages to the kernel; needs MMSERVE_TRACEMALLOC
+        in the replica's environment (memory_trace.py)."""
+        if self._memory_trace is None:
+            raise RuntimeError("memory_trace: start the cluster with MMSERVE_TRACEMALLOC=<frames|native> set")
+        return self._memory_trace.act(action, limit)
 
     @app.get("/health")
     async def health(self) -> dict:
@@ -167,6 +216,8 @@ class Ingress:
                 refused = unwrap(e)
                 if not (may_follow and isinstance(refused, ModelMismatch) and await self.models.follow(refused)):
                     raise
+                if self._forgetting is None or self._forgetting.done():
+                    self._forgetting = asyncio.create_task(self.models.forget_when_settled(stages_settled))
 
     async def _chat_completions(self, request: Request) -> Response:
         try:

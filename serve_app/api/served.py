@@ -5,12 +5,16 @@ replicas may all stop while an old ingress replica still routes requests (Serve 
 its calls are then refused by every replica (ModelMismatch, which names the refusing replica's model source). Rather
 than fail them, the ingress loads that model too -- from the node's cache, where the new replicas put it -- and runs
 the request again, whole, on the new model. A request is prepared, encoded and decoded by one model, always.
+
+Once the rollout is over (no stage deployment updating), every stage replica serves one model: the ingress then
+forgets the others (their tokenizers and templates), so following many rollouts does not grow it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -22,6 +26,12 @@ from serve_app.artifacts import ModelSource, model_key, resolve_model
 from serve_app.contract import ModelMismatch
 
 log = logging.getLogger("ray.serve")
+
+
+def rollout_settled(deployments: dict) -> bool:
+    """No deployment of the application (controller details: name -> {"status": ...}) is rolling out a change:
+    its replicas all run one version, hence one model."""
+    return not any(getattr(d["status"], "value", d["status"]) == "UPDATING" for d in deployments.values())
 
 
 @dataclass(frozen=True)
@@ -67,3 +77,27 @@ class ServedModels:
                             self.current.key[:12])
                 self.current = model
         return True
+
+    @property
+    def loaded_keys(self) -> frozenset[str]:
+        return frozenset(self._loaded)
+
+    async def forget_when_settled(self, settled: Callable[[], bool], period_s: float = 1.0) -> None:
+        """After a follow: wait until `settled()` (a blocking controller read: run off the event loop) says no
+        rollout is in progress, then forget every model but the current one; a replica still refusing with an
+        older model's key later is followed again, from the node's cache."""
+        while not await asyncio.to_thread(self._settled, settled):
+            await asyncio.sleep(period_s)
+        async with self._lock:
+            gone = set(self._loaded) - {self.current.key}
+            self._loaded = {self.current.key: self.current}
+        if gone:
+            log.info("mmserve: rollout over; this ingress forgets model(s) %s", ", ".join(k[:12] for k in gone))
+
+    @staticmethod
+    def _settled(settled: Callable[[], bool]) -> bool:
+        try:
+            return settled()
+        except Exception as e:  # noqa: BLE001 -- the controller restarting: ask again later
+            log.warning("mmserve: rollout state unknown (%s: %s)", type(e).__name__, e)
+            return False

@@ -28,8 +28,14 @@ class StageWatch:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop and wait for the thread: a probe in flight (a controller call) ends first."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def missing(self) -> frozenset[str]:
         return self._missing

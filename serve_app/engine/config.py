@@ -13,6 +13,11 @@ class EngineConfig(BaseModel):
     slots: int = Field(16, ge=1, le=1024, description="sequences decoded together; the KV cache holds this many rows")
     max_context: int | None = Field(None, ge=2, description="positions per cache row (prompt + generated); "
                                                             "None = the model's position table size")
+    kv_cache_gib: float | None = Field(None, gt=0, description="KV cache budget in GiB: the cache holds as many "
+                                                               "slots of max_context positions as fit in it, at "
+                                                               "most `slots` (the variant's cache dtype sets the "
+                                                               "bytes per position); None = `slots` slots. The plan "
+                                                               "must fit the node's available memory either way")
     max_queue: int = Field(64, ge=0, description="requests waiting for a slot beyond `slots`; more are refused "
                                                  "with Overloaded (HTTP 503)")
     prefill_token_budget: int = Field(256, ge=1, description="prompt positions prefilled between two decode steps; "

@@ -63,7 +63,9 @@ class Engine:
         self.scheduler = Scheduler(runner, config)
         self._steps = StepLoop(runner, token_embeddings, self.eos_ids, self.scheduler, self._publish)
         self._started = False
+        self._closed = False
         self.cancelled = 0  # streams that went away before their sequence finished
+        self.kv_plan = None  # the KvPlan the loader sized the runner's cache by (None: a runner made elsewhere)
 
     @property
     def steps(self) -> int:
@@ -76,8 +78,24 @@ class Engine:
         self.scheduler.config = config
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.shutdown)
+
+    def shutdown(self) -> None:
+        """Stop the step thread, fail what is still in flight, release the runner's KV cache. Idempotent; the
+        engine takes no request after it."""
+        if self._closed:
+            return
+        self._closed = True
         if self._started:
-            await asyncio.to_thread(self._steps.stop)
+            self._steps.stop()
+        staged = self._steps.prefiller.staged
+        in_flight = [*self.scheduler.active, *self.scheduler.waiting, *([staged] if staged is not None else [])]
+        left = [seq for seq in in_flight if seq.finish_reason is None and seq.error is None]
+        if left:
+            self._publish(StepReport(failed=[(seq, RuntimeError("the decoder replica stopped")) for seq in left]))
+        release = getattr(self.runner, "close", None)  # a fake runner in unit tests may have nothing to release
+        if release is not None:
+            release()
 
     # ---- streams (event loop) --------------------------------------------------------------------------------
 
@@ -137,6 +155,8 @@ class Engine:
         return [token_logprob(self.tokenizer, e.token_id, e.logprob, e.top) for e in entries]
 
     def submit(self, request: DecodeRequest) -> Sequence:
+        if self._closed:
+            raise RuntimeError("the decoder engine is shut down")
         self._validate(request)
         params = sampling_params(request)
         seq = Sequence(request, params, params.make_rng(), asyncio.get_running_loop())

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from mmcore.manifest import CPU_EP, Manifest, ManifestError, check_session_io, variant_dtypes
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import Engine
+from serve_app.engine.kv_plan import KvPlan, available_memory_bytes, plan_kv_cache
 from serve_app.engine.metrics import EngineMetrics
 from mmcore.runtime.kv_runner import OrtDecoderRunner, open_kv_runner
 from mmcore.runtime.ort_session import open_session
@@ -23,31 +24,39 @@ DEFAULT_VARIANTS = ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"]  # int8 KV cache fir
 def open_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 1,
                 prefer: list[str] | None = None) -> tuple[OrtDecoderRunner, str, Manifest]:
     """The decoder runner with its cache allocated, the variant name it runs, and the manifest."""
+    runner, name, manifest, _plan = open_planned_runner(artifacts_dir, config, threads, prefer)
+    return runner, name, manifest
+
+
+def open_planned_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 1,
+                        prefer: list[str] | None = None) -> tuple[OrtDecoderRunner, str, Manifest, KvPlan]:
+    """open_runner, and the KV cache plan it allocated: checked (kv_plan) before the session or the cache exist."""
     root = Path(artifacts_dir)
     manifest = Manifest.read(root)
     spec = manifest.decoder
-    max_context = config.max_context or spec.max_positions
-    if max_context > spec.max_positions:
-        raise ValueError(f"max_context {max_context} exceeds the model's {spec.max_positions} positions")
     entry = manifest.graphs["decoder"]
     name, variant = entry.variant_for(CPU_EP, prefer or DEFAULT_VARIANTS)
+    plan = plan_kv_cache(spec, variant.kv_cache, config.slots, config.max_context, config.kv_cache_gib,
+                         available_memory_bytes())
     opened = open_session(str(root / variant.file), [CPU_EP], threads=threads)
     # at replica start, not at the first request; a quantized-cache variant's cache tensors in its own dtype
     check_session_io(root / variant.file, entry, opened.session, variant_dtypes(spec, variant))
     session = ProfilableSession(opened.session, root / variant.file, threads, stage="decoder")  # profiling switch
-    runner = open_kv_runner(session, spec, config.slots, max_context, cache=variant.kv_cache)  # the variant's dtype
-    return runner, name, manifest
+    runner = open_kv_runner(session, spec, plan.slots, plan.max_context, cache=variant.kv_cache)  # variant's dtype
+    return runner, name, manifest, plan
 
 
 def load_engine(artifacts_dir: str | Path, config: EngineConfig, threads: int = 1, prefer: list[str] | None = None,
                 metrics: EngineMetrics | None = None) -> Engine:
     root = Path(artifacts_dir)
-    runner, variant, manifest = open_runner(root, config, threads, prefer)
+    runner, variant, manifest, plan = open_planned_runner(root, config, threads, prefer)
     spec = manifest.decoder
     embeddings = np.load(root / spec.embeddings.name).astype(np.float32, copy=False)  # (V,D)
     if list(embeddings.shape) != [spec.vocab_size, spec.hidden_size]:
         raise ManifestError(f"{root / spec.embeddings.name}: decoder.embeddings: shape {list(embeddings.shape)}, "
                             f"the manifest declares {[spec.vocab_size, spec.hidden_size]}")
     tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer_file))
-    return Engine(runner, embeddings, tokenizer, spec.eos_token_ids, config, metrics, variant,
-                  clean_up_spaces=manifest.prompt.clean_up_tokenization_spaces)
+    engine = Engine(runner, embeddings, tokenizer, spec.eos_token_ids, config, metrics, variant,
+                    clean_up_spaces=manifest.prompt.clean_up_tokenization_spaces)
+    engine.kv_plan = plan
+    return engine

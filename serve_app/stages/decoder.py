@@ -25,6 +25,7 @@ Shapes: in DecodeRequest (prompt ids, image features (n*P, D) float32); out Deco
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -40,6 +41,7 @@ from serve_app.observability.metrics import StageMetrics
 from serve_app.stages.options import DecoderOptions
 
 
+log = logging.getLogger("ray.serve")
 MAX_ONGOING_REQUESTS = 512  # the code default; a config file may replace it, so the replica checks what is deployed
 
 
@@ -65,6 +67,7 @@ class Decoder:
         self.model_key, self.source = model_key(artifacts), ModelSource.model_validate(model).model_dump()
         self.engine = load_engine(artifacts, self.options.engine_config(), threads=self.options.threads,
                                   prefer=self.options.prefer_variants, metrics=self.engine_metrics)
+        log.info("decoder %s: %s", self.engine.variant, self.engine.kv_plan.describe())
         self._warm_up()
         self.engine.runner.session.arm(self.options.ort_profile)  # a profile in the args starts with the replica
         self.provider = self.engine.runner.session.get_providers()[0]
@@ -102,7 +105,8 @@ class Decoder:
 
     async def info(self) -> dict:
         sched = self.engine.scheduler
-        return {"variant": self.engine.variant, "slots": self.options.slots,
+        return {"variant": self.engine.variant, "slots": self.engine.runner.slots,
+                "kv_cache_bytes": self.engine.kv_plan.cache_bytes,
                 "max_context": self.engine.runner.max_context, "active": len(sched.active),
                 "waiting": len(sched.waiting), "steps": self.engine.steps, "cancelled": self.engine.cancelled,
                 "options": self.options.model_dump()}
@@ -115,3 +119,10 @@ class Decoder:
 
     async def ready(self) -> bool:
         return True
+
+    def __del__(self) -> None:
+        """Serve calls this when the replica stops (after draining its requests): stop the step thread before the
+        process goes, so no ORT call is cut mid-step, and release the KV cache."""
+        engine = getattr(self, "engine", None)  # absent when __init__ failed
+        if engine is not None:
+            engine.shutdown()

@@ -46,7 +46,11 @@ class VisionOptions(BaseModel):
                                                       "TensorRT: the profile's max shape, so no engine rebuild; "
                                                       "None = max_batch_size")
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="longest wait for a batch to fill")
-    cache_size: int = Field(default=256, ge=0, description="image features kept by content hash (LRU); 0 = off")
+    cache_mib: float = Field(default=256, ge=0, description="MiB of image features kept by content hash (LRU by "
+                                                           "bytes: one LLaVA-1.5 image is 9 MiB, a tiny model's "
+                                                           "kilobytes); 0 = off (live)")
+    cache_size: int | None = Field(default=None, ge=0, description="also at most this many images in the cache; "
+                                                                   "None = bounded by cache_mib alone (live)")
     ort_profile: ProfileSettings = Field(default_factory=ProfileSettings,
                                          description="ORT profiling of the next N batches (live via user_config)")
 

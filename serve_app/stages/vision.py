@@ -28,7 +28,7 @@ from mmcore.manifest import Manifest
 from mmcore.runtime.warmup import warm_up
 from serve_app.artifacts import ModelSource, model_key, resolve_model
 from serve_app.contract import PreprocessedImage, check_model_key
-from serve_app.encoder.cache import FeatureCache
+from serve_app.encoder.feature_cache import MIB, FeatureCache
 from serve_app.encoder.session import VisionRunner, open_vision_session, split_features
 from serve_app.observability.ep_metrics import report_active_ep
 from serve_app.observability.metrics import StageMetrics
@@ -51,7 +51,7 @@ class VisionEncoder:
         self.batches_run = 0
         report_active_ep("vision", self.provider, self.variant)
         self.profile = self.options.profile(Manifest.read(artifacts_dir))
-        self.cache = FeatureCache(self.options.cache_size)
+        self.cache = FeatureCache(int(self.options.cache_mib * MIB), self.options.cache_size)
         # A batcher per instance, not a decorated method: serve.batch keeps its queue on the function object, which
         # a method decorator shares across every instance in the process (and across event loops in tests).
         self._encode_batch = serve.batch(max_batch_size=self.options.max_batch_size,
@@ -63,9 +63,9 @@ class VisionEncoder:
                         "; ".join(self.fallbacks))
 
     async def reconfigure(self, user_config: dict) -> None:
-        """Live knobs: max_batch_size, batch_wait_timeout_s, cache_size, ort_profile. Async, so the batcher and the
-        cache change on the event loop that uses them and the profiling switch (a session build) runs in a worker
-        thread whatever Ray's dispatch of sync methods."""
+        """Live knobs: max_batch_size, batch_wait_timeout_s, cache_mib, cache_size, ort_profile. Async, so the
+        batcher and the cache change on the event loop that uses them and the profiling switch (a session build)
+        runs in a worker thread whatever Ray's dispatch of sync methods."""
         options = VisionOptions.model_validate({**self.options.model_dump(), **(user_config or {})})
         if options.max_batch_size > self.profile.max_batch:
             # outside the profile TensorRT would rebuild its engine mid-traffic, and no EP was warmed up there
@@ -74,7 +74,7 @@ class VisionEncoder:
                              f"vision.batch_profile_max in the args); raise it there and redeploy")
         self.options = options
         self._apply_batching(self.options)
-        self.cache.resize(self.options.cache_size)
+        self.cache.resize(int(self.options.cache_mib * MIB), self.options.cache_size)
         await asyncio.to_thread(self.session.arm, self.options.ort_profile)
 
     def _apply_batching(self, options: VisionOptions) -> None:
@@ -100,17 +100,15 @@ class VisionEncoder:
         this replica's)."""
         with self.metrics.track():
             check_model_key("vision", self.model_key, model_key, self.source)
-            cached = self.cache.get(image.content_hash)
-            self.metrics.count_cache(cached is not None)
-            if cached is not None:
-                return cached
-            features = await self._encode_batch(image.pixels, time.perf_counter())
-            self.cache.put(image.content_hash, features)
+            features, source = await self.cache.get_or_encode(  # the same image in flight: encoded once
+                image.content_hash, lambda: self._encode_batch(image.pixels, time.perf_counter()))
+            self.metrics.count_cache(source != "miss")
             return features
 
     async def info(self) -> dict:
         return {"variant": self.variant, "provider": self.provider, "fallbacks": self.fallbacks,
-                "warmup_s": self.warmup_s, "cached": len(self.cache), "batches_run": self.batches_run,
+                "warmup_s": self.warmup_s, "cached": len(self.cache), "cached_bytes": self.cache.nbytes,
+                "batches_run": self.batches_run,
                 "ort_profile": self.options.ort_profile.model_dump(), "ort_traces": list(self.session.traces),
                 "max_batch_size": self.options.max_batch_size,
                 "batch_wait_timeout_s": self.options.batch_wait_timeout_s}

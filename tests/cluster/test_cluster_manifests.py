@@ -184,3 +184,13 @@ def test_launcher_turns_token_auth_on_everywhere_and_keeps_the_dashboard_on_loop
     (head_start,) = [c for c in config["head_start_ray_commands"] if "--head" in c]
     assert "--dashboard-host=127.0.0.1" in head_start
     assert not any("artifacts" in remote for remote in config["file_mounts"])  # artifacts come from the store
+
+
+@pytest.mark.parametrize("config", [GPU_CONFIG, ROOT / "configs" / "local.yaml"])
+def test_the_ingress_keeps_two_malloc_arenas_where_a_config_replaces_its_actor_options(config):
+    # a config's ray_actor_options replace the code's, runtime_env included: each shipped one repeats the env var
+    (app,) = load(config)["applications"]
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    from serve_app.api.ingress import ARENA_ENV
+
+    assert ingress["ray_actor_options"]["runtime_env"]["env_vars"] == ARENA_ENV

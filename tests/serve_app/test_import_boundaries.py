@@ -34,7 +34,7 @@ def test_validating_the_args_loads_neither_ray_nor_onnxruntime():
 
 def test_the_libraries_under_the_deployments_load_no_ray():
     mods = loaded_after("import serve_app.contract, serve_app.stages.options, serve_app.imaging.pipeline, "
-                        "serve_app.encoder.session, serve_app.encoder.cache, serve_app.engine.loader")
+                        "serve_app.encoder.session, serve_app.encoder.feature_cache, serve_app.engine.loader")
     assert not roots(mods) & {"ray", "torch"}
 
 

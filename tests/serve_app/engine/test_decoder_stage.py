@@ -159,3 +159,42 @@ def test_a_prompt_the_engine_cannot_prepare_fails_its_stream_and_the_replica_ser
     assert len(first.token_ids) + sum(len(c.token_ids) for c in running) == 120  # not failed with it
     after = DecodeRequest("after", [TokenSegment(prompt(3))], max_tokens=3, temperature=0.0, ignore_eos=True)
     assert sum(len(c.token_ids) for c in handle.options(stream=True).generate.remote(after)) == 3
+
+
+@pytest.mark.parametrize("options, fields", [
+    ({"kv_cache_gib": 1e-5}, "decoder.kv_cache_gib 1e-05 holds no slot of decoder.max_context 128 positions"),
+    ({"max_context": 4096}, "decoder.max_context 4096 exceeds the model's 128 positions"),
+])
+def test_a_kv_plan_that_cannot_be_served_fails_the_replica_start_naming_the_fields(ray_serve, tiny_artifacts,
+                                                                                   options, fields):
+    app = Decoder.options(name="Decoder").bind({"artifacts_dir": str(tiny_artifacts)},
+                                               DecoderOptions(prefer_variants=["cpu-fp32"], slots=2, **options))
+    with pytest.raises(RuntimeError, match="Decoder"):
+        serve.run(app, name="kv-plan", route_prefix=None)
+    why = serve.status().applications["kv-plan"].deployments["Decoder"].message
+    serve.delete("kv-plan")
+    assert fields in why
+
+
+def test_the_replica_reports_the_kv_plan_it_allocated(ray_serve, tiny_artifacts):
+    handle = deploy(tiny_artifacts, name="kv-budget", slots=16, kv_cache_gib=512 / 2**20)  # 4 rows of 128 KiB
+    info = handle.info.remote().result()
+    serve.delete("kv-budget")
+    assert (info["slots"], info["max_context"], info["kv_cache_bytes"]) == (3, 128, 4 * 128 * 1024)
+
+
+def test_a_stopping_replica_shuts_its_engine_down(tiny_artifacts):
+    from serve_app.engine import EngineConfig, load_engine
+
+    decoder = Decoder.func_or_class.__new__(Decoder.func_or_class)
+    decoder.engine = load_engine(tiny_artifacts, EngineConfig(slots=2), prefer=["cpu-fp32"])
+
+    async def one_token():  # the first request starts the step thread
+        stream = decoder.engine.generate(DecodeRequest("r", [TokenSegment([11, 12])], max_tokens=4))
+        await anext(stream)
+        await stream.aclose()
+
+    asyncio.run(one_token())
+    assert decoder.engine._steps._thread.is_alive()
+    decoder.__del__()  # what Serve calls when it stops the replica
+    assert not decoder.engine._steps._thread.is_alive() and decoder.engine.runner._cache == []

@@ -133,3 +133,31 @@ def test_int8_cache_engine_chunks_and_compacts_like_each_stream_alone(tiny_artif
     for req, chunks in zip(reqs, together):
         alone = asyncio.run(run_all(load_engine(tiny_artifacts, EngineConfig(slots=1), prefer=[variant]), [req]))[0]
         assert [t for c in chunks for t in c.token_ids] == [t for c in alone for t in c.token_ids], req.request_id
+
+
+def test_the_kv_budget_sizes_the_slots_and_the_allocated_cache_is_the_plan(tiny_artifacts):
+    # tiny fp32: 2 layers x K,V x 2 kv heads x 32 x 4 B = 1 KiB a position, 128 KiB a row of 128 positions
+    engine = load_engine(tiny_artifacts, EngineConfig(slots=16, kv_cache_gib=512 / 2**20), prefer=FP32)
+    plan = engine.kv_plan
+    assert (plan.slots, plan.max_context, plan.bytes_per_position) == (3, 128, 1024)  # 4 rows: one stages
+    assert engine.runner.slots == 3 and engine.runner.cache_bytes == plan.cache_bytes == 4 * 128 * 1024
+
+
+def test_shutdown_stops_the_step_thread_fails_what_is_in_flight_and_releases_the_cache(tiny_artifacts):
+    engine = load_engine(tiny_artifacts, EngineConfig(slots=2), prefer=FP32)
+
+    async def main():
+        stream = engine.generate(DecodeRequest("long", [TokenSegment([11, 12, 13])], max_tokens=100,
+                                               temperature=0.0, ignore_eos=True))
+        await anext(stream)  # running: the step thread is up and the sequence holds a slot
+        await asyncio.to_thread(engine.shutdown)
+        with pytest.raises(RuntimeError, match="replica stopped"):
+            async for _ in stream:
+                pass
+
+    asyncio.run(main())
+    assert not engine._steps._thread.is_alive()
+    assert engine.runner._cache == [] and engine.runner._host == []  # the OrtValues are no longer referenced
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.submit(DecodeRequest("late", [TokenSegment([11])], max_tokens=1))
+    engine.shutdown()  # idempotent: Serve's destructor and the garbage collector may both call it

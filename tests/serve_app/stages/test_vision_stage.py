@@ -13,7 +13,6 @@ from onnx import TensorProto, helper
 
 from mmcore.manifest import CPU_EP, GraphEntry, ManifestError, TensorSpec, Variant
 from serve_app.contract import PreprocessedImage
-from serve_app.encoder.cache import FeatureCache
 from serve_app.encoder.session import open_vision_session
 from serve_app.stages.options import VisionOptions
 from serve_app.stages.vision import VisionEncoder
@@ -113,11 +112,24 @@ def test_cache_by_content_hash_skips_the_session(artifacts):
     assert len(calls) == 1 and len(enc.cache) == 1
 
 
+def test_identical_images_arriving_together_are_encoded_once(artifacts):
+    enc = make(artifacts, prefer_variants=["cpu-fp32"], batch_wait_timeout_s=0.01)
+    rows = []
+    run = enc._run
+    enc._run = lambda px: (rows.append(px.shape[0]), run(px))[1]
+
+    async def go():
+        return await asyncio.gather(*(enc.encode(image(1)) for _ in range(4)))
+    feats = asyncio.run(go())
+    assert rows == [1]  # one image encoded, not a batch of four copies
+    assert all(f is feats[0] for f in feats) and len(enc.cache) == 1
+
+
 def test_reconfigure_sets_batching_and_cache(artifacts):
     enc = make(artifacts, max_batch_size=8, batch_profile_max=16)
-    asyncio.run(enc.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.05, "cache_size": 0}))
+    asyncio.run(enc.reconfigure({"max_batch_size": 16, "batch_wait_timeout_s": 0.05, "cache_mib": 0}))
     info = asyncio.run(enc.info())
-    assert info["max_batch_size"] == 16 and info["batch_wait_timeout_s"] == 0.05 and enc.cache.capacity == 0
+    assert info["max_batch_size"] == 16 and info["batch_wait_timeout_s"] == 0.05 and enc.cache.max_bytes == 0
     with pytest.raises(Exception, match="max_batch_size"):
         asyncio.run(enc.reconfigure({"max_batch_size": 0}))
 
@@ -141,12 +153,3 @@ def test_a_graph_unlike_its_manifest_fails_the_replica_start(tmp_path):
     with pytest.raises(ManifestError, match=f"{tmp_path / 'vision.cpu-fp32.onnx'}: graph inputs: declares "
                                             "'pixel_values'"):
         make(str(tmp_path))
-
-
-def test_lru_cache_evicts_least_recent():
-    c = FeatureCache(2)
-    for k in "abc":
-        c.put(k, np.zeros(1))
-        if k == "b":
-            c.get("a")  # a becomes most recent: b is evicted next
-    assert c.get("b") is None and c.get("a") is not None and c.get("c") is not None
