@@ -7,7 +7,8 @@
 
 Everything is written into a temporary directory beside the target and renamed into place at the end, so a failed
 build (bad weights, parity past tolerance, a full disk) leaves nothing behind. Same inputs -> same bytes: weights
-are seeded, graphs are emitted in a fixed order, and nothing time- or host-dependent is written.
+are seeded, graphs are emitted in a fixed order, float reductions run on a fixed thread count (graphs/determinism.py),
+and nothing time-, path- or host-dependent is written.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from graphs.determinism import fixed_build_threads
 from graphs.emit.inspect import file_name, fusion_counts, ort_optimized_counts
 from graphs.families import family_for_source
 from graphs.families.base import Family, Progress, Source, SourceError
@@ -204,7 +206,8 @@ def build_artifacts(source: str | Path, out_dir: str | Path, weights: str | Path
     _check_replaceable(out)
     tmp = _make_temp_dir(out)
     try:
-        manifest = _write_artifacts(family, src, tmp, progress, picked)
+        with fixed_build_threads():  # same bytes under any load (graphs/determinism.py says why)
+            manifest = _write_artifacts(family, src, tmp, progress, picked)
         progress("write")
         _move_into_place(tmp, out)
         return manifest
