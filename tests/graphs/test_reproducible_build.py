@@ -23,7 +23,7 @@ from graphs.families.llava import SHIPPED
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow  # two LLaVA builds in subprocesses: about a minute on two cores
+pytestmark = pytest.mark.slow  # four builds in subprocesses: ~20 s on two idle cores, minutes on loaded ones
 
 CHILD = """
 import sys
