@@ -8,7 +8,8 @@
 Everything is written into a temporary directory beside the target and renamed into place at the end, so a failed
 build (bad weights, a graph with no variant within tolerance, a full disk) leaves nothing behind. A variant past its
 parity bounds alone is left out and recorded as rejected (graphs/gate.py has the rules). Same inputs -> same bytes:
-weights are seeded, graphs are emitted in a fixed order, and nothing time- or host-dependent is written.
+weights are seeded, graphs are emitted in a fixed order, float reductions run on a fixed thread count
+(graphs/determinism.py), and nothing time-, path- or host-dependent is written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from graphs.determinism import fixed_build_threads
 from graphs.emit.inspect import file_name, fusion_counts, ort_optimized_counts
 from graphs.families import family_for_source
 from graphs.families.base import Family, Progress, Source, SourceError
@@ -232,7 +234,8 @@ def build_artifacts(source: str | Path, out_dir: str | Path, weights: str | Path
     tmp = _make_temp_dir(out)
     try:
         named = None if variants is None else set(variants)
-        manifest = _write_artifacts(family, src, tmp, progress, picked, named)
+        with fixed_build_threads():  # same bytes under any load (graphs/determinism.py says why)
+            manifest = _write_artifacts(family, src, tmp, progress, picked, named)
         progress("write")
         _move_into_place(tmp, out)
         return manifest

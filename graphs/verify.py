@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from graphs.determinism import cosine
 from graphs.gate import ParityError  # noqa: F401 -- re-exported: every family's gate and the CLI import it here
 from mmcore.manifest import DecoderSpec, KvCacheEntry
 from mmcore.runtime.kv_runner import OrtDecoderRunner
@@ -55,11 +56,6 @@ def _pixels(cfg, batch: int, seed: int) -> np.ndarray:
 def _prompt(cfg, seed: int, length: int) -> list[int]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, cfg.decoder.vocab_size, length).tolist()
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def vision_figures(model, onnx_bytes: bytes) -> dict:

@@ -17,7 +17,8 @@ import yaml
 
 from serve_app import lifecycle
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
+# serve_app/configs links to the checkout's configs/ and is package data in a wheel: found in both
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
 
 
 def usage(base: str, model: str, key: str | None) -> str:

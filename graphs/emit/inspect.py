@@ -30,6 +30,7 @@ def ort_optimized_counts(path: Path) -> dict[str, int]:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         so.log_severity_level = 3  # it warns that the saved file is hardware specific: known, it is only counted
+        so.intra_op_num_threads = so.inter_op_num_threads = 1  # only counted: no thread pool sized by the machine
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
     return dict(sorted(Counter(n.op_type for n in optimized.graph.node).items()))

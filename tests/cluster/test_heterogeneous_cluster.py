@@ -5,13 +5,17 @@ is deployed the way an operator deploys it (`serve deploy` against the dashboard
 Checked: each stage's replicas sit on the node type the config places them on (replica actors' node ids); vision
 falls back to the CPU EP with a warning in its replica log and the active-EP metric on the GPU node's Prometheus
 endpoint; strict vision refuses to start; image-only traffic scales vision and not the decoder, text-only traffic
-the decoder and not vision, and both scale back down when traffic stops.
+the decoder and not vision, and both scale back down when traffic stops. Last, the app redeployed with
+`model.preset` and each node's own cache dir (and another thread count on each node): every node builds the model for
+itself, and an image request whose vision and decoder stages run on different nodes passes the stages' model key
+check, because the two builds are byte-identical.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import io
 import os
 import re
@@ -19,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -46,8 +51,10 @@ TEXT_TOKENS = 48
 
 
 class Cluster:
-    def __init__(self, info: local_cluster.ClusterInfo, url: str, artifacts: Path):
+    def __init__(self, info: local_cluster.ClusterInfo, url: str, artifacts: Path, directory: Path, config: dict,
+                 caches: dict[str, Path]):
         self.info, self.url, self.artifacts = info, url, artifacts
+        self.directory, self.config, self.caches = directory, config, caches  # caches: node name -> its cache dir
         self.node_role = {}
         for node in local_cluster.alive_nodes(info):
             res = node["resources"]
@@ -97,9 +104,14 @@ def cluster(tiny_artifacts_dir):
     artifacts = tiny_artifacts_dir
     directory = Path(tempfile.mkdtemp(prefix="mmsc-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     saved_env = dict(os.environ)
+    # nodes of a real cluster share no disk and may run builds on other thread counts (a replica's num_cpus sets
+    # OMP_NUM_THREADS; a loaded node's torch picks fewer): each node its own cache and its own count
+    caches = {"gpu": directory / "cache-gpu", "cpu": directory / "cache-cpu"}
+    threads = {"gpu": "2", "cpu": "1"}
+    nodes = [replace(n, env={"MMSERVE_CACHE_DIR": str(caches[n.name]), "OMP_NUM_THREADS": threads[n.name]})
+             if n.name in caches else n for n in local_cluster.default_nodes(gpu_cpus=2, cpu_cpus=4)]
     try:
-        info = local_cluster.start(directory, nodes=local_cluster.default_nodes(gpu_cpus=2, cpu_cpus=4),
-                                   base_port=BASE_PORT)  # stops what it started when it fails
+        info = local_cluster.start(directory, nodes=nodes, base_port=BASE_PORT)  # stops what it started on failure
     except BaseException:
         _print_logs(directory)
         shutil.rmtree(directory, ignore_errors=True)
@@ -109,13 +121,14 @@ def cluster(tiny_artifacts_dir):
             local_cluster.use_token_auth(info)
             ray.init(address=info.address, log_to_driver=False, logging_level="ERROR")
             http_port = BASE_PORT + 100
-            local_cluster.deploy(info, directory, local_serve_config(http_port, str(artifacts), SCALE))
+            config = local_serve_config(http_port, str(artifacts), SCALE)
+            local_cluster.deploy(info, directory, config)
             url = f"http://127.0.0.1:{http_port}"
             wait_ready(url, 240, give_up=_deploy_failed)
         except BaseException:
             _print_logs(directory)  # shown with the setup error: the directory is gone after teardown
             raise
-        yield Cluster(info, url, artifacts)
+        yield Cluster(info, url, artifacts, directory, config, caches)
     finally:
         try:
             if ray.is_initialized():
@@ -276,3 +289,50 @@ def test_a_burst_scales_its_own_stage_only_then_back_down(cluster, traffic, scal
     assert max(c[scales] for c in load) > 1, f"{scales} did not scale up under {traffic} traffic"
     assert all(c[stays] == 1 for _, _, c in timeline), f"{stays} scaled on {traffic} traffic"
     assert timeline[-1][1] == "idle" and timeline[-1][2][scales] == 1, f"{scales} did not scale back down"
+
+
+# ---------------------------------------------------------------- every node builds the preset for itself (last:
+# it redeploys the app)
+
+PRESET_MODEL = "mmserve-preset-demo"
+
+
+def _serving(url: str, model: str) -> bool:
+    """The redeployed app is up: the app RUNNING (old replicas gone) and its ingress names the new model."""
+    from ray import serve
+
+    _deploy_failed()
+    if serve.status().applications[APP].status != "RUNNING":
+        return False
+    try:
+        models = httpx.get(f"{url}/v1/models", timeout=5).json()["data"]
+        return [m["id"] for m in models] == [model] and httpx.get(f"{url}/ready", timeout=5).status_code == 200
+    except (httpx.HTTPError, KeyError, ValueError):
+        return False
+
+
+def test_a_preset_each_node_builds_serves_images_across_nodes(cluster):
+    """model.preset with a per-node cache_dir: the GPU node (vision) and the CPU node (ingress, preprocess, decoder)
+    each build the demo checkpoint (with -kv8 decoders) on their own thread count; an image request then passes
+    every stage's model key check, because both builds have the same bytes."""
+    config = copy.deepcopy(cluster.config)
+    app = config["applications"][0]
+    app["args"]["model"] = {"preset": "demo", "cache_dir": "$MMSERVE_CACHE_DIR", "served_name": PRESET_MODEL}
+    app["args"]["ingress"]["max_images_per_request"] = 1  # the demo was trained on one image per prompt
+    local_cluster.deploy(cluster.info, cluster.directory, config)
+    deadline = time.monotonic() + 540  # two nodes build the demo at once on a shared machine
+    while not _serving(cluster.url, PRESET_MODEL):
+        assert time.monotonic() < deadline, f"preset app not serving: {running_replicas()}"
+        time.sleep(2)
+    assert cluster.replica_nodes() == {"VisionEncoder": {"gpu"}, "Preprocess": {"cpu"}, "Decoder": {"cpu"},
+                                       "Ingress": {"cpu"}}
+    builds = {node: sorted(cache.glob("demo-*/manifest.json")) for node, cache in cluster.caches.items()}
+    assert all(len(found) == 1 for found in builds.values()), builds  # each node built it, in its own cache
+    assert builds["gpu"][0].read_bytes() == builds["cpu"][0].read_bytes()  # same manifest: same model key
+    assert any("kv8" in f.name for f in builds["gpu"][0].parent.iterdir())
+    body = {"model": PRESET_MODEL, "max_tokens": 8, "temperature": 0,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_url(
+                np.random.default_rng(1))}}, {"type": "text", "text": "Describe the image."}]}]}
+    answer = httpx.post(f"{cluster.url}/v1/chat/completions", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] >= 1 and answer.json()["choices"][0]["message"]["content"]

@@ -103,7 +103,9 @@ class Checkpoint:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["directory"] = str(self.directory)
+        # the folder's name, not its path: the same checkpoint at another path (another node, a wheel's
+        # site-packages) must build the same manifest, hence the same model key
+        d["directory"] = self.directory.name
         return d
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import onnxruntime as ort
 
 from graphs.families.llava import kv_parity
+from graphs.determinism import cosine
 from graphs.families.llava.checkpoint import Checkpoint
 from graphs.families.llava.driver import embed, open_runner
 from mmcore.manifest import KvCacheEntry
@@ -59,11 +60,6 @@ FORCED_STEPS = 16
 SEED = 1234
 
 
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def session(model_bytes: bytes, threads: int = 1) -> ort.InferenceSession:

@@ -48,7 +48,7 @@ def folded_patch_embedding(ck: Checkpoint, w: dict) -> tuple[np.ndarray, np.ndar
     mean = np.repeat(np.asarray(pre.mean, np.float64), per_channel)
     bias = w.get("vision.embeddings.patch_embedding.bias", np.zeros(v.hidden)).astype(np.float64)
     w_folded = wm * (pre.rescale_factor / std)[:, None]
-    b_folded = bias - (mean / std) @ wm
+    b_folded = bias - ((mean / std)[:, None] * wm).sum(axis=0)  # not BLAS: its threads
     return w_folded.astype(np.float32), b_folded.astype(np.float32)
 
 

@@ -31,7 +31,7 @@ def folded_patch_embedding(vision) -> tuple[np.ndarray, np.ndarray]:
     mean = np.repeat(np.asarray(cfg.mean, dtype=np.float64), per_channel)
     w64 = w.astype(np.float64)
     w_folded = w64 / (255.0 * std)[:, None]
-    b_folded = b.astype(np.float64) - (mean / std) @ w64
+    b_folded = b.astype(np.float64) - ((mean / std)[:, None] * w64).sum(axis=0)  # not BLAS: its threads
     pos = vision.pos.detach().double().numpy()  # (P, Dv)
     return w_folded.astype(np.float32), (b_folded[None, :] + pos).astype(np.float32)
 

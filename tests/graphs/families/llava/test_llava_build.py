@@ -23,7 +23,7 @@ NAMES = ["clip-llama", "siglip-qwen2"]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_variant_written_with_its_sha256(built, name):
+def test_every_variant_written_with_its_sha256(built, name, request):
     out, m = built[name]
     assert Manifest.read(out) == m and m.family == "llava" and m.preset == name
     files = {v.file: v.sha256 for g in m.graphs.values() for v in g.variants.values()}
@@ -34,7 +34,8 @@ def test_every_variant_written_with_its_sha256(built, name):
     assert list(emb.shape) == m.decoder.embeddings.shape == [384, 64]
     assert m.prompt.image_features == m.vision.features_per_image == 16
     assert m.decoder.kv_heads < m.decoder.heads and m.decoder.io.position_ids is None
-    ck = read_checkpoint(m.source["directory"])
+    ck = read_checkpoint(request.getfixturevalue(name.replace("-", "_")))
+    assert m.source["directory"] == name  # the checkpoint folder's name, never a path (same bytes on every node)
     assert m.decoder.positions.scheme == "rotary" and m.decoder.positions.theta == ck.text.rope_theta
     assert m.decoder.eos_token_ids == list(ck.eos_token_ids)
     assert m.prompt.chat_template == ck.chat_template and m.prompt.image_token == "<image>"
@@ -71,9 +72,9 @@ def _nodes(out, m, graph, variant):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_graph_structure(built, name):
+def test_graph_structure(built, name, request):
     out, info = built[name]
-    ck = read_checkpoint(info.source["directory"])
+    ck = read_checkpoint(request.getfixturevalue(name.replace("-", "_")))
     names = info.graphs["decoder"].input_names()
     assert names[:3] == ["inputs_embeds", "seqlens_k", "total_sequence_length"] and "position_ids" not in names
     gqa = [n for n in _nodes(out, info, "decoder", "cpu-fp32") if n.op_type == "GroupQueryAttention"]
