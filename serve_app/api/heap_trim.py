@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
+
+from serve_app.api.periodic import PeriodicThread
 
 log = logging.getLogger("ray.serve")
 PERIOD_S = 10.0  # malloc_trim walks the heap's free chunks (about a millisecond at the ingress's ~100 MiB)
@@ -25,31 +26,18 @@ def _malloc_trim():
         return None
 
 
-class HeapTrimmer:
+class HeapTrimmer(PeriodicThread):
     """Lifecycle: start() -> a daemon thread calls malloc_trim(0) every period_s -> stop() (or process exit).
     On a C library without malloc_trim it does nothing."""
 
     def __init__(self, period_s: float = PERIOD_S):
+        super().__init__("mmserve-heap-trim", period_s)
         self._trim = _malloc_trim()
-        self._period_s = period_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mmserve-heap-trim", daemon=True)
         self.trims = 0
 
     def start(self) -> HeapTrimmer:
-        if self._trim is not None:
-            self._thread.start()
-        return self
+        return super().start() if self._trim is not None else self
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._period_s):
-            self._trim(0)
-            self.trims += 1
+    def tick(self) -> None:
+        self._trim(0)
+        self.trims += 1

@@ -9,33 +9,20 @@ calling a stage and fails fast with 503 (`vision_unavailable`). A background thr
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
+
+from serve_app.api.periodic import PeriodicThread
 
 log = logging.getLogger("ray.serve")
 
 
-class StageWatch:
+class StageWatch(PeriodicThread):
     """Lifecycle: start() -> a daemon thread refreshes `missing()` every period_s -> stop() (or process exit)."""
 
     def __init__(self, probe: Callable[[], list[str]], period_s: float = 1.0):
-        self._probe, self._period_s = probe, period_s
+        super().__init__("mmserve-stage-watch", period_s)
+        self._probe = probe
         self._missing: frozenset[str] = frozenset()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mmserve-stage-watch", daemon=True)
-
-    def start(self) -> StageWatch:
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop and wait for the thread: a probe in flight (a controller call) ends first."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
 
     def missing(self) -> frozenset[str]:
         return self._missing
@@ -51,6 +38,5 @@ class StageWatch:
         self._missing = missing
         return missing
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._period_s):
-            self.refresh()
+    def tick(self) -> None:
+        self.refresh()
