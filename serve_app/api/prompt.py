@@ -1,7 +1,7 @@
 """Chat messages -> prompt segments, from the manifest's prompt spec alone (no family's code), with the ids
 transformers' processor gives (`ProcessorMixin.apply_chat_template(..., tokenize=True)`):
 
-    messages --chat template (compiled as transformers compiles it: api/chat_template.py)--> text
+    messages --chat template (compiled as transformers compiles it: mmcore/chat_template.py)--> text
       --tokenize the whole text once, the placeholder a special token; BOS as transformers adds it--> ids
       --split at each placeholder--> ids, image, ids, ...
 
@@ -19,7 +19,7 @@ from jinja2.exceptions import TemplateError
 from tokenizers import AddedToken, Tokenizer
 
 from mmcore.manifest import PromptSpec
-from serve_app.api.chat_template import compile_chat_template
+from mmcore.chat_template import compile_chat_template
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.protocol import ChatMessage, ImagePart, TextPart
 

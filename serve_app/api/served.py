@@ -17,9 +17,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jinja2.exceptions import TemplateSyntaxError
 from tokenizers import Tokenizer
 
-from mmcore.manifest import Manifest
+from mmcore.manifest import MANIFEST, Manifest, ManifestError
 from serve_app.api.chat import ModelLimits
 from serve_app.api.prompt import PromptRenderer
 from serve_app.artifacts import ModelSource, model_key, resolve_model
@@ -47,8 +48,11 @@ def load_served_model(source: ModelSource, max_context: int | None, max_images: 
     artifacts = resolve_model(source)
     manifest = Manifest.read(artifacts)
     key = model_key(artifacts)
-    return ServedModel(key, source.name(manifest.preset), f"mmserve-{key[:16]}",
-                       PromptRenderer(manifest.prompt, Tokenizer.from_file(str(artifacts / manifest.tokenizer_file))),
+    try:
+        prompt = PromptRenderer(manifest.prompt, Tokenizer.from_file(str(artifacts / manifest.tokenizer_file)))
+    except TemplateSyntaxError as e:  # at replica start, one line naming the file, not a 500 per request
+        raise ManifestError(f"{artifacts / MANIFEST}: prompt.chat_template: line {e.lineno}: {e.message}") from None
+    return ServedModel(key, source.name(manifest.preset), f"mmserve-{key[:16]}", prompt,
                        ModelLimits.of(manifest, max_context, max_images))
 
 

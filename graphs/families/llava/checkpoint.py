@@ -309,7 +309,21 @@ def _tokenizer(directory: Path) -> tuple[tuple[int, ...], str | None, tuple[str,
         template, files = _Fields(path, _read_json(path)).get("chat_template", str), files + ["chat_template.json"]
     if not eos:
         cfg.fail("eos_token", "missing (and no eos_token_id in generation_config.json)")
+    if template is not None:
+        _check_template(template, directory / (files[-1] if len(files) > 2 else "tokenizer_config.json"))
     return tuple(eos), template, tuple(files)
+
+
+def _check_template(template: str, path: Path) -> None:
+    """A chat template that does not parse fails the build, naming its file and line, not the first request."""
+    from jinja2.exceptions import TemplateSyntaxError
+
+    from mmcore.chat_template import compile_chat_template
+
+    try:
+        compile_chat_template(template)
+    except TemplateSyntaxError as e:
+        raise CheckpointError(f"{path}: chat_template: line {e.lineno}: {e.message}") from None
 
 
 def cleans_up_spaces(tokenizer_json: Path, tokenizer_config: Path) -> bool:

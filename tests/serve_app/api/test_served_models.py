@@ -39,3 +39,22 @@ def test_the_ingress_forgets_the_old_model_once_the_rollout_is_over(tiny_artifac
 
     asyncio.run(main())
     assert len(asked) == 3 and models.loaded_keys == {new.key} and models.current.key == new.key
+
+
+def test_a_manifest_template_that_does_not_parse_fails_the_replica_start_naming_the_file(tiny_artifacts_dir,
+                                                                                        tmp_path):
+    import json
+    import shutil
+
+    import pytest
+
+    from mmcore.manifest import ManifestError
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts_dir, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["prompt"]["chat_template"] = "{% for m in messages %}{{ m.content }"
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError) as e:
+        load_served_model(ModelSource.model_validate({"artifacts_dir": str(art)}), None, 2)
+    assert "\n" not in str(e.value) and "manifest.json: prompt.chat_template: line 1" in str(e.value)

@@ -143,3 +143,18 @@ def test_missing_processor_config(clip_llama, copy_of, tmp_path):
     ck = copy_of(clip_llama)
     (ck / "preprocessor_config.json").unlink()
     _refused(ck, tmp_path, "preprocessor_config.json", "not found")
+
+
+def test_a_chat_template_that_does_not_parse_fails_the_build_naming_file_and_line(clip_llama, copy_of, tmp_path):
+    ck = copy_of(clip_llama)
+    (ck / "chat_template.jinja").write_text("{% for m in messages %}\n{{ m.content }\n{% endfor %}")
+    _refused(ck, tmp_path, "chat_template.jinja", "chat_template: line 2")
+
+
+def test_a_template_with_transformers_tags_builds(clip_llama, copy_of):
+    # {% generation %} and {% break %} parse as transformers parses them: no build error for a template it accepts
+    ck = copy_of(clip_llama)
+    template = (ck / "chat_template.jinja").read_text()
+    (ck / "chat_template.jinja").write_text("{% for m in messages %}{% if loop.index > 99 %}{% break %}{% endif %}"
+                                           "{% endfor %}{% generation %}{% endgeneration %}" + template)
+    assert read_checkpoint(ck).chat_template.endswith(template)
