@@ -112,10 +112,9 @@ def test_bos_comes_once(kind):
     assert ids[0] == bos and ids.count(bos) == 1
 
 
+@pytest.mark.parametrize("kind", ["mistral"], indirect=True)  # the one template here that refuses a conversation
 def test_a_template_refusal_is_a_400_naming_its_message(kind):
-    name, _, renderer = kind
-    if name != "mistral":
-        pytest.skip("only the Mistral-style template refuses a conversation")
+    _, _, renderer = kind
     with pytest.raises(InvalidRequest, match="roles must alternate"):
         served_ids(renderer, [("assistant", "I speak first.")])
 

@@ -50,16 +50,6 @@ def artifacts(tmp_path_factory):
     return str(d)
 
 
-@pytest.fixture(autouse=True)
-def replica_context(monkeypatch):
-    """serve.batch reads the replica's deployment config (to warn when batches cannot fill): stand in for it."""
-    from types import SimpleNamespace
-
-    from ray import serve
-    ctx = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=32), app_name="a",
-                          deployment="VisionEncoder", replica_tag="r", servable_object=None)
-    monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
-
 
 def image(v: int) -> PreprocessedImage:
     px = (np.arange(3 * S * S, dtype=np.int64).reshape(3, S, S) + v).astype(np.uint8)

@@ -2,7 +2,6 @@
 and the TensorRT profile bounding live batch-size changes. Real ORT sessions; a fake only for the GPU host."""
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
@@ -13,14 +12,6 @@ from serve_app.stages import vision
 from serve_app.stages.options import VisionOptions
 from serve_app.stages.vision import VisionEncoder
 
-
-@pytest.fixture(autouse=True)
-def replica_context(monkeypatch):
-    """serve.batch reads the replica's deployment config: stand in for it outside Ray."""
-    from ray import serve
-    ctx = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=32), app_name="a",
-                          deployment="VisionEncoder", replica_tag="r", servable_object=None)
-    monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
 
 
 def make(artifacts, **opts) -> VisionEncoder:
