@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "cluster"))  # cluster/ holds scripts, not a packa
 import local_cluster  # noqa: E402
 from local_config import LocalScale, local_serve_config  # noqa: E402
 
-from mmcore.store import artifact_key, fetch_events, push_artifacts  # noqa: E402
+from mmcore.store import StoreError, artifact_key, fetch_artifacts, fetch_events, push_artifacts  # noqa: E402
 from tests.e2e.conftest import wait_ready  # noqa: E402
 from tests.object_store import variant_of  # noqa: E402
 
@@ -277,6 +277,13 @@ def test_redeploying_onto_an_overwritten_object_keeps_the_old_model_serving(clus
         assert d.replica_states.get("RUNNING") == REPLICAS[name], (name, d.replica_states)
         assert re.search(f"{uri}/decoder.cpu-fp32.onnx: sha256 [0-9a-f]{{64}} does not match", d.message), d.message
     assert answers and set(answers) == {(200, old)}  # no failed request, none from a half-started new model
+    bad = f"{uri}/decoder.cpu-fp32.onnx: sha256 [0-9a-f]{{64}} does not match"
     for node in ("gpu", "cpu"):
         fetched = cluster.caches[node] / "fetched"
+        trusted = {p.name for p in fetched.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        assert trusted == {"uris", artifact_key(cluster.artifacts)}  # the corrupt artifact never became a cache entry
+        # A start Serve gave up on may still be downloading, or was killed mid-download and left its partial
+        # directory (nothing trusts it). The next fetch of that key waits for the lock, sweeps it and fails the same way.
+        with environment(cluster.s3.env()), pytest.raises(StoreError, match=bad):
+            fetch_artifacts(uri, fetched)
         assert {p.name for p in fetched.iterdir() if p.is_dir()} == {"uris", artifact_key(cluster.artifacts)}
