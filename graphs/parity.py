@@ -28,12 +28,16 @@ def _figures(model, decoder: DecoderSpec, graph: str, name: str, built: dict[str
              greedy_ref: dict) -> dict:
     spec = VARIANTS[graph][name]
     mine = built[graph][name]
+    if spec.precision == "int8":  # serving may run it re-encoded as u8s8: the same outputs? (graphs/signed_check)
+        figures = _u8s8(model, decoder, graph, spec, mine)
+    else:
+        figures = {}
     if graph == "vision":
-        figures = verify.vision_figures(model, mine)
+        figures |= verify.vision_figures(model, mine)
         if spec.precision == "fp32":
             figures |= verify.greedy_figures(model, decoder, greedy_ref, mine, built["decoder"][FP32_PARTNER])
     else:
-        figures = verify.top1_figures(model, decoder, mine, spec.kv_cache)
+        figures |= verify.top1_figures(model, decoder, mine, spec.kv_cache)
         if spec.kv_cache is not None:  # recorded: greedy tokens; gated: the cache's error vs its float-cache sibling
             from graphs.families.own.kv_parity import kv_cache_figures
             figures |= kv_cache_figures(model, decoder, spec.kv_cache, mine, built[graph][spec.same_weights_as])
@@ -42,6 +46,16 @@ def _figures(model, decoder: DecoderSpec, graph: str, name: str, built: dict[str
         if spec.precision == "fp32":
             figures |= verify.greedy_figures(model, decoder, greedy_ref, built["vision"][FP32_PARTNER], mine)
     return figures
+
+
+def _u8s8(model, decoder: DecoderSpec, graph: str, spec, mine: bytes) -> dict:
+    from graphs.signed_check import u8s8_figures
+    from mmcore.runtime.ort_session import cpu_session
+
+    if graph == "vision":
+        pixels = verify.seeded_pixels(model.cfg, 2)
+        return u8s8_figures(mine, lambda b: cpu_session(b).run(None, {"pixels": pixels})[0])
+    return u8s8_figures(mine, lambda b: verify.forced_logits(model, decoder, b, spec.kv_cache)[1])
 
 
 def run_parity_gate(model, built: dict[str, dict[str, bytes]], progress: Callable[[str], None],

@@ -53,6 +53,11 @@ def _pixels(cfg, batch: int, seed: int) -> np.ndarray:
     return rng.integers(0, 256, (batch, 3, cfg.vision.image_size, cfg.vision.image_size), dtype=np.uint8)
 
 
+def seeded_pixels(cfg, batch: int) -> np.ndarray:
+    """The vision gate's seeded batch (what vision_figures runs), for other checks on the same inputs."""
+    return _pixels(cfg, batch, PARITY_SEED)
+
+
 def _prompt(cfg, seed: int, length: int) -> list[int]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, cfg.decoder.vocab_size, length).tolist()

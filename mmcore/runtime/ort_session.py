@@ -12,13 +12,15 @@ A miss costs one extra session creation, and only on a misconfigured node.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import onnxruntime as ort
 
-from mmcore.manifest import GraphEntry
+from mmcore.manifest import GraphEntry, Variant
+from mmcore.runtime.int8_kernels import U8U8, Int8Choice, choose_encoding, graph_source, split_forced
 from mmcore.runtime.providers import BatchProfile, ProviderSpec
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ class OpenedSession:
     provider: str  # the EP that runs the graph's nodes: the first of session.get_providers()
     variant: str | None = None  # manifest variant name, when opened through open_stage_session
     fallbacks: tuple[str, ...] = field(default=())  # why each better provider was passed over, best first
+    int8: Int8Choice | None = None  # an int8 variant on the CPU EP: the weight encoding it runs (int8_kernels)
+    source: Callable[[], str | bytes] | None = None  # what a second session of the same graph opens (profiling)
 
 
 class ProviderUnavailable(RuntimeError):
@@ -58,6 +62,30 @@ def cpu_session(path_or_bytes, threads: int = 1, profile_prefix: str | None = No
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
     return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def cpu_graph(path: str | Path, variant: Variant, forced: str | None = None,
+              stage: str = "stage") -> tuple[str | bytes, Int8Choice | None, Callable[[], str | bytes]]:
+    """The CPU EP's session source for `variant`: the file, or for an int8 variant on a CPU with an exact u8s8
+    kernel its weights re-encoded (int8_kernels); -> (source, the encoding chosen or None, a way to make it again)."""
+    if variant.precision != "int8":
+        return str(path), None, lambda: str(path)
+    diff = variant.parity.get("u8s8_max_abs_diff")  # graphs/signed_check.py, where the build's CPU could run it
+    if forced is None and isinstance(diff, (int, float)) and diff > 0:
+        choice = Int8Choice(U8U8, f"the build measured u8s8 outputs {diff:g} off the u8u8 ones")
+    else:
+        choice = choose_encoding(forced=forced)
+    start = time.perf_counter()
+    applies = ("u8s8_checked" in variant.parity) or None  # the build's check ran: the graph has u8u8 weights
+    source, count = graph_source(path, choice, variant.precision, applies)
+    if count == 0:  # no u8u8 weights (MatMulNBits variants): the CPU's int8 kernel choice does not apply
+        return str(path), None, lambda: str(path)
+    if isinstance(source, bytes):
+        log.info("%s: int8 weights as %s; %d re-encoded in %.0f ms", stage, choice.describe(), count,
+                 (time.perf_counter() - start) * 1000)
+    else:
+        log.info("%s: int8 weights as %s", stage, choice.describe())
+    return source, choice, lambda: graph_source(path, choice, variant.precision, True)[0]
 
 
 def open_session(path: str, providers: list, threads: int = 1) -> OpenedSession:
@@ -90,12 +118,14 @@ def open_stage_session(artifact_dir: str | Path, graph: GraphEntry, providers: S
     if not providers:
         raise ValueError(f"{stage}: empty provider list")
     passed_over: list[str] = []
+    names, forced = split_forced(prefer)  # "cpu-int8@u8u8": a variant and the int8 encoding it must run
     for i, spec in enumerate(providers):
-        attempt = _try_provider(artifact_dir, graph, providers[i:], threads, profile, prefer,
-                                session_factory, set(available()))
+        attempt = _try_provider(artifact_dir, graph, providers[i:], threads, profile, names, forced,
+                                session_factory, set(available()), stage)
         if attempt.opened is not None:
             opened = attempt.opened
-            return OpenedSession(opened.session, opened.provider, opened.variant, tuple(passed_over))
+            return OpenedSession(opened.session, opened.provider, opened.variant, tuple(passed_over), opened.int8,
+                                 opened.source)
         message = f"{stage}: {spec.name} did not load: {attempt.reason}"
         if strict:
             raise ProviderUnavailable(f"{message} (strict mode: refusing to fall back to "
@@ -106,7 +136,8 @@ def open_stage_session(artifact_dir: str | Path, graph: GraphEntry, providers: S
 
 
 def _try_provider(artifact_dir, graph: GraphEntry, specs: Sequence[ProviderSpec], threads: int,
-                  profile: BatchProfile | None, prefer, session_factory, available: set[str]) -> _Attempt:
+                  profile: BatchProfile | None, prefer, forced: dict[str, str], session_factory,
+                  available: set[str], stage: str) -> _Attempt:
     spec = specs[0]
     attempt = _Attempt(spec)
     if spec.name not in available:
@@ -120,8 +151,11 @@ def _try_provider(artifact_dir, graph: GraphEntry, specs: Sequence[ProviderSpec]
         return attempt
     path = str(Path(artifact_dir) / variant.file)
     entries = [s.ort_entry(profile) for s in specs if s.name in available]
+    source, int8, again = path, None, lambda: path
+    if spec.name == "CPUExecutionProvider":
+        source, int8, again = cpu_graph(path, variant, forced.get(variant_name), stage)
     try:
-        sess = session_factory(path, session_options(threads), providers=entries)
+        sess = session_factory(source, session_options(threads), providers=entries)
     except Exception as e:  # noqa: BLE001 -- a failing EP (driver, engine build) is a fallback reason, not a crash
         attempt.reason = f"session creation failed: {type(e).__name__}: {e}"
         return attempt
@@ -130,5 +164,5 @@ def _try_provider(artifact_dir, graph: GraphEntry, specs: Sequence[ProviderSpec]
         # ORT's silent fallback: it registered a later EP (usually CPU) and logged the failure only to stderr.
         attempt.reason = f"ONNX Runtime fell back to {active} (session providers: {sess.get_providers()})"
         return attempt
-    attempt.opened = OpenedSession(sess, active, variant_name)
+    attempt.opened = OpenedSession(sess, active, variant_name, int8=int8, source=again)
     return attempt

@@ -24,6 +24,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import onnxruntime as ort
 
@@ -95,9 +96,12 @@ class ProfilableSession:
     runs only once no call is in flight on it: ending a session while another thread runs it races ORT's profiler,
     so a twin retired mid-call is ended by that call when it returns."""
 
-    def __init__(self, session: ort.InferenceSession, model_path: str | Path, threads: int, stage: str):
+    def __init__(self, session: ort.InferenceSession, model_path: str | Path, threads: int, stage: str,
+                 source: Callable[[], str | bytes] | None = None):
         self.base = session
         self.model_path = str(model_path)
+        # what the twin opens: the file, unless the base session runs it re-encoded (int8_kernels)
+        self._source = source or (lambda: self.model_path)
         self.threads = threads
         self.stage = stage
         self.traces: list[str] = []  # trace files written by this replica, oldest first
@@ -149,7 +153,7 @@ class ProfilableSession:
         providers = list(zip(self.base.get_providers(), [self.base.get_provider_options()[p]
                                                          for p in self.base.get_providers()]))
         log.info("%s: ORT profiling on for the next %d calls -> %s", self.stage, settings.calls, settings.dir)
-        return ort.InferenceSession(self.model_path, options, providers=providers)
+        return ort.InferenceSession(self._source(), options, providers=providers)
 
     def _take(self) -> _Twin | None:
         """The twin this call runs on (None: the normal session), counted as running on it until _release."""

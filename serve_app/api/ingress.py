@@ -3,7 +3,8 @@
 Routes:
     GET  /health                liveness: the ingress answers (no auth)
     GET  /ready                 readiness: every stage deployment has a running replica (no auth); when ready,
-                                also the EP a vision replica runs on and why it fell back, if it did
+                                also the EP a vision replica runs on and why it fell back, if it did, and the
+                                int8 weight encoding (u8s8/u8u8) the vision and decoder replicas chose
     GET  /v1/models             the served model
     POST /v1/chat/completions   text + image_url parts; stream true (SSE) or false
 
@@ -171,7 +172,8 @@ class Ingress:
         not_ready = await asyncio.to_thread(stages_without_replica)
         if not not_ready:
             try:
-                return JSONResponse({"status": "ready", "vision": await self._vision_ep()})
+                vision, decoder = await asyncio.gather(self._vision_ep(), self._decoder_ep())
+                return JSONResponse({"status": "ready", "vision": vision, "decoder": decoder})
             except (TimeoutError, *RETRYABLE):  # its node lost before the controller noticed: not ready either
                 not_ready = ["VisionEncoder"]
         return JSONResponse({"status": "not ready", "waiting_for": not_ready}, status_code=503)
@@ -180,7 +182,13 @@ class Ingress:
         """ORT falls back from TensorRT/CUDA silently: readiness says where vision really runs. A readiness probe
         must answer quickly, so the wait is short."""
         info = await asyncio.wait_for(self.stages.vision.info.remote(), min(self.options.stage_timeout_s, 5.0))
-        return {key: info[key] for key in ("provider", "variant", "fallbacks")}
+        return {key: info[key] for key in ("provider", "variant", "fallbacks", "int8")}
+
+    async def _decoder_ep(self) -> dict:
+        """The decoder's variant and the int8 weight encoding it chose for this CPU (u8s8 where VNNI/AMX kernels
+        multiply exactly, else u8u8)."""
+        info = await asyncio.wait_for(self.stages.decoder.info.remote(), min(self.options.stage_timeout_s, 5.0))
+        return {key: info[key] for key in ("variant", "int8")}
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> Response:

@@ -51,8 +51,10 @@ class VisionRunner:
     def __init__(self, artifacts_dir: str | Path, opened: OpenedSession, threads: int):
         manifest = Manifest.read(artifacts_dir)
         self.variant, self.provider, self.fallbacks = opened.variant, opened.provider, list(opened.fallbacks)
+        self.int8_reason = opened.int8.reason if opened.int8 else None
         model_path = Path(artifacts_dir) / manifest.graphs["vision"].variants[self.variant].file
-        self.session = ProfilableSession(opened.session, model_path, threads, stage="vision")
+        self.session = ProfilableSession(opened.session, model_path, threads, stage="vision", source=opened.source)
+        self.int8 = opened.int8.encoding if opened.int8 else None  # the int8 weight encoding it runs, if any
         self.io = manifest.vision.io
 
     def run(self, pixels: np.ndarray) -> np.ndarray:

@@ -66,6 +66,7 @@ class Engine:
         self._closed = False
         self.cancelled = 0  # streams that went away before their sequence finished
         self.kv_plan = None  # the KvPlan the loader sized the runner's cache by (None: a runner made elsewhere)
+        self.int8 = None  # the loader's Int8Choice: the weight encoding an int8 variant runs (None: not int8)
 
     @property
     def steps(self) -> int:

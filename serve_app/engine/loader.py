@@ -4,6 +4,7 @@ and the tokenizer; the session's actual EP picks the variant."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,7 +16,8 @@ from serve_app.engine.engine import Engine
 from serve_app.engine.kv_plan import KvPlan, available_memory_bytes, plan_kv_cache
 from serve_app.engine.metrics import EngineMetrics
 from mmcore.runtime.kv_runner import OrtDecoderRunner, open_kv_runner
-from mmcore.runtime.ort_session import open_session
+from mmcore.runtime.int8_kernels import Int8Choice, split_forced
+from mmcore.runtime.ort_session import cpu_graph, open_session
 from mmcore.runtime.profiling import ProfilableSession
 
 DEFAULT_VARIANTS = ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"]  # int8 KV cache first: docs/performance.md
@@ -24,32 +26,43 @@ DEFAULT_VARIANTS = ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"]  # int8 KV cache fir
 def open_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 1,
                 prefer: list[str] | None = None) -> tuple[OrtDecoderRunner, str, Manifest]:
     """The decoder runner with its cache allocated, the variant name it runs, and the manifest."""
-    runner, name, manifest, _plan = open_planned_runner(artifacts_dir, config, threads, prefer)
-    return runner, name, manifest
+    opened = open_planned_runner(artifacts_dir, config, threads, prefer)
+    return opened.runner, opened.variant, opened.manifest
+
+
+class PlannedRunner(NamedTuple):
+    runner: OrtDecoderRunner
+    variant: str
+    manifest: Manifest
+    plan: KvPlan  # the KV cache it allocated: checked (kv_plan) before the session or the cache exist
+    int8: Int8Choice | None  # the int8 weight encoding the session runs, for an int8 variant (int8_kernels)
 
 
 def open_planned_runner(artifacts_dir: str | Path, config: EngineConfig, threads: int = 1,
-                        prefer: list[str] | None = None) -> tuple[OrtDecoderRunner, str, Manifest, KvPlan]:
-    """open_runner, and the KV cache plan it allocated: checked (kv_plan) before the session or the cache exist."""
+                        prefer: list[str] | None = None) -> PlannedRunner:
+    """open_runner, with the KV cache plan it allocated and the int8 encoding it chose."""
     root = Path(artifacts_dir)
     manifest = Manifest.read(root)
     spec = manifest.decoder
     entry = manifest.graphs["decoder"]
-    name, variant = entry.variant_for(CPU_EP, prefer or DEFAULT_VARIANTS)
+    names, forced = split_forced(prefer or DEFAULT_VARIANTS)  # "cpu-int8-kv8@u8u8" forces the int8 encoding
+    name, variant = entry.variant_for(CPU_EP, names)
     plan = plan_kv_cache(spec, variant.kv_cache, config.slots, config.max_context, config.kv_cache_gib,
                          available_memory_bytes())
-    opened = open_session(str(root / variant.file), [CPU_EP], threads=threads)
+    source, int8, again = cpu_graph(root / variant.file, variant, forced.get(name), stage="decoder")
+    opened = open_session(source, [CPU_EP], threads=threads)
     # at replica start, not at the first request; a quantized-cache variant's cache tensors in its own dtype
     check_session_io(root / variant.file, entry, opened.session, variant_dtypes(spec, variant))
-    session = ProfilableSession(opened.session, root / variant.file, threads, stage="decoder")  # profiling switch
+    session = ProfilableSession(opened.session, root / variant.file, threads, stage="decoder",
+                                source=again)  # profiling switch
     runner = open_kv_runner(session, spec, plan.slots, plan.max_context, cache=variant.kv_cache)  # variant's dtype
-    return runner, name, manifest, plan
+    return PlannedRunner(runner, name, manifest, plan, int8)
 
 
 def load_engine(artifacts_dir: str | Path, config: EngineConfig, threads: int = 1, prefer: list[str] | None = None,
                 metrics: EngineMetrics | None = None) -> Engine:
     root = Path(artifacts_dir)
-    runner, variant, manifest, plan = open_planned_runner(root, config, threads, prefer)
+    runner, variant, manifest, plan, int8 = open_planned_runner(root, config, threads, prefer)
     spec = manifest.decoder
     embeddings = np.load(root / spec.embeddings.name).astype(np.float32, copy=False)  # (V,D)
     if list(embeddings.shape) != [spec.vocab_size, spec.hidden_size]:
@@ -58,5 +71,5 @@ def load_engine(artifacts_dir: str | Path, config: EngineConfig, threads: int = 
     tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer_file))
     engine = Engine(runner, embeddings, tokenizer, spec.eos_token_ids, config, metrics, variant,
                     clean_up_spaces=manifest.prompt.clean_up_tokenization_spaces)
-    engine.kv_plan = plan
+    engine.kv_plan, engine.int8 = plan, int8
     return engine

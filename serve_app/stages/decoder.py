@@ -67,11 +67,13 @@ class Decoder:
         self.model_key, self.source = model_key(artifacts), ModelSource.model_validate(model).model_dump()
         self.engine = load_engine(artifacts, self.options.engine_config(), threads=self.options.threads,
                                   prefer=self.options.prefer_variants, metrics=self.engine_metrics)
-        log.info("decoder %s: %s", self.engine.variant, self.engine.kv_plan.describe())
+        log.info("decoder %s (int8 %s): %s", self.engine.variant,
+                 self.engine.int8.describe() if self.engine.int8 else None, self.engine.kv_plan.describe())
         self._warm_up()
         self.engine.runner.session.arm(self.options.ort_profile)  # a profile in the args starts with the replica
         self.provider = self.engine.runner.session.get_providers()[0]
-        report_active_ep("decoder", self.provider, self.engine.variant)
+        self.int8 = self.engine.int8.encoding if self.engine.int8 else None  # u8s8 / u8u8 (int8_kernels)
+        report_active_ep("decoder", self.provider, self.engine.variant, self.int8)
 
     def _warm_up(self) -> None:
         runner, width = self.engine.runner, self.engine.embeddings.shape[1]
@@ -105,7 +107,7 @@ class Decoder:
 
     async def info(self) -> dict:
         sched = self.engine.scheduler
-        return {"variant": self.engine.variant, "slots": self.engine.runner.slots,
+        return {"variant": self.engine.variant, "int8": self.int8, "slots": self.engine.runner.slots,
                 "kv_cache_bytes": self.engine.kv_plan.cache_bytes,
                 "max_context": self.engine.runner.max_context, "active": len(sched.active),
                 "waiting": len(sched.waiting), "steps": self.engine.steps, "cancelled": self.engine.cancelled,
@@ -115,7 +117,7 @@ class Decoder:
         """Serve calls this every health_check_period_s: keep the gauges alive (Ray drops a gauge not set again
         for two export intervals) while the engine idles."""
         self.engine_metrics.refresh()
-        report_active_ep("decoder", self.provider, self.engine.variant)
+        report_active_ep("decoder", self.provider, self.engine.variant, self.int8)
 
     async def ready(self) -> bool:
         return True

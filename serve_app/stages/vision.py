@@ -49,7 +49,8 @@ class VisionEncoder:
         self.session = self.runner.session
         self.metrics = StageMetrics("vision")
         self.batches_run = 0
-        report_active_ep("vision", self.provider, self.variant)
+        self.int8 = self.runner.int8  # u8s8 / u8u8 for an int8 variant on the CPU EP, else None
+        report_active_ep("vision", self.provider, self.variant, self.int8)
         self.profile = self.options.profile(Manifest.read(artifacts_dir))
         self.cache = FeatureCache(int(self.options.cache_mib * MIB), self.options.cache_size)
         # A batcher per instance, not a decorated method: serve.batch keeps its queue on the function object, which
@@ -57,7 +58,8 @@ class VisionEncoder:
         self._encode_batch = serve.batch(max_batch_size=self.options.max_batch_size,
                                          batch_wait_timeout_s=self.options.batch_wait_timeout_s)(self._run_batch)
         self.warmup_s = warm_up(self.session, self.profile)  # in __init__: the replica is not ready before it ends
-        log.info("vision replica on %s (variant %s), warm-up %s", self.provider, self.variant, self.warmup_s)
+        log.info("vision replica on %s (variant %s, int8 %s), warm-up %s", self.provider, self.variant,
+                 self.runner.int8_reason and f"{self.int8}: {self.runner.int8_reason}", self.warmup_s)
         if self.fallbacks:  # in the replica's own log, where an operator looks first
             log.warning("vision runs on %s, not %s: %s", self.provider, self.options.providers[0].name,
                         "; ".join(self.fallbacks))
@@ -106,7 +108,7 @@ class VisionEncoder:
             return features
 
     async def info(self) -> dict:
-        return {"variant": self.variant, "provider": self.provider, "fallbacks": self.fallbacks,
+        return {"variant": self.variant, "provider": self.provider, "fallbacks": self.fallbacks, "int8": self.int8,
                 "warmup_s": self.warmup_s, "cached": len(self.cache), "cached_bytes": self.cache.nbytes,
                 "batches_run": self.batches_run,
                 "ort_profile": self.options.ort_profile.model_dump(), "ort_traces": list(self.session.traces),
@@ -119,4 +121,4 @@ class VisionEncoder:
     def check_health(self) -> None:
         """Serve calls this every health_check_period_s: re-publish the active-EP gauge, which Ray's exporter
         drops when it is set only once at start."""
-        report_active_ep("vision", self.provider, self.variant)
+        report_active_ep("vision", self.provider, self.variant, self.int8)

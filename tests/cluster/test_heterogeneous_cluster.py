@@ -157,7 +157,7 @@ def test_vision_falls_back_to_cpu_ep_with_warning_and_metric(cluster):
     assert [f.split(" did not load")[0] for f in info["fallbacks"]] == ["vision: TensorrtExecutionProvider",
                                                                         "vision: CUDAExecutionProvider"]
     ready = httpx.get(f"{cluster.url}/ready", timeout=10).json()
-    assert ready["vision"] == {key: info[key] for key in ("provider", "variant", "fallbacks")}
+    assert ready["vision"] == {key: info[key] for key in ("provider", "variant", "fallbacks", "int8")}
     assert "WARNING" in cluster.replica_logs("VisionEncoder")
     assert "vision runs on CPUExecutionProvider, not TensorrtExecutionProvider" in cluster.replica_logs(
         "VisionEncoder")

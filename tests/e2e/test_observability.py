@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mmcore.runtime.int8_kernels import choose_encoding
 from tests.e2e import prom
 from tests.e2e.conftest import auth_headers, e2e_args
 from tests.serve_app.image_samples import data_url, encode, gradient_rgb
@@ -145,6 +146,12 @@ def test_stage_metrics_add_up_on_the_metrics_endpoint(obs):
                  and lab.get("application") == APP and v == 1]
     assert sorted((lab["stage"], lab["provider"]) for lab in active_ep) == [
         ("decoder", "CPUExecutionProvider"), ("vision", "CPUExecutionProvider")]
+    # the int8 weight encoding each replica chose for this CPU: a label, the stage's info and /ready agree
+    ready = httpx.get(f"{obs.url}/ready", timeout=10).json()
+    for lab in active_ep:
+        info = stage_info({"vision": "VisionEncoder", "decoder": "Decoder"}[lab["stage"]])
+        expected = choose_encoding().encoding if info["variant"] in ("cpu-int8", "cpu-int8-kv8") else None
+        assert (info["int8"], lab["int8"], ready[lab["stage"]]["int8"]) == (expected, expected or "", expected)
     # every series the Grafana dashboard plots exists (autoscaling series only appear with autoscaling on, artifact
     # fetches only for an artifacts_uri: tests/cluster/test_bucket_cluster.py scrapes those per node)
     scraped = {name for name, _, _ in after}

@@ -109,6 +109,7 @@ class LlavaFamily:
                     progress: Progress) -> GateResult:
         from graphs.families.llava import parity
         from graphs.families.llava.reference import Reference
+        from graphs.signed_check import u8s8_figures
 
         progress("reference: transformers LlavaForConditionalGeneration")
         ref = Reference(model.ck)
@@ -122,8 +123,13 @@ class LlavaFamily:
                 progress(f"parity {graph} {name}")
                 if graph == "vision":
                     figures = parity.vision_figures(ref, protos[name])
+                    px = parity.pixels(model.ck, 2, parity.SEED)
+                    run = lambda b: parity.session(b).run(None, {"pixels": px})[0]  # noqa: E731
+                    figures |= u8s8_figures(protos[name], run) if spec.precision == "int8" else {}
                 else:
                     figures, forced[name] = parity.decoder_run(model.ck, inputs, protos[name], spec.kv_cache)
+                    run = lambda b: parity.decoder_run(model.ck, inputs, b, spec.kv_cache)[1]  # noqa: E731
+                    figures |= u8s8_figures(protos[name], run, forced[name]) if spec.precision == "int8" else {}
                     if spec.kv_cache is not None:
                         figures |= self._kv_figures(model, ref, inputs, (forced[name], figures), spec,
                                                    (forced, out.figures[graph]))
