@@ -4,8 +4,8 @@ Speed itself is never asserted: these are figures for a quiet machine, not a tes
 
 Not run here (each takes minutes or starts Ray, which the e2e tests already exercise through the same stages):
 bench_soak, bench_vs_naive and bench_engine's --serve/--http part (bench_http) start a Ray Serve app; bench_step_loop
-needs the `reference` preset's 228-position contexts; bench_llava builds a 0.5B-shaped checkpoint; bench_graphs
-builds and times every variant of a preset.
+needs the `reference` preset's 228-position contexts; bench_llava builds a 0.5B-shaped checkpoint. bench_graphs
+runs on the tiny preset without the standard recipe (its torch export is the slow part).
 """
 
 from __future__ import annotations
@@ -101,3 +101,21 @@ def test_soak_growth_verdict_flags_growth_over_five_percent():
     steady = [(0, {"Decoder#a": 100.0}), (60, {"Decoder#a": 150.0}), (600, {"Decoder#a": 154.0})]
     growing = [(0, {"Decoder#a": 100.0}), (60, {"Decoder#a": 150.0}), (600, {"Decoder#a": 160.0})]
     assert bench_soak.growth_report(steady, warmup_s=60) and not bench_soak.growth_report(growing, warmup_s=60)
+
+
+def test_bench_graphs_times_every_cpu_variant_and_the_encoding_replicas_run(tmp_path):
+    """Every CPU variant of the tiny preset, the quantized-cache ones with their own cache dtype, and each int8 one
+    again as u8s8 (what a replica runs on a VNNI/AMX CPU); the peaks of both int8 encodings."""
+    from mmcore.runtime.int8_kernels import choose_encoding
+
+    out = run("bench_graphs.py", "--preset", "tiny", "--seconds", "0.05", "--cache", str(tmp_path), "--no-standard")
+    rows = {(graph, variant) for graph, variant in figures(r"^(vision|decoder)\s+(\S+)\s+\d+/\d+\s+(?:batch|step)",
+                                                           out)}
+    for graph, variant in [("vision", "cpu-int8"), ("vision", "cpu-int8@u8s8"), ("decoder", "cpu-int8-kv8"),
+                           ("decoder", "cpu-int8-kv8@u8s8"), ("decoder", "cpu-int8-rowwise-kv8"),
+                           ("decoder", "cpu-fp32")]:
+        assert (graph, variant) in rows, (graph, variant, sorted(rows))
+    assert ("decoder", "cpu-int8-rowwise@u8s8") not in rows  # MatMulNBits: no u8u8 weights to re-encode
+    u8s8, u8u8 = map(float, figures(rf"int8 u8s8 {NUMBER} GOP/s, u8u8 {NUMBER} GOP/s", out)[0])
+    assert u8s8 > 0 and u8u8 > 0
+    assert f"run int8 weights as {choose_encoding().encoding} (" in out
