@@ -77,7 +77,9 @@ def _selected(family: Family, variants: list[str] | None) -> dict[str, list[str]
     unknown = [v for v in wanted if v not in known]
     if unknown:
         raise BuildError(f"--variants: unknown {unknown[0]!r} (known: {', '.join(known)})")
-    # a quantized-cache variant is gated against its float-cache sibling, so asking for it builds both
+    # a quantized-cache variant is gated against its float-cache sibling, so asking for it builds both; the gate's
+    # own partners (the family's fp32 pair) are built whenever it runs
+    wanted += [p for p in family.gate_partners if p not in wanted]
     wanted += [f"{g}/{s.same_weights_as}" for g, vs in family.variants.items() for n, s in vs.items()
                if f"{g}/{n}" in wanted and s.same_weights_as is not None]
     picked = {g: [n for n in vs if f"{g}/{n}" in wanted] for g, vs in family.variants.items()}

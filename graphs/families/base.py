@@ -63,6 +63,9 @@ class Specs:
 class Family(Protocol):
     name: str
     variants: dict[str, dict[str, VariantSpec]]  # graph -> variant name -> spec; order = fallback order
+    # `graph/name`s the parity gate runs beside any variant (e.g. an fp32 pair for end-to-end greedy checks): a
+    # build of named variants builds and gates these too
+    gate_partners: tuple[str, ...]
 
     def resolve(self, name: str, weights: Path | None, tokenizer: Path | None) -> Source:
         """The source with the family's defaults filled in (e.g. shipped weights); BuildError if unusable."""

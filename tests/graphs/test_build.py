@@ -239,3 +239,11 @@ def test_corrupt_tokenizer_file_is_named(tmp_path, capsys):
     bad.write_text("{not json")
     assert "tok.json: not a readable tokenizer.json" in _cli_error(
         tmp_path, capsys, "--preset", "tiny", "--tokenizer", str(bad))
+
+
+def test_named_int8_variants_bring_the_fp32_pair_their_gate_runs(tmp_path):
+    """The own family's gate checks greedy decoding through an fp32 pair: asking for int8 variants alone builds and
+    gates that pair too (it failed with a KeyError on the missing partner)."""
+    manifest = build_artifacts("tiny", tmp_path / "out", variants=["vision/cpu-int8", "decoder/cpu-int8"])
+    assert {g: sorted(e.variants) for g, e in manifest.graphs.items()} == {
+        "vision": ["cpu-fp32", "cpu-int8"], "decoder": ["cpu-fp32", "cpu-int8"]}

@@ -60,6 +60,7 @@ def preprocessing(ck: Checkpoint) -> Preprocessing:
 class LlavaFamily:
     name = "llava"
     variants = VARIANTS
+    gate_partners = ()  # every check compares a variant with transformers alone
 
     def resolve(self, name: str, weights: Path | None, tokenizer: Path | None) -> Source:
         """`name` is a checkpoint directory or a shipped checkpoint's name (SHIPPED: its directory, the source

@@ -42,6 +42,7 @@ CHAT_TEMPLATE = (
 class OwnFamily:
     name = "own"
     variants = VARIANTS
+    gate_partners = ("vision/cpu-fp32", "decoder/cpu-fp32")  # graphs/parity.py: the greedy checks' fp32 pair
 
     def config(self, source: Source) -> ModelConfig:
         return get_preset(source.name)
