@@ -26,7 +26,7 @@ class SessionChoice(Protocol):
 
     providers: list[ProviderSpec]  # best first
     strict: bool  # refuse any fallback from the first provider
-    threads: int  # ORT intra-op threads
+    ort_threads: int  # ORT intra-op threads (`threads` resolved on the replica's node)
     prefer_variants: list[str]  # graph variants, best first, among those built for the loaded EP
 
     def profile(self, manifest: Manifest) -> BatchProfile:
@@ -39,7 +39,7 @@ def open_vision_session(artifacts_dir: str | Path, options: SessionChoice) -> Op
     manifest = Manifest.read(artifacts_dir)
     entry = manifest.graphs["vision"]
     opened = open_stage_session(str(artifacts_dir), entry, options.providers, strict=options.strict,
-                                threads=options.threads, profile=options.profile(manifest),
+                                threads=options.ort_threads, profile=options.profile(manifest),
                                 prefer=options.prefer_variants, stage="vision")
     check_session_io(Path(artifacts_dir) / entry.variants[opened.variant].file, entry, opened.session)
     return opened

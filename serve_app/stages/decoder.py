@@ -65,7 +65,7 @@ class Decoder:
         self.engine_metrics = RayEngineMetrics(self.metrics)
         artifacts = resolve_model(ModelSource.model_validate(model))
         self.model_key, self.source = model_key(artifacts), ModelSource.model_validate(model).model_dump()
-        self.engine = load_engine(artifacts, self.options.engine_config(), threads=self.options.threads,
+        self.engine = load_engine(artifacts, self.options.engine_config(), threads=self.options.ort_threads,
                                   prefer=self.options.prefer_variants, metrics=self.engine_metrics)
         log.info("decoder %s (int8 %s): %s", self.engine.variant,
                  self.engine.int8.describe() if self.engine.int8 else None, self.engine.kv_plan.describe())

@@ -5,6 +5,9 @@ can read a stage's default without importing its deployment."""
 
 from __future__ import annotations
 
+import os
+from typing import Annotated, Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmcore.manifest import Manifest
@@ -12,6 +15,23 @@ from mmcore.runtime.profile_settings import ProfileSettings
 from mmcore.runtime.providers import (BatchProfile, ProviderSpec, batch_profile, default_vision_providers,
                                      parse_providers)
 from serve_app.engine.config import EngineConfig
+
+
+Threads = Annotated[int, Field(ge=1)] | Literal["auto"]
+AUTO_THREADS_HELP = ("ORT intra-op threads, or `auto`: every core this replica's process may run on (its CPU "
+                     "affinity), resolved in the replica on its own node; docs/performance.md has the rule")
+
+
+def resolve_threads(threads: int | Literal["auto"]) -> int:
+    """`auto` -> the cores this process may run on. Why every core, not the replica's num_cpus share: on one machine
+    the stages rarely compute at the same instant (an image's vision call, then its prefill, then decode steps), and
+    with ORT's spinning off an idle pool costs nothing; measured in docs/performance.md."""
+    if threads != "auto":
+        return threads
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class PreprocessOptions(BaseModel):
@@ -38,7 +58,11 @@ class VisionOptions(BaseModel):
     prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32", "portable-fp16",
                                                                 "portable-fp32"],
                                        description="graph variant names in order of preference for the loaded EP")
-    threads: int = Field(default=1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
+    threads: Threads = Field(default="auto", description=AUTO_THREADS_HELP)
+
+    @property
+    def ort_threads(self) -> int:
+        return resolve_threads(self.threads)
     max_batch_size: int = Field(default=8, ge=1, description="largest batch one session call runs; the "
                                                              "TensorRT profile's opt shape")
     batch_profile_max: int | None = Field(default=None, ge=1,
@@ -91,7 +115,11 @@ class DecoderOptions(EngineConfig):
                                                            "many streams the interval stretches to active / rate, "
                                                            "since the serving path's cost is per chunk; 0 = no limit "
                                                            "(live)")
-    threads: int = Field(1, ge=1, description="ORT intra-op threads; match the replica's num_cpus")
+    threads: Threads = Field("auto", description=AUTO_THREADS_HELP)
+
+    @property
+    def ort_threads(self) -> int:
+        return resolve_threads(self.threads)
     prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"],
                                        description="decoder graph variants in order of preference; "
                                                    "cpu-int8-rowwise-kv8 first: seeded and greedy requests replay "

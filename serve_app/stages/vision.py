@@ -44,7 +44,7 @@ class VisionEncoder:
         artifacts_dir = resolve_model(ModelSource.model_validate(model))
         self.model_key, self.source = model_key(artifacts_dir), ModelSource.model_validate(model).model_dump()
         opened = open_vision_session(artifacts_dir, self.options)
-        self.runner = VisionRunner(artifacts_dir, opened, self.options.threads)
+        self.runner = VisionRunner(artifacts_dir, opened, self.options.ort_threads)
         self.variant, self.provider, self.fallbacks = self.runner.variant, self.runner.provider, self.runner.fallbacks
         self.session = self.runner.session
         self.metrics = StageMetrics("vision")
