@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from serve_app.artifacts import ArtifactsError, resolve_model
 from serve_app.config import API_KEYS_ENV, AppArgs, ConfigError, IngressOptions, ModelSource, parse_args
-from serve_app.stages.options import DecoderOptions
+from serve_app.stages.options import DecoderOptions, VisionOptions
 
 
 def all_fields(model: type[BaseModel], prefix=""):
@@ -78,3 +80,16 @@ def test_decoder_admission_is_checked_against_the_deployed_max_ongoing_requests(
     # ... and a lowered one must refuse what the code default would have let through.
     with pytest.raises(ValueError, match="max_ongoing_requests 8"):
         DecoderOptions(slots=4, max_queue=8).check_admission(8)
+
+
+@pytest.mark.parametrize("options", [VisionOptions, DecoderOptions])
+def test_threads_auto_is_every_core_the_replica_may_run_on(options):
+    """`auto` travels as the word (a config validated by the driver must not carry the driver's core count to a
+    replica on another node) and is resolved where the replica runs, from its CPU affinity."""
+    auto = options.model_validate({"threads": "auto"})
+    assert auto.model_dump()["threads"] == "auto"
+    assert auto.ort_threads == len(os.sched_getaffinity(0))
+    assert options.model_validate({"threads": 3}).ort_threads == 3
+    for bad in (0, "all", 1.5):
+        with pytest.raises(ValidationError, match="threads"):
+            options.model_validate({"threads": bad})
