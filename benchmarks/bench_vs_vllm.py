@@ -53,6 +53,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -290,6 +291,8 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    # a SIGTERM (timeout, kill) unwinds through the finally blocks that stop vLLM's process group and Ray
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if "vllm" in args.servers:
         check_vllm(args.vllm_python)  # before minutes of building
