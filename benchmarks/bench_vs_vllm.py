@@ -34,14 +34,14 @@ request (no cache hits) + a ~30-token prompt, (b) text only: the prompt alone; e
 end): completed req/s; tok/s (each request's usage.completion_tokens spread evenly between its first and last
 chunk, those inside the window); TTFT p50/p99 at the first chunk carrying a choice (both servers send it with the
 first token); ITL p50/p99 over requests, each request's (last chunk - first chunk) / (tokens - 1): random weights
-emit mostly special tokens, which both servers leave out of the stream, so gaps between chunks are not gaps
-between tokens. CPU seconds of every server process over the window (psutil): mmserve's Ray Serve replicas by
+emit mostly special tokens, whose text is empty; vLLM still sends a chunk per token, mmserve sends none (only the
+first and the last), so gaps between chunks are not gaps between tokens on both ("chunks each" in the report). CPU seconds of every server process over the window (psutil): mmserve's Ray Serve replicas by
 deployment, proxy, controller and Ray's own processes; vLLM's API server, engine core and any other process of its
 group. Then the mmserve / vLLM ratios.
 
 The load client is the project's own (bench_http.one_stream over httpx, in this process), not aiperf: aiperf 0.13
 installs from the index (its own venv) but rejects every stream whose content is empty ("No responses with actual
-content were received"), which is what both servers send for random weights' special tokens, even with
+content were received"), which is all both servers stream for random weights' special tokens, even with
 --use-server-token-count; and it runs about nine processes of its own (controller, dataset/timing/records managers,
 workers, record processors, telemetry) whose event loops lagged 30-250 ms on these 2 shared cores, the cores the
 server under test needs (tried against a loopback stand-in stream, 8 clients, 20 s). guidellm was not tried.
