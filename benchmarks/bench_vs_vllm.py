@@ -35,9 +35,10 @@ end): completed req/s; tok/s (each request's usage.completion_tokens spread even
 chunk, those inside the window); TTFT p50/p99 at the first chunk carrying a choice (both servers send it with the
 first token); ITL p50/p99 over requests, each request's (last chunk - first chunk) / (tokens - 1): random weights
 emit mostly special tokens, whose text is empty; vLLM still sends a chunk per token, mmserve sends none (only the
-first and the last), so gaps between chunks are not gaps between tokens on both ("chunks each" in the report). CPU seconds of every server process over the window (psutil): mmserve's Ray Serve replicas by
-deployment, proxy, controller and Ray's own processes; vLLM's API server, engine core and any other process of its
-group. Then the mmserve / vLLM ratios.
+first and the last), so gaps between chunks are not gaps between tokens on both ("chunks each" in the report).
+CPU seconds of every server process over the window (psutil): mmserve's Ray Serve replicas by deployment, proxy,
+controller and Ray's own processes; vLLM's API server, engine core and any other process of its group. Then the
+mmserve / vLLM ratios.
 
 The load client is the project's own (bench_http.one_stream over httpx, in this process), not aiperf: aiperf 0.13
 installs from the index (its own venv) but rejects every stream whose content is empty ("No responses with actual
