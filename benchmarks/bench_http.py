@@ -44,8 +44,11 @@ async def one_stream(client: httpx.AsyncClient, url: str, payload: dict, window,
                      drain: bool = False) -> None:
     """Stream one completion; chunks inside the window count, and usage (when the stream ends) gives tokens/chunk.
     At the window's end the stream is closed, unless `drain`: then it is read to its end, uncounted.
-    Optional lists in `seen`: "ttft" gets (sent, seconds to the first content chunk), "finished" the end times."""
+    Optional lists in `seen`: "ttft" gets (sent, seconds to the first content chunk), "finished" the end times,
+    "streams" one {sent, first, last, tokens, chunks} per finished stream (first/last: the first and last chunk
+    carrying a choice, content or not; tokens: usage.completion_tokens; chunks: those with content, "" included)."""
     chunks, last, sent = 0, None, time.perf_counter()
+    record = {"sent": sent, "first": None, "last": None, "tokens": 0}
     async with client.stream("POST", f"{url}/v1/chat/completions", json=payload) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
@@ -56,11 +59,16 @@ async def one_stream(client: httpx.AsyncClient, url: str, payload: dict, window,
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
+            if event.get("choices"):
+                record["first"] = record["first"] or now
+                record["last"] = now
             if event.get("usage"):
                 seen["usage_tokens"] += event["usage"]["completion_tokens"]
                 seen["usage_chunks"] += chunks
                 if "finished" in seen:
                     seen["finished"].append(now)
+                if "streams" in seen:
+                    seen["streams"].append(dict(record, tokens=event["usage"]["completion_tokens"], chunks=chunks))
             if event.get("choices") and event["choices"][0]["delta"].get("content") is not None:
                 if chunks == 0 and "ttft" in seen:
                     seen["ttft"].append((sent, now - sent))

@@ -112,9 +112,9 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
 class Images:
     """A new image per request: a noise PNG whose first pixels spell the request's number (unique content hash)."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, size: int = 224):
         self.next = 0
-        self.pixels = np.random.default_rng(7).integers(0, 256, (224, 224, 3), np.uint8)  # (H,W,3), bench_http's
+        self.pixels = np.random.default_rng(7).integers(0, 256, (size, size, 3), np.uint8)  # (H,W,3), bench_http's
         self.urls = [self._url(i) for i in range(count)] if count else [image_url(seed=7)]
 
     def _url(self, i: int) -> str:

@@ -5,11 +5,13 @@ Speed itself is never asserted: these are figures for a quiet machine, not a tes
 Not run here (each takes minutes or starts Ray, which the e2e tests already exercise through the same stages):
 bench_soak, bench_vs_naive and bench_engine's --serve/--http part (bench_http) start a Ray Serve app; bench_step_loop
 needs the `reference` preset's 228-position contexts; bench_llava builds a 0.5B-shaped checkpoint. bench_graphs
-runs on the tiny preset without the standard recipe (its torch export is the slow part).
+runs on the tiny preset without the standard recipe (its torch export is the slow part). bench_vs_vllm starts
+vLLM (minutes); only its checkpoint copy for vLLM is tested here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -119,3 +121,33 @@ def test_bench_graphs_times_every_cpu_variant_and_the_encoding_replicas_run(tmp_
     u8s8, u8u8 = map(float, figures(rf"int8 u8s8 {NUMBER} GOP/s, u8u8 {NUMBER} GOP/s", out)[0])
     assert u8s8 > 0 and u8u8 > 0
     assert f"run int8 weights as {choose_encoding().encoding} (" in out
+
+
+def test_vllm_copy_renames_only_the_vision_tower_keys_and_transformers_loads_it_unchanged(tmp_path):
+    """bench_vs_vllm serves vLLM a copy of the checkpoint whose safetensors headers name the vision tower's weights
+    `vision_tower.vision_model.*` (the layout vLLM 0.32 reads): transformers must load that copy to exactly the
+    original's weights, with no key missing or left over."""
+    import safetensors
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from graphs.families.llava.synthetic import SPECS, write_checkpoint
+
+    sys.path.insert(0, str(BENCHMARKS))
+    import vllm_peer
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", SPECS["siglip-qwen2"], max_shard_size="200KB")  # sharded: the index
+    copy = vllm_peer.vllm_copy(ckpt, tmp_path / "ckpt-vllm")
+    assert vllm_peer.vllm_copy(ckpt, copy) == copy  # reused, not remade
+    keys = [k for f in sorted(copy.glob("*.safetensors")) for k in safetensors.safe_open(f, "pt").keys()]
+    vision = [k for k in keys if "vision_tower." in k]
+    assert vision and all(k.startswith("vision_tower.vision_model.") for k in vision)
+    index = json.loads((copy / "model.safetensors.index.json").read_text())
+    assert sorted(index["weight_map"]) == sorted(keys)
+
+    original = LlavaForConditionalGeneration.from_pretrained(ckpt).state_dict()
+    loaded, info = LlavaForConditionalGeneration.from_pretrained(copy, output_loading_info=True)
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
+    renamed = loaded.state_dict()
+    assert renamed.keys() == original.keys()
+    assert all(torch.equal(renamed[k], original[k]) for k in original)
