@@ -6,6 +6,8 @@ Plain dataclasses of numpy arrays and ints: numpy arrays travel without copies i
 
 A prompt is a list of segments in the order the chat template put them: token ids, and image feature blocks where
 the template placed each image's placeholder (several images, images in earlier turns, text before an image).
+Between the ingress and the decoder stage an image's block travels as a `FeatureRef`: a reference to the vision
+stage's result in Ray's object store, which only the decoder stage fetches (the ingress never holds the bytes).
 
 Errors: `APIError` and its subclasses are what the client got wrong (their HTTP status is on the class);
 `Overloaded` and `ModelMismatch` are no fault of the request (serve_app/outcomes.py maps them to 503). Each keeps
@@ -14,6 +16,8 @@ its fields when Ray pickles it across processes, and `unwrap` finds it again ins
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,13 +47,25 @@ class FeatureSegment:
         return int(self.features.shape[0])
 
 
-Segment = TokenSegment | FeatureSegment
+@dataclass
+class FeatureRef:
+    """One image's (P, D) float32 block, not yet fetched: `ref` is an awaitable reference (a Ray ObjectRef) to the
+    vision stage's result, `rows` its P, which the prompt's layout needs before the block is fetched. The decoder
+    stage resolves it into a FeatureSegment before the engine sees the request."""
+    ref: object
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+Segment = TokenSegment | FeatureSegment | FeatureRef
 
 
 @dataclass
 class DecodeRequest:
     request_id: str
-    segments: list[Segment]  # the prompt, in order
+    segments: list[Segment]  # the prompt, in order (FeatureRefs only until the decoder stage resolves them)
     max_tokens: int
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
@@ -142,6 +158,24 @@ class APIError(Exception):
 
 class InvalidImage(APIError):
     """Not an image, truncated, unsupported format, or over a size limit."""
+
+
+async def resolve_features(request: DecodeRequest) -> DecodeRequest:
+    """`request` with every FeatureRef fetched into a FeatureSegment, all at once (awaiting an ObjectRef fetches and
+    deserializes it off the event loop); the same object when it holds none."""
+    if not any(isinstance(s, FeatureRef) for s in request.segments):
+        return request
+    refs = [s for s in request.segments if isinstance(s, FeatureRef)]
+    blocks = iter(await asyncio.gather(*(s.ref for s in refs)))
+    return dataclasses.replace(request, segments=[_fetched(next(blocks), s) if isinstance(s, FeatureRef) else s
+                                                  for s in request.segments])
+
+
+def _fetched(block, ref: FeatureRef) -> FeatureSegment:
+    shape = getattr(block, "shape", None)
+    if not shape or shape[0] != ref.rows:  # the prompt was laid out for `rows`: a block of another size is a bug
+        raise ValueError(f"image features of shape {shape} where the prompt planned {ref.rows} rows")
+    return FeatureSegment(block)
 
 
 def unwrap(exc: BaseException) -> BaseException:

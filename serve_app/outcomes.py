@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydantic import ValidationError
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from serve_app.contract import APIError, ModelMismatch, Overloaded, unwrap
@@ -36,6 +36,8 @@ OUTCOMES: dict[type, Outcome] = {
     BackPressureError: Outcome(503, "server_overloaded", "overloaded", 1.0),  # a stage's max_queued_requests
     ModelMismatch: Outcome(503, "service_unavailable", "model_changed", 1.0),  # no replica left with this model
     RayActorError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),  # a replica died; Serve restarts it
+    # an image's features lost from the object store (their node died) before the decoder stage fetched them
+    ObjectLostError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),
     ReplicaUnavailableError: Outcome(503, "service_unavailable", "stage_unavailable", 1.0),
     DeploymentUnavailableError: Outcome(503, "service_unavailable", "stage_unavailable", 5.0),
     TimeoutError: Outcome(504, "timeout", "stage_timeout"),

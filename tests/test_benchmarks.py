@@ -3,10 +3,10 @@ on the tiny preset's artifacts (or its own small graphs), and the figures it pri
 Speed itself is never asserted: these are figures for a quiet machine, not a test's verdict.
 
 Not run here (each takes minutes or starts Ray, which the e2e tests already exercise through the same stages):
-bench_soak, bench_vs_naive and bench_engine's --serve/--http part (bench_http) start a Ray Serve app; bench_step_loop
-needs the `reference` preset's 228-position contexts; bench_llava builds a 0.5B-shaped checkpoint. bench_graphs
-runs on the tiny preset without the standard recipe (its torch export is the slow part). bench_vs_vllm starts
-vLLM (minutes); only its checkpoint copy for vLLM is tested here.
+bench_soak, bench_vs_naive, bench_feature_path and bench_engine's --serve/--http part (bench_http) start a Ray Serve
+app; bench_step_loop needs the `reference` preset's 228-position contexts; bench_llava builds a 0.5B-shaped
+checkpoint. bench_graphs runs on the tiny preset without the standard recipe (its torch export is the slow part).
+bench_vs_vllm starts vLLM (minutes); only its checkpoint copy for vLLM is tested here.
 """
 
 from __future__ import annotations

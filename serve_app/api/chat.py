@@ -1,7 +1,8 @@
 """One chat completion, orchestrated by the ingress: validate against the model -> preprocess images -> encode
 them -> stream from the decoder. Each stage is awaited here in turn; stages never call each other, so every
 stage's ongoing-request count is its own work and autoscales on its own traffic (chained deployments over-scale,
-Ray issue 60624). Text-only requests skip both image stages.
+Ray issue 60624). Text-only requests skip both image stages. The image features themselves skip the ingress: it
+waits for each vision call's outcome and passes the block's object reference to the decoder, which fetches it.
 
 Every stage call carries the ingress's model key (its manifest's sha256). During a rolling upgrade a handle reaches
 replicas of the old and the new model alike; a replica of another model refuses the call (ModelMismatch) before
@@ -18,7 +19,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import pydantic_core
 
 from mmcore.manifest import GenerationDefaults, Manifest
@@ -30,7 +30,7 @@ from serve_app.api.generation import sampling_fields
 from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
 from serve_app.api.retry import RETRYABLE, gather_with_retry
 from serve_app.api.unsupported import refuse_unsupported
-from serve_app.contract import DecodeChunk, DecodeRequest, FeatureSegment, ModelMismatch, TokenSegment
+from serve_app.contract import DecodeChunk, DecodeRequest, FeatureRef, ModelMismatch, TokenSegment
 
 
 def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatCompletionRequest:
@@ -155,9 +155,11 @@ async def matching(stages: Stages, call):
         pause = min(pause * 2, RETRY_PAUSE_S[1])
 
 
-async def image_features(stages: Stages, images: list[ImageRef]) -> list[np.ndarray]:
-    """-> one (P, D) float32 block per image, in message order; [] for a text-only request (no stage called).
-    Both image stages are side-effect free: a call whose replica died is retried once (serve_app.api.retry)."""
+async def image_features(stages: Stages, images: list[ImageRef]) -> list[FeatureRef]:
+    """-> one reference per image to its (P, D) float32 block, in message order; [] for a text-only request (no stage
+    called). Each block stays in Ray's object store for the decoder stage to fetch (`encode_by_reference`); the
+    ingress learns only that each call succeeded, and each block's P. Both image stages are side-effect free: a call
+    whose replica died is retried once (serve_app.api.retry)."""
     if not images:
         return []
     key = stages.model_key
@@ -169,12 +171,29 @@ async def image_features(stages: Stages, images: list[ImageRef]) -> list[np.ndar
     try:
         pixels = await gather_with_retry([tagged(partial(stages.preprocess.process.remote, ref.url, ref.param, key))
                                           for ref in images], stages.timeout_s, "preprocess", check)
-        feats = await gather_with_retry([tagged(partial(stages.vision.encode.remote, p, key)) for p in pixels],
+        feats = await gather_with_retry([tagged(partial(encode_by_reference, stages.vision, p, key)) for p in pixels],
                                         stages.timeout_s, "vision", check)
     except (*RETRYABLE, TimeoutError):
         check()  # lost while failing: say so rather than a bare replica error or timeout
         raise
     return list(feats)
+
+
+async def encode_by_reference(vision, image, model_key: str | None) -> FeatureRef:
+    """One image through the vision stage's streaming `encode_for_decoder`: its first object (the block's shape) is
+    awaited here -- the stage's error, a dead replica or a refusal raise from it as from a plain call -- and its
+    second (the block) is taken as an ObjectRef without fetching it. Why a stream and not `encode`'s one result: a
+    unary result's ref resolves to either the block or the error, and telling which would mean fetching it.
+    By reference explicitly: a Serve run with gRPC handles by default could not hand out ObjectRefs. The block is
+    owned by this process (a streamed object belongs to its caller), so it outlives the vision replica."""
+    stream = vision.options(stream=True, _by_reference=True).encode_for_decoder.remote(image, model_key)
+    try:
+        shape = await anext(stream)
+        block = await anext(await stream._to_object_ref_gen())
+    except asyncio.CancelledError:  # timed out or the client left: free the call's place in the vision queue
+        stream.cancel()
+        raise
+    return FeatureRef(block, rows=int(shape[0]))
 
 
 IMAGE_STAGES = {"Preprocess": "preprocess", "VisionEncoder": "vision"}  # deployment name -> stage in messages
@@ -189,9 +208,8 @@ def require_image_stages(stages: Stages) -> None:
 
 
 def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedChat,
-                   features: list[np.ndarray], model_key: str | None = None) -> DecodeRequest:
-    segments = [FeatureSegment(features[p.index]) if isinstance(p, ImageSlot) else TokenSegment(p)
-                for p in chat.pieces]
+                   features: list[FeatureRef], model_key: str | None = None) -> DecodeRequest:
+    segments = [features[p.index] if isinstance(p, ImageSlot) else TokenSegment(p) for p in chat.pieces]
     return DecodeRequest(request_id=request_id, segments=segments, max_tokens=chat.max_tokens, seed=req.seed,
                          stop=req.stop_list(), ignore_eos=req.ignore_eos, model_key=model_key, **chat.sampling)
 

@@ -29,7 +29,7 @@ from serve_app.engine.sampling import SamplingParams
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence
 from serve_app.engine.stepper import StepLoop, StepReport
-from serve_app.contract import DecodeChunk, DecodeRequest, TokenLogprob, TokenSegment
+from serve_app.contract import DecodeChunk, DecodeRequest, FeatureSegment, TokenLogprob, TokenSegment
 
 
 def sampling_params(request: DecodeRequest) -> SamplingParams:
@@ -206,6 +206,8 @@ class Engine:
                 ids = np.asarray(seg.ids, dtype=np.int64)
                 if ids.size and (ids.min() < 0 or ids.max() >= vocab):
                     raise ValueError(f"prompt token ids must be in [0, {vocab})")
+            elif not isinstance(seg, FeatureSegment):  # a FeatureRef: the decoder stage fetches those first
+                raise ValueError(f"prompt segment {type(seg).__name__} is not token ids or fetched image features")
             elif seg.features.ndim != 2 or seg.features.shape[1] != width:
                 raise ValueError(f"image features must be (n, {width}), got {seg.features.shape}")
 

@@ -19,7 +19,8 @@ matters more than decode speed (docs/performance.md has the figures). Image requ
 batches share a scale too: an image's features can differ in the last bits with its batch, unless vision
 `max_batch_size` is 1 (each image encoded alone: on CPU about 15% more vision time at 8 images).
 
-Shapes: in DecodeRequest (prompt ids, image features (n*P, D) float32); out DecodeChunk stream.
+Shapes: in DecodeRequest (prompt ids; image features as FeatureRefs to (P, D) float32 blocks in the object store,
+fetched here before the engine sees the request, or as FeatureSegments); out DecodeChunk stream.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from ray import serve
 
 from serve_app.artifacts import ModelSource, model_key, resolve_model
-from serve_app.contract import DecodeChunk, DecodeRequest, check_model_key
+from serve_app.contract import DecodeChunk, DecodeRequest, FeatureRef, check_model_key, resolve_features
 from serve_app.engine import load_engine
 from serve_app.observability.decoder_metrics import RayEngineMetrics
 from serve_app.observability.ep_metrics import report_active_ep
@@ -62,6 +63,7 @@ class Decoder:
         self.max_ongoing_requests = deployed_max_ongoing_requests()
         self.options.check_admission(self.max_ongoing_requests)
         self.metrics = StageMetrics("decoder")
+        self.images_fetched = 0  # image feature blocks fetched from the object store by reference (FeatureRef)
         self.engine_metrics = RayEngineMetrics(self.metrics)
         artifacts = resolve_model(ModelSource.model_validate(model))
         self.model_key, self.source = model_key(artifacts), ModelSource.model_validate(model).model_dump()
@@ -99,6 +101,10 @@ class Decoder:
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         with self.metrics.track():  # outcome: ok, overloaded (503), cancelled (client gone), error
             check_model_key("decoder", self.model_key, request.model_key, self.source)  # before any token: a retry is clean
+            # image features come as references to the vision stage's results: fetched here, not in the ingress
+            by_reference = sum(isinstance(s, FeatureRef) for s in request.segments)
+            request = await resolve_features(request)
+            self.images_fetched += by_reference
             # aclosing: when Serve closes this generator (client gone), the engine's stream closes now and frees
             # its slot, rather than whenever the garbage collector finalizes it
             async with aclosing(self.engine.generate(request)) as chunks:
@@ -111,6 +117,7 @@ class Decoder:
                 "kv_cache_bytes": self.engine.kv_plan.cache_bytes,
                 "max_context": self.engine.runner.max_context, "active": len(sched.active),
                 "waiting": len(sched.waiting), "steps": self.engine.steps, "cancelled": self.engine.cancelled,
+                "images_fetched": self.images_fetched,
                 "options": self.options.model_dump()}
 
     def check_health(self) -> None:

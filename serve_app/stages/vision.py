@@ -7,7 +7,8 @@ and keep the first that actually loads -- ORT falls back silently; `strict` refu
 before the replica reports ready; the first request is not the slow one) -> batch (`@serve.batch` gathers
 concurrent requests up to `max_batch_size` or `batch_wait_timeout_s`, both live-tunable through `user_config`)
 -> run (one session call per batch, in a worker thread so the replica keeps accepting requests that form the next
-batch) -> hand on (features back to the ingress, which passes them to the decoder; this stage never calls another).
+batch) -> hand on (`encode_for_decoder`: the features stay in Ray's object store and the ingress passes their
+reference to the decoder, which fetches them; this stage never calls another).
 
 Resources: on CPU a fraction of a core and `threads` ORT intra-op threads; on a GPU node, `num_gpus` in the config
 file and a GPU EP first in `providers`. `max_ongoing_requests` must be >= max_batch_size or batches never fill.
@@ -106,6 +107,15 @@ class VisionEncoder:
                 image.content_hash, lambda: self._encode_batch(image.pixels, time.perf_counter()))
             self.metrics.count_cache(source != "miss")
             return features
+
+    async def encode_for_decoder(self, image: PreprocessedImage, model_key: str | None = None):
+        """The ingress's call (a streaming one): yields the features' shape, then the (P,D) block itself. Each yield
+        is its own object, owned by the caller; the ingress awaits the small first one -- this call's success, or
+        its error exactly as `encode` raises it -- and hands the second's reference on to the decoder unfetched, so
+        the block goes from this replica to the decoder's without being deserialized and pickled again between."""
+        features = await self.encode(image, model_key)
+        yield features.shape
+        yield features
 
     async def info(self) -> dict:
         return {"variant": self.variant, "provider": self.provider, "fallbacks": self.fallbacks, "int8": self.int8,

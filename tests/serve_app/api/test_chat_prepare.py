@@ -13,8 +13,10 @@ from serve_app.api import chat
 from serve_app.api.errors import ContextLengthExceeded, InvalidRequest
 from serve_app.api.prompt import ImageSlot, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
-from serve_app.contract import DecodeChunk, FeatureSegment, PreprocessedImage, TokenSegment
+from serve_app.contract import DecodeChunk, FeatureRef, FeatureSegment, PreprocessedImage, TokenSegment, \
+    resolve_features
 from tests.fake_manifest import fake_manifest
+from tests.serve_app.api.fake_vision import CountedRef, StreamingVision, blocks
 
 TOK = build_tokenizer(512)
 LIMITS = chat.ModelLimits(image_tokens=16, max_positions=128, max_images=2)
@@ -57,12 +59,15 @@ def test_multi_turn_images_land_at_their_placeholders():
     assert kinds == ["txt", "img", "txt", "img", "txt"]
     assert [x.index for x in p.pieces if isinstance(x, ImageSlot)] == [0, 1]
     assert TOK.decode(p.pieces[2], skip_special_tokens=False).endswith("<|user|>")
-    feats = [np.full((16, 8), 1.0, np.float32), np.full((16, 8), 2.0, np.float32)]
+    feats = [FeatureRef(CountedRef(np.full((16, 8), v, np.float32)), 16) for v in (1.0, 2.0)]
     dreq = chat.decode_request("id", req, p, feats)
-    assert [type(s) for s in dreq.segments] == [TokenSegment, FeatureSegment, TokenSegment, FeatureSegment,
-                                                TokenSegment]
-    assert dreq.segments[1].features[0, 0] == 1.0 and dreq.segments[3].features[0, 0] == 2.0
-    assert dreq.prompt_len == p.prompt_len == 32 + len(ids_of(p))
+    assert [type(s) for s in dreq.segments] == [TokenSegment, FeatureRef, TokenSegment, FeatureRef, TokenSegment]
+    assert dreq.prompt_len == p.prompt_len == 32 + len(ids_of(p))  # laid out from the rows, nothing fetched
+    fetched = asyncio.run(resolve_features(dreq))  # what the decoder stage does
+    assert [type(s) for s in fetched.segments] == [TokenSegment, FeatureSegment, TokenSegment, FeatureSegment,
+                                                   TokenSegment]
+    assert fetched.segments[1].features[0, 0] == 1.0 and fetched.segments[3].features[0, 0] == 2.0
+    assert fetched.prompt_len == dreq.prompt_len and [f.ref.fetches for f in feats] == [1, 1]
 
 
 def test_text_with_the_placeholder_is_refused():
@@ -119,7 +124,8 @@ class FakeStages:
     def __init__(self):
         self.calls = {"pre": [], "vis": []}
         self.preprocess = type("P", (), {"process": FakeCall(self._pre, self.calls["pre"])})()
-        self.vision = type("V", (), {"encode": FakeCall(self._vis, self.calls["vis"])})()
+        self.vision = StreamingVision(self._vis)
+        self.calls["vis"] = self.vision.calls
 
     @staticmethod
     def _pre(url, param, model_key=None):
@@ -127,7 +133,7 @@ class FakeStages:
         return PreprocessedImage(np.full((3, 4, 4), v, np.uint8), str(v), 1, 16)
 
     @staticmethod
-    def _vis(img, model_key=None):
+    async def _vis(img, model_key=None):
         return np.full((16, 8), float(img.pixels[0, 0, 0]), np.float32)  # (P,D)
 
 
@@ -135,7 +141,7 @@ def test_image_features_in_order_and_text_only_skips_stages():
     fake = FakeStages()
     stages = chat.Stages(fake.preprocess, fake.vision, None)
     refs = [chat.ImageRef("data:1", "p1"), chat.ImageRef("data:2", "p2")]
-    feats = asyncio.run(chat.image_features(stages, refs))
+    feats = blocks(asyncio.run(chat.image_features(stages, refs)))
     assert [f.shape for f in feats] == [(16, 8), (16, 8)] and feats[0][0, 0] == 1 and feats[1][0, 0] == 2
     assert [c[1] for c in fake.calls["pre"]] == ["p1", "p2"]
     assert asyncio.run(chat.image_features(stages, [])) == []

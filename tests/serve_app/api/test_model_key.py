@@ -16,6 +16,7 @@ from serve_app.api import chat
 from serve_app.api.errors import to_error
 from serve_app.contract import DecodeChunk, DecodeRequest, ModelMismatch, PreprocessedImage, TokenSegment, \
     check_model_key
+from tests.serve_app.api.fake_vision import ResponseGenerator, blocks, encode_stream
 
 A, B = "a" * 64, "b" * 64
 
@@ -31,7 +32,7 @@ class Replica:
         self.calls += 1
         return PreprocessedImage(np.full((3, 4, 4), ord(self.key[0]), np.uint8), url, 1, 16)
 
-    def encode(self, image, model_key):
+    async def encode(self, image, model_key):
         check_model_key(self.stage, self.key, model_key)
         self.calls += 1
         return np.full((16, 8), float(image.pixels[0, 0, 0]), np.float32)  # (P,D): carries the preprocess model
@@ -72,6 +73,8 @@ class Handle:
         class Call:
             def remote(self, *args):
                 replica = next(handle.turn)
+                if method == "encode_for_decoder":  # the vision call as the ingress makes it
+                    return ResponseGenerator(encode_stream(replica.encode)(*args))
                 fn = getattr(replica, method)
                 if method == "generate":
                     return Stream(fn(*args))
@@ -81,7 +84,7 @@ class Handle:
                 return run()
         return Call()
 
-    def options(self, stream):
+    def options(self, stream, _by_reference=True):
         return self
 
 
@@ -93,7 +96,7 @@ def test_a_refused_call_is_sent_again_until_a_replica_of_its_model_takes_it():
     old_pre, new_pre = Replica("preprocess", A), Replica("preprocess", B)
     old_vis, new_vis = Replica("vision", A), Replica("vision", B)
     s = stages(B, [old_pre, new_pre], [old_vis, new_vis], [])
-    feats = asyncio.run(chat.image_features(s, [chat.ImageRef("data:1", "p1"), chat.ImageRef("data:2", "p2")]))
+    feats = blocks(asyncio.run(chat.image_features(s, [chat.ImageRef("data:1", "p1"), chat.ImageRef("data:2", "p2")])))
     assert all(f[0, 0] == ord("b") for f in feats)  # preprocessed and encoded by model B only
     assert old_pre.calls == old_vis.calls == 0 and new_pre.calls == new_vis.calls == 2
 

@@ -12,6 +12,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError
 from serve_app.api import chat
 from serve_app.api.errors import StageUnavailable, to_error
 from serve_app.api.retry import call_once_more
+from tests.serve_app.api.fake_vision import StreamingVision, blocks
 
 
 class FlakyMethod:
@@ -39,7 +40,7 @@ class Stage:
 
 
 def stages(pre: FlakyMethod, vis: FlakyMethod, missing=frozenset(), timeout_s: float = 5.0) -> chat.Stages:
-    return chat.Stages(Stage(process=pre), Stage(encode=vis), Stage(), timeout_s, lambda: frozenset(missing))
+    return chat.Stages(Stage(process=pre), StreamingVision(vis.remote), Stage(), timeout_s, lambda: frozenset(missing))
 
 
 IMAGES = [chat.ImageRef("data:a", "messages.0.content.0.image_url"),
@@ -58,14 +59,14 @@ def features(p, model_key=None):
                          ids=["died", "unavailable"])
 def test_vision_replica_dying_once_is_retried_and_the_request_succeeds(error):
     pre, vis = FlakyMethod(pixels), FlakyMethod(features, failures=1, error=error)
-    out = asyncio.run(chat.image_features(stages(pre, vis), IMAGES))
+    out = blocks(asyncio.run(chat.image_features(stages(pre, vis), IMAGES)))
     assert [f.shape for f in out] == [(2, 3), (2, 3)] and [f[0, 0] for f in out] == [97, 98]  # message order kept
     assert (pre.calls, vis.calls) == (2, 3)  # only the failed image was sent again
 
 
 def test_preprocess_replica_dying_once_is_retried():
     pre, vis = FlakyMethod(pixels, failures=1), FlakyMethod(features)
-    assert [f.shape for f in asyncio.run(chat.image_features(stages(pre, vis), IMAGES[:1]))] == [(2, 3)]
+    assert [f.shape for f in blocks(asyncio.run(chat.image_features(stages(pre, vis), IMAGES[:1])))] == [(2, 3)]
     assert pre.calls == 2
 
 
@@ -110,7 +111,7 @@ def test_vision_lost_while_waiting_says_vision_unavailable():
     def dying(*args):
         lost.add("VisionEncoder")  # the watch notices the node is gone while the call fails
         return vis_remote(*args)
-    st = chat.Stages(Stage(process=FlakyMethod(pixels)), Stage(encode=Stage(remote=dying)), Stage(), 5.0,
+    st = chat.Stages(Stage(process=FlakyMethod(pixels)), StreamingVision(dying), Stage(), 5.0,
                      lambda: frozenset(lost))
     with pytest.raises(StageUnavailable):
         asyncio.run(chat.image_features(st, IMAGES[:1]))

@@ -59,6 +59,28 @@ def test_streamed_greedy_tokens_match_the_reference(ray_serve, tiny_artifacts, t
         assert chunks[-1].finish_reason in ("stop", "length") and chunks[-1].completion_tokens == len(tokens)
 
 
+def test_features_by_reference_are_fetched_by_the_stage_and_decode_as_the_array(ray_serve, tiny_artifacts):
+    """Image features come from the ingress as FeatureRefs (an ObjectRef inside the request, which Ray does not
+    resolve): the stage fetches them and generates exactly what the same block given as an array generates."""
+    from mmcore.manifest import Manifest
+
+    from serve_app.contract import FeatureRef
+
+    handle = deploy(tiny_artifacts, name="by-reference", slots=2)
+    width = Manifest.read(tiny_artifacts).decoder.hidden_size
+    block = np.random.default_rng(3).standard_normal((5, width)).astype(np.float32)
+
+    def greedy(segment) -> list[int]:
+        req = DecodeRequest("f", [TokenSegment(prompt(4)), segment, TokenSegment(prompt(5, 2))], max_tokens=8,
+                            temperature=0.0, ignore_eos=True)
+        return [t for c in handle.options(stream=True).generate.remote(req) for t in c.token_ids]
+    try:
+        assert greedy(FeatureRef(ray.put(block), rows=5)) == greedy(FeatureSegment(block))
+        assert handle.info.remote().result()["images_fetched"] == 1
+    finally:
+        serve.delete("by-reference")  # the module's cluster has 2 CPUs: a replica left here would starve later ones
+
+
 def test_cancelled_stream_frees_its_slot(ray_serve, tiny_artifacts):
     handle = deploy(tiny_artifacts, slots=32, max_queue=0)
     def long(i):

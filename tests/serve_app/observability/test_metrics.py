@@ -36,14 +36,16 @@ def test_each_ending_has_one_outcome(exc, expected):
 
 
 def test_stage_counts_agree_with_the_status_the_client_gets():
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ObjectLostError, OwnerDiedError, RayActorError
     from ray.serve.exceptions import BackPressureError
 
+    lost = OwnerDiedError("ab" * 14, None, "")  # features lost before the decoder stage fetched them
     for exc in (BackPressureError(num_queued_requests=3, max_queued_requests=2), RayActorError(),
-                TimeoutError("slow"), Overloaded("full"), InvalidImage("bad"), RuntimeError("boom")):
+                TimeoutError("slow"), Overloaded("full"), InvalidImage("bad"), RuntimeError("boom"), lost):
         status, _, _ = to_error(exc)
         assert classify(exc) == (outcome_of_status(status), status), exc
     assert classify(TimeoutError()) == ("error", 504) and classify(RayActorError())[1] == 503
+    assert isinstance(lost, ObjectLostError) and to_error(lost)[0] == 503
 
 
 @pytest.mark.parametrize("status, outcome", [(200, "ok"), (400, "rejected"), (404, "rejected"),

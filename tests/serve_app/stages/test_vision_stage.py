@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from mmcore.manifest import CPU_EP, GraphEntry, ManifestError, TensorSpec, Variant
-from serve_app.contract import PreprocessedImage
+from serve_app.contract import ModelMismatch, PreprocessedImage
 from serve_app.encoder.session import open_vision_session
 from serve_app.stages.options import VisionOptions
 from serve_app.stages.vision import VisionEncoder
@@ -85,6 +85,20 @@ def test_concurrent_requests_form_one_batch_with_exact_outputs(artifacts):
     for v, f in enumerate(feats):
         assert f.shape == (P, D) and f.dtype == np.float32
         np.testing.assert_array_equal(f, image(v).pixels.astype(np.float32).reshape(P, D))
+
+
+def test_encode_for_decoder_yields_the_shape_then_the_block_and_refuses_before_either(artifacts):
+    """The ingress's call: the first object (awaited by the ingress) is only the shape; the second is the block the
+    decoder fetches, as `encode` returns it. A refusal raises before anything is yielded."""
+    enc = make(artifacts, prefer_variants=["cpu-fp32"], batch_wait_timeout_s=0.0)
+
+    async def go(model_key=None):
+        return [item async for item in enc.encode_for_decoder(image(2), model_key)]
+    shape, block = asyncio.run(go())
+    assert shape == (P, D) and block.dtype == np.float32
+    np.testing.assert_array_equal(block, image(2).pixels.astype(np.float32).reshape(P, D))
+    with pytest.raises(ModelMismatch):
+        asyncio.run(go("another model"))
 
 
 def test_cache_by_content_hash_skips_the_session(artifacts):
