@@ -28,9 +28,9 @@ from graphs.demo.scenes import COLORS, SHAPES
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo-llava"
 SEED = 0
-DEFAULT_STEPS = 1600
-DEFAULT_BATCH = 32
-DEFAULT_LR = 3e-3
+DEFAULT_STEPS = 2400
+DEFAULT_BATCH = 24
+DEFAULT_LR = 2.5e-3
 WARMUP = 100
 MARGIN = 8.0  # the hinge's target logit margin per caption token
 HINGE_WEIGHT = 0.1
