@@ -127,3 +127,69 @@ def all_captions() -> list[str]:
                 for c1 in COLORS for k1 in SHAPES for c2 in COLORS for k2 in SHAPES if (c1, k1) != (c2, k2)]
     out += [f"{w} {c} {k}s" for w in COUNT_WORDS.values() for c in COLORS for k in SHAPES]
     return out
+
+
+# The TRAINING scenes (graphs/demo/render.py) spread wider than `sample_scene`'s anchors: a single shape anywhere in
+# its region's wedge, sizes over wider (still disjoint) ranges, pairs off-axis. Still decidable: a side region's
+# centre is at least WIDE_SIDE_MIN from the canvas centre along its axis and at most WIDE_SIDE_SLOPE times that
+# across it; "in the center" stays within WIDE_CENTER of the centre; small radii never reach large ones. The
+# evaluation renderers keep their own placements (sample_scene, and graphs/demo/sdf_render.py's), a subset.
+WIDE_SIZES: dict[str, tuple[float, float]] = {"small": (0.11, 0.17), "large": (0.23, 0.29)}
+WIDE_MEDIUM = (0.13, 0.185)
+WIDE_SIDE_MIN, WIDE_SIDE_SLOPE, WIDE_CENTER = 0.16, 0.45, 0.06
+_AXES = {"on the left": (-1, 0), "on the right": (1, 0), "at the top": (0, -1), "at the bottom": (0, 1)}
+
+
+def _wide_single(rng: random.Random) -> Scene:
+    kind, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+    size, region = rng.choice(list(WIDE_SIZES)), rng.choice(list(REGIONS))
+    r = rng.uniform(*WIDE_SIZES[size])
+    if region == "in the center":
+        cx, cy = 0.5 + rng.uniform(-WIDE_CENTER, WIDE_CENTER), 0.5 + rng.uniform(-WIDE_CENTER, WIDE_CENTER)
+    else:
+        ax, ay = _AXES[region]
+        along = rng.uniform(WIDE_SIDE_MIN, max(WIDE_SIDE_MIN, 0.5 - r - 0.01))  # whole, or nearly, on the canvas
+        across = rng.uniform(-1, 1) * min(WIDE_SIDE_SLOPE * along, 0.5 - r - 0.01)
+        cx, cy = 0.5 + ax * along + ay * across, 0.5 + ay * along + ax * across
+    return Scene(f"a {size} {color} {kind} {region}", (Shape(kind, color, cx, cy, r),))
+
+
+def _wide_pair(rng: random.Random) -> Scene:
+    first, second = PAIR_AXES[rng.choice(list(PAIR_AXES))]
+    looks = rng.sample([(k, c) for k in SHAPES for c in COLORS], 2)
+    horizontal = first == "on the left"
+    while True:  # the pair's axis must dominate: along-axis distance > 2x the cross-axis one, and no touching
+        r1, r2 = rng.uniform(*WIDE_MEDIUM), rng.uniform(*WIDE_MEDIUM)
+        a1, a2 = rng.uniform(r1 + 0.02, 0.42), rng.uniform(0.58, 1 - r2 - 0.02)
+        c1, c2 = rng.uniform(r1 + 0.02, 1 - r1 - 0.02), rng.uniform(r2 + 0.02, 1 - r2 - 0.02)
+        if a2 - a1 > 2 * abs(c2 - c1) and (a2 - a1) ** 2 + (c2 - c1) ** 2 > (r1 + r2 + 0.05) ** 2:
+            break
+    shapes, words = [], []
+    for (a, c, r), region, (kind, color) in zip(((a1, c1, r1), (a2, c2, r2)), (first, second), looks):
+        cx, cy = (a, c) if horizontal else (c, a)
+        shapes.append(Shape(kind, color, cx, cy, r))
+        words.append(f"a {color} {kind} {region}")
+    return Scene(" and ".join(words), tuple(shapes))
+
+
+def _wide_count(rng: random.Random) -> Scene:
+    n = rng.choice(list(COUNT_WORDS))
+    kind, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+    shapes: list[Shape] = []
+    while len(shapes) < n:
+        shapes, tries = [], 0
+        while len(shapes) < n and tries < 200:  # a boxed-in layout starts over
+            tries += 1
+            r = rng.uniform(WIDE_MEDIUM[0], 0.17)
+            cx, cy = rng.uniform(r + 0.02, 1 - r - 0.02), rng.uniform(r + 0.02, 1 - r - 0.02)
+            if all((cx - s.cx) ** 2 + (cy - s.cy) ** 2 > (r + s.radius + 0.05) ** 2 for s in shapes):
+                shapes.append(Shape(kind, color, cx, cy, r))
+    return Scene(f"{COUNT_WORDS[n]} {color} {kind}s", tuple(shapes))
+
+
+WIDE_LAYOUTS = {"single": _wide_single, "pair": _wide_pair, "count": _wide_count}
+
+
+def sample_training_scene(rng: random.Random) -> Scene:
+    layout = rng.choices(list(LAYOUT_WEIGHTS), weights=list(LAYOUT_WEIGHTS.values()))[0]
+    return WIDE_LAYOUTS[layout](rng)

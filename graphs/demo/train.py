@@ -19,14 +19,22 @@ import sys
 import time
 from pathlib import Path
 
-from graphs.demo.dataset import (BOS, CHAT_TEMPLATE, EOS, IMAGE_SIZE, IMAGE_TOKEN, PAD, PATCH_SIZE, PROMPTS,
+import numpy as np
+
+from graphs.demo.dataset import (BOS, CHAT_TEMPLATE, EOS, IGNORE, IMAGE_SIZE, IMAGE_TOKEN, PAD, PATCH_SIZE, PROMPTS,
                                  TRAIN_SEEDS_END, VOCAB_SIZE, build_tokenizer, make_batch)
-from graphs.demo.render import render_seed
+from graphs.demo.render import LOCAL_CLASSES, render_labelled_seed
+from graphs.demo.scenes import COLORS, SHAPES
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo-llava"
 SEED = 0
-DEFAULT_STEPS = 1000  # stage 1; the shipped weights add a second stage (docs/demo.md)
-DEFAULT_BATCH = 32
+DEFAULT_STEPS = 2400
+DEFAULT_BATCH = 24
+DEFAULT_LR = 2.5e-3
+WARMUP = 100
+MARGIN = 8.0  # the hinge's target logit margin per caption token
+HINGE_WEIGHT = 0.1
+AUX_WEIGHT = 1.0
 # One thread: on 2 cores shared with other work, torch's 2-thread kernels stalled on each other.
 DEFAULT_THREADS = 1
 MAX_POSITIONS = 256  # 64 image features + ~12 prompt tokens + a caption of <= 16 leave room for a longer chat
@@ -92,41 +100,93 @@ def save_checkpoint(model, tok, out: Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(PROCESSOR, indent=2) + "\n")
 
 
-def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, init: Path | None = None,
-          first_step: int = 0, log_every: int = 50) -> float:
-    """-> training seconds. `init` continues from an earlier checkpoint; `first_step` then moves the data on, so a
-    second stage sees no image of the first."""
+def sincos_positions(model) -> None:
+    """Start the vision tower's learned position embeddings from 2-D sine-cosine codes of each patch's row and
+    column (CLS: zeros), as MAE does: attention can relate neighbouring patches from the first step instead of
+    discovering the grid. Still trained; the checkpoint format is unchanged."""
     import torch
+
+    emb = next(m for n, m in model.named_modules() if n.endswith("embeddings.position_embedding"))
+    n, width = emb.weight.shape
+    grid = int(round(math.sqrt(n - 1)))
+    quarter = width // 4
+    freq = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                                indexing="ij")
+    codes = [f(axis.reshape(-1, 1) * freq) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    with torch.no_grad():
+        emb.weight.zero_()
+        emb.weight[1:] = torch.cat(codes, 1) * 0.5
+
+
+def caption_loss(logits, labels, margin: float):
+    """Cross-entropy on the caption tokens plus a hinge on their logit margin (target minus the best other logit)
+    below `margin`: cross-entropy alone stops pushing once a token is likely, the hinge keeps pushing the hardest
+    ones until their margin leaves room for int8 rounding (docs/demo.md, the margin criterion)."""
+    import torch
+    import torch.nn.functional as F
+
+    logits, labels = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)  # predict the next
+    keep = labels != IGNORE
+    logits, labels = logits[keep], labels[keep]
+    ce = F.cross_entropy(logits, labels)
+    target = logits.gather(1, labels[:, None])[:, 0]
+    other = logits.masked_fill(F.one_hot(labels, logits.shape[-1]).bool(), float("-inf")).max(1).values
+    return ce, torch.relu(margin - (target - other)).mean()
+
+
+def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, log_every: int = 50) -> float:
+    """-> training seconds. One run from the seeded init: the data is a pure function of the step."""
+    import torch
+    import torch.nn.functional as F
     from transformers import LlavaForConditionalGeneration
 
     torch.manual_seed(SEED)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     tok = build_tokenizer()
-    model = (LlavaForConditionalGeneration.from_pretrained(init, dtype=torch.float32) if init
-             else LlavaForConditionalGeneration(llava_config())).train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    model = LlavaForConditionalGeneration(llava_config()).train()
+    width = model.config.vision_config.hidden_size
+    # The auxiliary per-patch heads (training only, not saved): which shape kind and color covers each patch.
+    # They give the vision tower a dense signal from the first step instead of one caption word per shape.
+    aux = torch.nn.Linear(width, 1 + len(SHAPES) + 1 + len(COLORS) + LOCAL_CLASSES)
+    sincos_positions(model)
+    features = {}
+    projector = next(m for n, m in model.named_modules() if n.endswith("multi_modal_projector"))
+    projector.register_forward_pre_hook(lambda _m, args: features.__setitem__("patches", args[0]))
+    params = list(model.parameters()) + list(aux.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
     start = time.perf_counter()
     for step in range(steps):
-        seeds = training_seeds(first_step + step, batch_size)
-        examples = [render_seed(s) for s in seeds]
+        seeds = training_seeds(step, batch_size)
+        examples = [render_labelled_seed(s) for s in seeds]
         pixels, ids, labels = make_batch(tok, [e[0] for e in examples], [e[1] for e in examples],
                                          [PROMPTS[s % len(PROMPTS)] for s in seeds])
+        kinds = torch.from_numpy(np.stack([e[2] for e in examples]))  # (B,64)
+        colors = torch.from_numpy(np.stack([e[3] for e in examples]))  # (B,64)
+        local = torch.from_numpy(np.stack([e[4] for e in examples]))  # (B,64)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup=min(100, steps // 10))
-        loss = model(input_ids=ids, pixel_values=pixel_values(pixels), labels=labels).loss
+            group["lr"] = lr_at(step, steps, lr, warmup=min(WARMUP, steps // 10))
+        logits = model(input_ids=ids, pixel_values=pixel_values(pixels)).logits
+        ce, hinge = caption_loss(logits, labels, MARGIN)
+        patch = aux(features["patches"])  # (B,64,4+6+5)
+        k, c = 1 + len(SHAPES), 1 + len(COLORS)
+        aux_loss = (F.cross_entropy(patch[..., :k].reshape(-1, k), kinds.reshape(-1))
+                    + F.cross_entropy(patch[..., k:k + c].reshape(-1, c), colors.reshape(-1))
+                    + F.cross_entropy(patch[..., k + c:].reshape(-1, LOCAL_CLASSES), local.reshape(-1)))
+        loss = ce + HINGE_WEIGHT * hinge + AUX_WEIGHT * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % log_every == 0 or step == steps - 1:
             el = time.perf_counter() - start
             eta = el / (step + 1) * (steps - step - 1)
-            print(f"step {step + 1:5d}/{steps}  loss {loss.item():.4f}  {el:6.0f}s elapsed  ~{eta:4.0f}s left",
-                  file=sys.stderr, flush=True)
+            print(f"step {step + 1:5d}/{steps}  caption ce {ce.item():.4f}  hinge {hinge.item():.4f}  patches "
+                  f"{aux_loss.item():.4f}  {el:6.0f}s elapsed  ~{eta:4.0f}s left", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
     save_checkpoint(model.eval(), tok, out)
     print(f"wrote {out} in {seconds:.0f}s of training", file=sys.stderr)
@@ -138,12 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ASSETS)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    p.add_argument("--init", type=Path, help="continue from this checkpoint (a second stage) instead of the seeded init")
-    p.add_argument("--first-step", type=int, default=0, help="data position: a second stage continues the first's")
     a = p.parse_args(argv)
-    train(a.out, a.steps, a.batch_size, a.lr, a.threads, a.init, a.first_step)
+    train(a.out, a.steps, a.batch_size, a.lr, a.threads)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The demo captioner's data: two seeded renderers sharing only the scene grammar, disjoint seed ranges, a tokenizer
+"""The demo captioner's data: three seeded renderers sharing only the scene grammar, disjoint seed ranges, a tokenizer
 and prompt layout identical to what serving builds, pixels resized as the preprocess stage resizes them."""
 
 import subprocess
@@ -12,11 +12,12 @@ from graphs.demo.dataset import (IMAGE_SIZE, PROMPTS, TRAIN_SEEDS_END, VOCAB_SIZ
                                  decode_caption, heldout_seeds, model_pixels, prompt_ids)
 from graphs.demo.evaluate import names_every_shape, shapes_named
 from graphs.demo.heldout_render import EVAL_SEED_START, eval_seeds, render_eval_seed
-from graphs.demo.render import render_seed
-from graphs.demo.scenes import all_captions
+from graphs.demo.render import render_labelled_seed, render_seed
+from graphs.demo.scenes import COLORS, SHAPES, all_captions
+from graphs.demo.sdf_render import SEED_START, render_sdf_seed, sdf_seeds
 from graphs.demo.train import ASSETS, DEFAULT_BATCH, DEFAULT_STEPS, training_seeds
 
-RENDERERS = {"training": render_seed, "second": render_eval_seed}
+RENDERERS = {"training": render_seed, "second": render_eval_seed, "third": render_sdf_seed}
 
 
 @pytest.mark.parametrize("renderer", RENDERERS)
@@ -42,19 +43,44 @@ def test_shapes_are_drawn_in_their_colour(renderer):
     pixels = next(model_pixels(p) for p, c in (RENDERERS[renderer](s) for s in range(300))
                   if c.startswith("a large red"))
     r, g, b = (pixels[i].astype(int) for i in range(3))
-    assert ((r > 160) & (g < 90) & (b < 100)).sum() > 0.05 * IMAGE_SIZE ** 2  # a large red shape: > 5% of the image
+    # a large red shape, filled (> 5% of the image) or outlined (> 2%), in some shade of red: red well above both
+    assert ((r > g + 50) & (r > b + 50)).sum() > 0.02 * IMAGE_SIZE ** 2
+
+
+def _imports(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(sys.modules))"
+    return set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split())
 
 
 def test_the_second_renderer_shares_no_drawing_code():
     """Independence is structural: the evaluation renderer imports neither Pillow nor the training renderer."""
-    code = "import sys, graphs.demo.heldout_render; print(' '.join(sys.modules))"
-    mods = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split())
+    mods = _imports("graphs.demo.heldout_render")
     assert "PIL" not in mods and "graphs.demo.render" not in mods
+
+
+def test_the_third_renderer_shares_no_drawing_code():
+    """The third renderer imports neither Pillow nor either other renderer (nor the training code)."""
+    mods = _imports("graphs.demo.sdf_render")
+    assert not mods & {"PIL", "graphs.demo.render", "graphs.demo.heldout_render", "graphs.demo.train"}
+
+
+def test_training_patch_labels_mark_each_shape_in_its_kind_and_color():
+    """The auxiliary targets: per 8x8 patch, background (0) or the covering shape's kind and color, and a patch's
+    label agrees with the caption; the local boundary labels name only corners the caption's kinds have."""
+    for seed in range(40):
+        pixels, caption, kinds, colors, local = render_labelled_seed(seed)
+        assert kinds.shape == colors.shape == local.shape == (IMAGE_SIZE // 8 * IMAGE_SIZE // 8,)
+        assert (3 in local) <= ("square" in caption) and (4 in local) <= ("triangle" in caption)
+        assert (1 in local) <= ("circle" in caption)
+        assert np.array_equal(kinds == 0, colors == 0) and (kinds > 0).any()
+        for k, c in set(zip(kinds[kinds > 0].tolist(), colors[colors > 0].tolist())):
+            assert SHAPES[k - 1] in caption and list(COLORS)[c - 1] in caption
 
 
 def test_seed_ranges_are_disjoint():
     assert max(training_seeds(DEFAULT_STEPS - 1, DEFAULT_BATCH)) < TRAIN_SEEDS_END == min(heldout_seeds(200))
     assert max(heldout_seeds(10_000)) < EVAL_SEED_START == min(eval_seeds(200))
+    assert max(eval_seeds(10_000)) < SEED_START == min(sdf_seeds(200))
     with pytest.raises(ValueError, match="held-out"):
         training_seeds(TRAIN_SEEDS_END // DEFAULT_BATCH, DEFAULT_BATCH)
 
