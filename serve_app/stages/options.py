@@ -58,7 +58,7 @@ class VisionOptions(BaseModel):
     prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-fp32", "portable-fp16",
                                                                 "portable-fp32"],
                                        description="graph variant names in order of preference for the loaded EP")
-    threads: Threads = Field(default=1, description=AUTO_THREADS_HELP)
+    threads: Threads = Field(default="auto", description=AUTO_THREADS_HELP)
 
     @property
     def ort_threads(self) -> int:
@@ -115,7 +115,7 @@ class DecoderOptions(EngineConfig):
                                                            "many streams the interval stretches to active / rate, "
                                                            "since the serving path's cost is per chunk; 0 = no limit "
                                                            "(live)")
-    threads: Threads = Field(1, description=AUTO_THREADS_HELP)
+    threads: Threads = Field("auto", description=AUTO_THREADS_HELP)
 
     @property
     def ort_threads(self) -> int:

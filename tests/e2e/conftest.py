@@ -54,8 +54,9 @@ def e2e_args(artifacts: Path) -> dict:
         "model": {"artifacts_dir": str(artifacts)},  # served as mmserve-tiny: named after the built preset
         "ingress": {"api_keys": [CONFIG_KEY], "max_images_per_request": MAX_IMAGES, "stage_timeout_s": 60},
         "preprocess": {"max_image_bytes": MAX_IMAGE_BYTES, "max_image_pixels": MAX_IMAGE_PIXELS},
-        "vision": {"prefer_variants": ["cpu-fp32"], "max_batch_size": 4, "batch_wait_timeout_s": 0.002},
-        "decoder": {"prefer_variants": ["cpu-fp32"], "slots": 4, "max_queue": 8},
+        # one ORT thread each: the test modules run many replicas side by side on the 2 cores
+        "vision": {"prefer_variants": ["cpu-fp32"], "max_batch_size": 4, "batch_wait_timeout_s": 0.002, "threads": 1},
+        "decoder": {"prefer_variants": ["cpu-fp32"], "slots": 4, "max_queue": 8, "threads": 1},
     }
 
 
