@@ -63,6 +63,7 @@ class FakeRunner:
         self.batch_sizes: list[int] = []
         self.fail_on_batch = fail_on_batch  # raise in a decode call of this batch size: error-path tests
         self.step_delay_s = step_delay_s  # a decode call this long, GIL released, like ORT's
+        self.prefill_delay_s = 0.0  # a prefill call this long (tests that must see a prompt while it is staged)
 
     def prefill_rows(self, lo: int, chunks: list[np.ndarray], starts: list[int]) -> None:
         """The real runner's contract, enforced: fresh rows only when several (ORT's CPU GroupQueryAttention refuses
@@ -75,6 +76,8 @@ class FakeRunner:
             raise ValueError("a ragged prefill past the cache's end")
         self.prefill_calls.append((lo, list(starts), [c.shape[0] for c in chunks]))
         self.calls.append(("prefill", sum(c.shape[0] for c in chunks)))
+        if self.prefill_delay_s:
+            time.sleep(self.prefill_delay_s)
         for i, (chunk, start) in enumerate(zip(chunks, starts)):
             slot = lo + i
             if start == 0:

@@ -247,9 +247,16 @@ def test_a_bug_outside_graph_calls_fails_the_streams_instead_of_hanging_them():
             raise RuntimeError("injected bookkeeping failure")
 
         engine.runner.move = move_fails  # compaction runs outside the guarded graph calls
+        # Hold r0's prefill until r1 is queued: otherwise the step thread can run r0's three steps before the loop
+        # submits r1, and r0 retires with nothing to move.
+        both_in, prefill = threading.Event(), engine.runner.prefill_rows
+        engine.runner.prefill_rows = lambda *a: (both_in.wait(10), prefill(*a))[1]
         reqs = [request(0, 4, max_tokens=3), request(1, 4, max_tokens=30)]  # r0 retires first: slot 1 moves
-        results = await asyncio.wait_for(asyncio.gather(*(collect(engine, r) for r in reqs),
-                                                        return_exceptions=True), timeout=10)
+        gathered = asyncio.gather(*(collect(engine, r) for r in reqs), return_exceptions=True)
+        while len(engine.scheduler.waiting) + len(engine.scheduler.active) < 2:
+            await asyncio.sleep(0.001)
+        both_in.set()
+        results = await asyncio.wait_for(gathered, timeout=10)
         assert isinstance(results[1], RuntimeError) and "injected" in str(results[1])
         engine.runner.move = broken
         tokens, _ = await collect(engine, request(2, 4, max_tokens=4))  # the engine serves on
