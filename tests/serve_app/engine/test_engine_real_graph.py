@@ -65,6 +65,23 @@ def test_batched_greedy_streams_match_the_single_sequence_reference(tiny_artifac
         assert chunks[-1].finish_reason == ("stop" if expected[-1] in engine.eos_ids else "length")
 
 
+def test_ragged_prefill_calls_give_each_stream_its_reference_tokens(tiny_artifacts, tiny_reference):
+    """All eight requests arrive before the first step: the ones that fit the 40-position budget share right-padded
+    ORT calls, the longer ones are staged and continue their cached prefix in later chunks while the others decode;
+    every stream is still the PyTorch model's greedy continuation of its own prompt."""
+    engine = load_engine(tiny_artifacts, EngineConfig(slots=8, prefill_token_budget=40), prefer=FP32)
+    reqs, pixels = make_requests(tiny_reference)
+    calls, prefill = [], engine.runner.prefill_rows
+    engine.runner.prefill_rows = lambda lo, chunks, starts: (calls.append(([len(c) for c in chunks], starts)),
+                                                             prefill(lo, chunks, starts))[1]
+    results = asyncio.run(run_all(engine, reqs))
+    for req, px, chunks in zip(reqs, pixels, results):
+        expected = tiny_reference.generate_greedy(px, token_ids(req), req.max_tokens, min(engine.eos_ids))
+        assert [t for c in chunks for t in c.token_ids] == expected, req.request_id
+    assert any(len(set(lengths)) > 1 for lengths, _ in calls), calls  # rows of different lengths shared a call
+    assert any(starts[0] > 0 for _, starts in calls), calls  # a chunk continued a cached prefix
+
+
 @pytest.mark.parametrize("variant", ["cpu-fp32", "cpu-int8-rowwise", "cpu-int8-rowwise-kv8"])
 def test_seeded_sample_is_the_same_alone_and_in_a_full_batch(tiny_artifacts, variant):
     def sampled(i, seed):
