@@ -1,8 +1,9 @@
-"""The decoder graph over a preallocated KV cache: prefill one slot, decode a batch of slots, move a slot.
+"""The decoder graph over a preallocated KV cache: prefill one slot or several (ragged), decode a batch of slots,
+move a slot.
 
-Cache layout, one buffer per layer and per K/V: (slots + 1, kv_heads, max_context, head_dim); the extra row stages a long prompt
-prefilled in chunks while the decode slots keep stepping. The slot axis is outermost, so the
-rows of slots lo..hi-1 are one contiguous memory range and `cache[lo:hi]` can be bound to the graph without a copy.
+Cache layout, one buffer per layer and per K/V: (slots + 1, kv_heads, max_context, head_dim); the extra row (and free
+slots below it) stage long prompts prefilled in chunks while the decode slots keep stepping. The slot axis is outermost,
+so the rows of slots lo..hi-1 are one contiguous memory range and `cache[lo:hi]` can be bound to the graph without a copy.
 GroupQueryAttention reads past_key and writes present_key through the same pointer: the cache is updated in place
 and never copied between steps.
 
