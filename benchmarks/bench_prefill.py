@@ -68,8 +68,8 @@ async def hol_round(engine, args, width, image, rng) -> tuple[list[float], list[
     return list(await asyncio.gather(*shorts)), list(await asyncio.gather(*longs))
 
 
-async def burst(engine, args, width, image, rng) -> tuple[float, float, list[int]]:
-    lengths = np.linspace(32, args.long_positions, args.burst).astype(int).tolist()
+async def burst(engine, args, width, image, rng, lengths=None) -> tuple[float, float, list[int]]:
+    lengths = list(lengths or np.linspace(32, args.long_positions, args.burst).astype(int).tolist())
     rng.shuffle(lengths)
     reqs = [request(f"b{i}", n, width, image if n > image + 8 else 0, rng, 1) for i, n in enumerate(lengths)]
     t0, c0 = time.perf_counter(), time.process_time()
@@ -95,10 +95,13 @@ async def scenario(root, variant, args, cfg, image) -> dict:
             wall, cpu, lengths = await burst(engine, args, width, image, rng)
             walls.append(wall)
             cpus.append(cpu)
+        texts = [8 + 2 * i for i in range(16)]  # 16 text prompts of 8..38 positions: where sharing a call pays
+        await burst(engine, args, width, image, rng, texts)
+        text_walls = [(await burst(engine, args, width, image, rng, texts))[0] for _ in range(args.rounds)]
     finally:
         await engine.close()
     return {"shorts": shorts, "longs": longs, "wall": float(np.median(walls)), "cpu": float(np.median(cpus)),
-            "lengths": lengths}
+            "lengths": lengths, "texts": texts, "text_wall": float(np.median(text_walls))}
 
 
 def main(argv=None) -> None:
@@ -138,6 +141,9 @@ def main(argv=None) -> None:
               f"wall, {positions / r['cpu']:7.0f} pos/CPU-s, {gop / r['wall']:6.1f} GOP/s "
               f"({100 * gop / r['wall'] / peaks['int8']:4.1f}% int8 peak, "
               f"{100 * gop / r['wall'] / peaks['fp32']:4.1f}% fp32 peak)")
+        texts = sum(r["texts"])
+        print(f"{'':<14} 16 text prompts together ({texts} positions): {texts / r['text_wall']:7.0f} pos/s, "
+              f"{prefill_gop(cfg, r['texts']) / r['text_wall']:6.1f} GOP/s")
     print("bare runner, one whole prompt of", args.long_positions, "positions (runner.prefill):")
     from serve_app.engine.loader import open_runner
     x = np.random.default_rng(1).standard_normal((args.long_positions, cfg.decoder.width)).astype(np.float32) * 0.1

@@ -37,8 +37,12 @@ from serve_app.engine.runner import StepRunner
 from serve_app.engine.scheduler import Scheduler
 from serve_app.engine.sequence import Sequence
 
-PAD_WASTE = 0.5  # one ragged call may pad at most this share of its real positions ...
-PAD_FREE = 64  # ... unless the padded call is this small anyway (a call's fixed cost then outweighs the padding)
+# Padding is paid in full (a padded position costs what a real one does), and on CPU a call of a few dozen positions
+# already runs its GEMMs near their best rate, so rows share a call only where that saves more than it pads: the
+# padded call within 1/8 over its real positions, or small enough (<= 32 positions) that the call's fixed cost and
+# the poor rate of tiny GEMMs outweigh it (reference preset: a position ~0.23 ms, bench_prefill.py).
+PAD_WASTE = 0.125
+PAD_FREE = 32
 
 
 @dataclass(eq=False)
