@@ -104,11 +104,18 @@ class StepLoop:
             if retired:  # the last sequences left: report the empty batch, or the gauges keep the busy counts
                 self.publish(StepReport(queued=len(sched.waiting)))
             return False
+        carried = []  # queue waits of this step's admissions ride on the decode report (the first tokens' report)
         if prefilled.failed:
             self.publish(prefilled)
             sched.retire_done()
+        else:
+            carried = prefilled.queue_waits_s
         if sched.active:
-            self.publish(self._guarded(self._decode, list(sched.active)))
+            report = self._guarded(self._decode, list(sched.active))
+            report.queue_waits_s.extend(carried)
+            self.publish(report)
+        elif carried:
+            self.publish(prefilled)
         return True
 
     def _prefill_phase(self, report: StepReport) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 from engine_fakes import FakeModel, FakeRunner, eos_id, make_embeddings, make_tokenizer
 
 from serve_app.contract import DecodeRequest, FeatureSegment, TokenSegment
-from serve_app.engine import Engine, EngineConfig
+from serve_app.engine import Engine, EngineConfig, NullMetrics
 
 TOK = make_tokenizer()
 TABLE = make_embeddings()
@@ -193,3 +193,29 @@ def test_the_budget_is_shared_with_the_decode_rows():
 
     chunks = asyncio.run(scenario())
     assert sum(chunks) == 60 and max(chunks) <= 10, chunks
+
+
+def test_every_admission_reports_its_queue_wait_and_first_token_once():
+    class Recorder(NullMetrics):
+        def __init__(self):
+            self.waits, self.ttfts = [], []
+
+        def observe_queue_wait(self, seconds):
+            self.waits.append(seconds)
+
+        def observe_ttft(self, seconds):
+            self.ttfts.append(seconds)
+
+    recorder = Recorder()
+    runner = FakeRunner(MODEL, 4, 256, step_delay_s=0.002)
+    engine = Engine(runner, TABLE, TOK, [eos_id(TOK)], EngineConfig(slots=4, max_context=256, prefill_token_budget=16),
+                    recorder)
+    reqs = [request(i, n, 3) for i, n in enumerate([40, 3, 1, 20, 5, 7])]
+
+    async def run():
+        try:
+            return await asyncio.gather(*(collect(engine, r) for r in reqs))
+        finally:
+            await engine.close()
+    assert asyncio.run(run()) == [reference(r) for r in reqs]
+    assert len(recorder.waits) == len(reqs) and len(recorder.ttfts) == len(reqs)
