@@ -7,7 +7,7 @@ On the own `reference` preset's decoder (any own-family artifacts), per variant:
   2. prefill throughput: `--burst` prompts of mixed lengths (32..--long-positions) submitted together, one output
      token each: prompt positions per second of wall time and per CPU second, and GOP/s;
   3. the bare runner: one whole-prompt prefill of --long-positions positions (runner.prefill), ms and GOP/s, per
-     variant: what the int8 KV cache costs a prefill.
+     variant: what the int8 KV cache costs a prefill; with --op-profile, ORT's per-operator time of that prefill.
 
     flock /tmp/mmserve-ray.lock python benchmarks/bench_prefill.py --artifacts /tmp/ragged-art \
         --variants cpu-fp32 cpu-int8 cpu-int8-kv8
@@ -45,9 +45,12 @@ def prefill_gop(cfg, lengths) -> float:
     return 2 * total / 1e9
 
 
+VOCAB = [4000]  # token ids drawn below this and the model's vocabulary (main sets it)
+
+
 def request(name: str, positions: int, width: int, image: int, rng, max_tokens: int) -> DecodeRequest:
     feats = rng.standard_normal((min(image, positions - 1), width)).astype(np.float32) * 0.02
-    ids = rng.integers(10, 4000, positions - feats.shape[0]).tolist()
+    ids = rng.integers(10, min(4000, VOCAB[0]), positions - feats.shape[0]).tolist()
     segments = ([FeatureSegment(feats)] if feats.shape[0] else []) + [TokenSegment(ids)]
     return DecodeRequest(name, segments, max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
 
@@ -117,10 +120,12 @@ def main(argv=None) -> None:
     ap.add_argument("--burst", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.0, help="per timed case of the peaks and the bare prefill")
+    ap.add_argument("--op-profile", action="store_true", help="also ORT's per-operator time of the bare prefill")
     args = ap.parse_args(argv)
     root = Path(args.artifacts)
     manifest = Manifest.read(root)
     cfg = get_preset(manifest.preset)
+    VOCAB[0] = cfg.decoder.vocab_size
     image = manifest.prompt.image_features or 0
     flags = open("/proc/cpuinfo").read()
     model = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines() if ln.startswith("model name")), "?")
@@ -155,6 +160,34 @@ def main(argv=None) -> None:
         print(f"  {variant:<14} median {med:7.1f} ms best {best:7.1f} ms cpu {cpu:7.1f} ms: {gop / best * 1e3:6.1f}"
               f" GOP/s = {100 * gop / best * 1e3 / peaks['int8']:4.1f}% int8 peak, "
               f"{100 * gop / best * 1e3 / peaks['fp32']:4.1f}% fp32 peak")
+        if args.op_profile:
+            print(f"    {variant}: {op_profile(root, manifest, variant, x, args.threads)}")
+
+
+def op_profile(root: Path, manifest, variant: str, x: np.ndarray, threads: int, runs: int = 5) -> str:
+    """ms per prefill by operator type (ORT's own profile, node kernel times), the six largest."""
+    import collections
+    import json
+
+    import onnxruntime as ort
+
+    from mmcore.runtime.kv_runner import OrtDecoderRunner
+
+    v = manifest.graphs["decoder"].variants[variant]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.enable_profiling = threads, True
+    so.profile_file_prefix = f"/tmp/bench_prefill_{variant}"
+    session = ort.InferenceSession(str(root / v.file), so, providers=["CPUExecutionProvider"])
+    runner = OrtDecoderRunner(session, manifest.decoder, 1, x.shape[0] + 1, cache=v.kv_cache)
+    runner.prefill(0, x)  # warm-up, counted out below
+    for _ in range(runs):
+        runner.prefill(0, x)
+    by_op, calls = collections.Counter(), 0
+    for e in json.load(open(session.end_profiling())):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"]
+        calls += e.get("cat") == "Session" and e["name"] == "model_run"
+    return ", ".join(f"{op} {us / calls / 1e3:.1f} ms" for op, us in by_op.most_common(6))
 
 
 if __name__ == "__main__":
