@@ -51,6 +51,17 @@ def test_bench_kv_cache_prints_step_times_and_cache_sizes(tiny_artifacts_dir):
     assert slots["cpu-int8-kv8"] == 4 * slots["cpu-int8"]  # an int8 cache holds 4x the float32 one's positions
 
 
+def test_bench_prefill_prints_ttft_throughput_and_an_op_profile(tiny_artifacts_dir):
+    out = run("bench_prefill.py", "--artifacts", str(tiny_artifacts_dir), "--variants", "cpu-fp32", "cpu-int8-kv8",
+              "--rounds", "1", "--seconds", "0.05", "--long-positions", "60", "--burst", "4", "--op-profile")
+    figures(rf"^GEMM peaks this run: fp32 {NUMBER} GFLOP/s, int8 {NUMBER} GOP/s$", out)
+    for variant in ("cpu-fp32", "cpu-int8-kv8"):
+        (short, _long), = figures(rf"^{variant} +short TTFT p50 +{NUMBER} ms .* long TTFT p50 +{NUMBER} ms", out)
+        assert 0 < float(short) < 10000
+        figures(rf"^  {variant} +median +{NUMBER} ms .* GOP/s = +{NUMBER}% int8 peak", out)
+        figures(rf"^    {variant}: GroupQueryAttention {NUMBER} ms|^    {variant}: .*GroupQueryAttention", out)
+
+
 def test_bench_profile_prints_step_rates_and_an_op_table(tiny_artifacts_dir):
     out = run("bench_profile.py", "--artifacts", str(tiny_artifacts_dir), "--variants", "cpu-int8", "cpu-int8-kv8",
               "--batches", "1", "2", "--context", "16", "--rounds", "1")

@@ -1,8 +1,9 @@
-"""The decoder graph over a preallocated KV cache: prefill one slot, decode a batch of slots, move a slot.
+"""The decoder graph over a preallocated KV cache: prefill one slot or several (ragged), decode a batch of slots,
+move a slot.
 
-Cache layout, one buffer per layer and per K/V: (slots + 1, kv_heads, max_context, head_dim); the extra row stages a long prompt
-prefilled in chunks while the decode slots keep stepping. The slot axis is outermost, so the
-rows of slots lo..hi-1 are one contiguous memory range and `cache[lo:hi]` can be bound to the graph without a copy.
+Cache layout, one buffer per layer and per K/V: (slots + 1, kv_heads, max_context, head_dim); the extra row (and free
+slots below it) stage long prompts prefilled in chunks while the decode slots keep stepping. The slot axis is outermost,
+so the rows of slots lo..hi-1 are one contiguous memory range and `cache[lo:hi]` can be bound to the graph without a copy.
 GroupQueryAttention reads past_key and writes present_key through the same pointer: the cache is updated in place
 and never copied between steps.
 
@@ -126,6 +127,38 @@ class OrtDecoderRunner:
         self._bind_cache(io, slot, slot + 1)
         self.session.run_with_iobinding(io)
         return logits[0]
+
+    def prefill_rows(self, lo: int, chunks: list[np.ndarray], starts: list[int]) -> None:
+        """Several prompts' chunks in one call, one per row of slots lo..lo+k-1: chunks[i] (c_i,D) continues the
+        starts[i] positions row lo+i holds (0: a fresh row). No logits: the engine feeds each prompt's last position
+        through a decode step, so a prefill never needs a row's own last position (the graph's head reads column S-1).
+
+        Rows are right-padded to S = max c_i and each row is told it gets S new positions (seqlens_k = start + S - 1),
+        because GroupQueryAttention's CPU kernel takes a row's past as total - S ("assume no padding"): every row's
+        past is then right, every query attends causally within its own row, and a padded row's extra positions
+        (its last embedding repeated, finite values) only write cache positions past its length, which nothing reads
+        before later chunks or decode steps overwrite them. Hence start + S must fit the row; the caller splits."""
+        k = len(chunks)
+        s = max(c.shape[0] for c in chunks)
+        if k == 0 or s == 0 or any(c.shape[0] == 0 for c in chunks):
+            raise ValueError("every row of a ragged prefill needs at least one position")
+        if max(starts) + s > self.max_context:
+            raise ValueError(f"a ragged prefill of {s} positions past {max(starts)} exceeds the cache's "
+                             f"{self.max_context}")
+        x = np.empty((k, s, chunks[0].shape[1]), np.float32)  # (k,S,D)
+        for i, c in enumerate(chunks):
+            x[i, :c.shape[0]] = c
+            x[i, c.shape[0]:] = c[-1]
+        first = np.asarray(starts, np.int64)[:, None]
+        pos = first + np.arange(s, dtype=np.int64)[None]  # (k,S)
+        seqlens = (first[:, 0] + s - 1).astype(np.int32)
+        total = np.array(max(starts) + s, np.int32)
+        logits = np.empty((k, self.vocab_size), np.float32)  # the graph's head output, unused
+        io = self.session.io_binding()
+        self._bind_step_inputs(io, x, pos, seqlens, total)
+        self._bind_array(io, self._io.logits, logits, output=True)
+        self._bind_cache(io, lo, lo + k)
+        self.session.run_with_iobinding(io)
 
     def decode(self, n: int, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         self._embeds[:n, 0] = embeds

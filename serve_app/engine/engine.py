@@ -89,8 +89,7 @@ class Engine:
         self._closed = True
         if self._started:
             self._steps.stop()
-        staged = self._steps.prefiller.staged
-        in_flight = [*self.scheduler.active, *self.scheduler.waiting, *([staged] if staged is not None else [])]
+        in_flight = [*self.scheduler.active, *self.scheduler.waiting, *self._steps.prefiller.staged]
         left = [seq for seq in in_flight if seq.finish_reason is None and seq.error is None]
         if left:
             self._publish(StepReport(failed=[(seq, RuntimeError("the decoder replica stopped")) for seq in left]))

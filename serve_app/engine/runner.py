@@ -15,9 +15,10 @@ class StepRunner(Protocol):
     max_context: int
     vocab_size: int
 
-    def prefill(self, slot: int, embeds: np.ndarray, start: int = 0) -> np.ndarray:
-        """Prompt positions start..start+S-1, embeds (S,D), into a slot holding the first `start` of them
-        (0: an empty slot) -> logits (V,) at the last position. Slot `slots` is the staging row."""
+    def prefill_rows(self, lo: int, chunks: list[np.ndarray], starts: list[int]) -> None:
+        """Cache chunks[i] (c_i,D) after the first starts[i] positions of slot lo+i, for every i, in one call.
+        Either every start is 0 or there is one row (ORT's CPU GroupQueryAttention takes no batch of chunks over a
+        cached past), and max(starts) + max(c_i) must fit the cache. Slots past `slots - 1` are staging rows."""
 
     def decode(self, n: int, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """One new token for slots 0..n-1: embeds (n,D), lengths (n,) tokens cached before -> logits (n,V).

@@ -27,6 +27,7 @@ class Sequence:
     length: int = 0  # positions in the KV cache
     generated: int = 0
     last_token: int = -1
+    next_embed: np.ndarray | None = None  # (D,) the prompt's last position, fed by the first decode step
     finished: str | None = None  # "stop" | "length" | "error": no more steps for this sequence
     history: TokenHistory = field(default_factory=TokenHistory)  # its tokens, for penalties and min_tokens
     # stream side (event loop)

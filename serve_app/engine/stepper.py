@@ -87,7 +87,7 @@ class StepLoop:
             failed.setdefault(seq, error)
         report.failed = list(failed.items())
         sched.active.clear()
-        self.prefiller.staged = None
+        self.prefiller.rows.clear()
         self.publish(report)
 
     def _step(self) -> bool:
@@ -104,35 +104,42 @@ class StepLoop:
             if retired:  # the last sequences left: report the empty batch, or the gauges keep the busy counts
                 self.publish(StepReport(queued=len(sched.waiting)))
             return False
-        if prefilled.tokens or prefilled.failed:
+        carried = []  # queue waits of this step's admissions ride on the decode report (the first tokens' report)
+        if prefilled.failed:
             self.publish(prefilled)
             sched.retire_done()
+        else:
+            carried = prefilled.queue_waits_s
         if sched.active:
-            self.publish(self._guarded(self._decode, list(sched.active)))
+            report = self._guarded(self._decode, list(sched.active))
+            report.queue_waits_s.extend(carried)
+            self.publish(report)
+        elif carried:
+            self.publish(prefilled)
         return True
 
     def _prefill_phase(self, report: StepReport) -> bool:
-        """Prefill what may start now and sample first tokens into `report`; False when nothing is running or may
-        start."""
+        """Prefill what may start now, within the step's budget: prompts whose positions before the last are cached
+        end this phase active, and the decode call that follows gives their first token. False when nothing is
+        running or may start."""
         sched = self.scheduler
         if sched.config.scheduling == "run_to_completion":
             batch, self._recheck_s = sched.take_full_batch()
-            done = []
-            for seq in batch:
-                report.queue_waits_s.append(time.perf_counter() - seq.submitted_at)
-                embeds = self.prefiller.prepare(seq, report)
-                if embeds is not None:
-                    self.prefiller.whole(seq, embeds, done, report)
+            rows = [row for row in (self.prefiller.prepare(seq, report) for seq in batch) if row is not None]
+            self.prefiller.admit(rows, report)
         else:
             self._recheck_s = None
-            done = self.prefiller.step(sched.config.prefill_token_budget, report)
-        if not sched.active and not done and not report.failed and self.prefiller.staged is None:
+            self.prefiller.step(self.prefill_budget(), report)
+        if not sched.active and not report.failed and not self.prefiller.rows:
             return False
-        for seq, logits in done:
-            tokens, logprobs = self._choose(logits[None], [seq])
-            self._record(seq, int(tokens[0]), logprobs[0], report)
         report.active, report.queued = len(sched.active), len(sched.waiting)
         return True
+
+    def prefill_budget(self) -> int:
+        """Prompt positions this step: one budget shared with the decode rows, never under a quarter of it (so
+        prompts keep moving while decode rows alone would fill it)."""
+        budget = self.scheduler.config.prefill_token_budget
+        return max(budget - len(self.scheduler.active), budget // 4, 1)
 
     def _guarded(self, phase, seqs: list[Sequence]) -> StepReport:
         """A failing graph call fails the sequences it served, not the loop: the others keep running."""
@@ -149,9 +156,13 @@ class StepLoop:
     def _decode(self, seqs: list[Sequence], report: StepReport) -> None:
         t0 = time.perf_counter()
         n = len(seqs)
-        last = np.fromiter((s.last_token for s in seqs), np.int64, n)
+        last = np.fromiter((max(s.last_token, 0) for s in seqs), np.int64, n)
+        embeds = self.embeddings[last]  # (n,D)
+        for i, s in enumerate(seqs):
+            if s.next_embed is not None:  # a prompt's last position: this step samples its first token
+                embeds[i], s.next_embed = s.next_embed, None
         lengths = np.fromiter((s.length for s in seqs), np.int32, n)
-        logits = self.runner.decode(n, self.embeddings[last], lengths)  # (n,V)
+        logits = self.runner.decode(n, embeds, lengths)  # (n,V)
         tokens, logprobs = self._choose(logits, seqs)
         self.steps += 1
         for seq, tok, lp in zip(seqs, tokens.tolist(), logprobs):

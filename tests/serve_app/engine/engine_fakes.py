@@ -58,20 +58,32 @@ class FakeRunner:
                  step_delay_s: float = 0.0):
         self.model, self.slots, self.max_context, self.vocab_size = model, slots, max_context, VOCAB
         self.cache = np.full((slots + 1, max_context, WIDTH), np.nan, np.float32)  # NaN: unwritten rows show
-        self.prefill_calls: list[tuple[int, int, int]] = []  # (slot, start, positions)
+        self.prefill_calls: list[tuple[int, list[int], list[int]]] = []  # (first slot, starts, positions)
         self.calls: list[tuple[str, int]] = []  # ("prefill", positions) / ("decode", batch), in call order
         self.batch_sizes: list[int] = []
         self.fail_on_batch = fail_on_batch  # raise in a decode call of this batch size: error-path tests
         self.step_delay_s = step_delay_s  # a decode call this long, GIL released, like ORT's
+        self.prefill_delay_s = 0.0  # a prefill call this long (tests that must see a prompt while it is staged)
 
-    def prefill(self, slot: int, embeds: np.ndarray, start: int = 0) -> np.ndarray:
-        s = embeds.shape[0]
-        self.prefill_calls.append((slot, start, s))
-        self.calls.append(("prefill", s))
-        if start == 0:
-            self.cache[slot] = np.nan
-        self.cache[slot, start:start + s] = embeds
-        return self.model.logits(self.cache[slot, :start + s])
+    def prefill_rows(self, lo: int, chunks: list[np.ndarray], starts: list[int]) -> None:
+        """The real runner's contract, enforced: fresh rows only when several (ORT's CPU GroupQueryAttention refuses
+        a batch of chunks over a cached past), and each row writes S = the longest chunk's positions, padding
+        included, as the real graph does: a row read past its own length would show the padding."""
+        s = max(c.shape[0] for c in chunks)
+        if len(chunks) > 1 and any(starts):
+            raise RuntimeError("batch_size must be 1 when sequence_length > 1 and past context is given")
+        if max(starts) + s > self.max_context:
+            raise ValueError("a ragged prefill past the cache's end")
+        self.prefill_calls.append((lo, list(starts), [c.shape[0] for c in chunks]))
+        self.calls.append(("prefill", sum(c.shape[0] for c in chunks)))
+        if self.prefill_delay_s:
+            time.sleep(self.prefill_delay_s)
+        for i, (chunk, start) in enumerate(zip(chunks, starts)):
+            slot = lo + i
+            if start == 0:
+                self.cache[slot] = np.nan
+            self.cache[slot, start:start + chunk.shape[0]] = chunk
+            self.cache[slot, start + chunk.shape[0]:start + s] = chunk[-1] * 7  # padding: garbage past its length
 
     def decode(self, n: int, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if n == self.fail_on_batch:

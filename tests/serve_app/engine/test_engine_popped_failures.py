@@ -116,33 +116,37 @@ def test_a_scheduler_failure_between_pop_and_activate_fails_every_popped_sequenc
 
 
 def test_a_staged_prompt_failure_still_reaches_its_stream_when_the_same_step_dies_later():
-    """The staged prompt's last chunk fails (its sequence leaves the staging row, failed, and gives its slot back),
-    then the step pops the next arrival and dies activating it: the staged sequence's own failure, recorded earlier in
-    that step, must still be delivered, and the arrival fails too."""
+    """The staged prompt's second chunk fails (its sequence leaves the staging rows, failed, and gives its slot back),
+    then the same step admits the next arrival whole and dies activating it: the staged sequence's own failure,
+    recorded earlier in that step, must still be delivered, and the arrival fails too."""
     async def scenario():
         engine = make_engine(slots=2, prefill_token_budget=4)
-        runner, both_in = engine.runner, threading.Event()
-        prefill = runner.prefill
+        runner, first_chunk, arrived = engine.runner, threading.Event(), threading.Event()
+        prefill = runner.prefill_rows
 
-        def prefill_held_or_failing(slot, embeds, start=0):
-            both_in.wait(HANG_S)  # the arrival is queued before the staged prompt's first chunk
-            if slot == runner.slots and start == 8:  # the staged prompt's third and last chunk (positions 8..9)
+        def prefill_held_or_failing(lo, chunks, starts):
+            if starts == [0]:  # the staged prompt's first chunk (positions 0..3): hold it until the arrival queues
+                first_chunk.set()
+                arrived.wait(HANG_S)
+            if starts == [4]:  # its second chunk, in the step that pops the arrival
                 raise RuntimeError("injected staged chunk failure")
-            return prefill(slot, embeds, start)
+            return prefill(lo, chunks, starts)
 
-        runner.prefill = prefill_held_or_failing
+        runner.prefill_rows = prefill_held_or_failing
         fail_activation_of(engine, "r1")
-        staged = asyncio.create_task(outcome(engine, request(0, 10, max_tokens=4)))  # 10 > budget 4: staged
-        arrival = asyncio.create_task(outcome(engine, request(1, 2, max_tokens=4)))  # fits the last chunk's rest
-        while len(engine.scheduler.waiting) + engine.scheduler.in_transit < 2:
+        staged = asyncio.create_task(outcome(engine, request(0, 10, max_tokens=4)))  # 9 > budget 4: staged
+        while not first_chunk.is_set():
             await asyncio.sleep(0.001)
-        both_in.set()
+        arrival = asyncio.create_task(outcome(engine, request(1, 2, max_tokens=4)))  # fits whole beside the chunk
+        while not engine.scheduler.waiting:
+            await asyncio.sleep(0.001)
+        arrived.set()
         staged_result, arrival_result = await asyncio.gather(staged, arrival)
         assert isinstance(staged_result, RuntimeError) and "injected staged chunk failure" in str(staged_result), \
             staged_result
         assert isinstance(arrival_result, RuntimeError) and "injected activation failure" in str(arrival_result), \
             arrival_result
-        runner.prefill = prefill
+        runner.prefill_rows = prefill
         engine.scheduler.activate = type(engine.scheduler).activate.__get__(engine.scheduler)
         after = request(2, 4, max_tokens=5)
         assert await outcome(engine, after) == reference(after)

@@ -4,6 +4,7 @@ rows never interact (cpu-fp32, and cpu-int8-rowwise, which quantizes each activa
 KV cache with static scales: cpu-int8-rowwise-kv8)."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -63,6 +64,50 @@ def test_batched_greedy_streams_match_the_single_sequence_reference(tiny_artifac
         expected = tiny_reference.generate_greedy(px, token_ids(req), req.max_tokens, min(engine.eos_ids))
         assert tokens == expected, req.request_id
         assert chunks[-1].finish_reason == ("stop" if expected[-1] in engine.eos_ids else "length")
+
+
+def test_ragged_prefill_calls_give_each_stream_its_reference_tokens(tiny_artifacts, tiny_reference):
+    """A first request's prefill holds the step thread until eleven more are queued: three short text prompts of
+    10-11 positions then the eight mixed ones. The next step prefills the short ones in one right-padded call and
+    stages the long ones, which continue their cached prefixes in later chunks while the others decode; every stream
+    is still the PyTorch model's greedy continuation of its own prompt."""
+    engine = load_engine(tiny_artifacts, EngineConfig(slots=8, prefill_token_budget=40), prefer=FP32)
+    short = [DecodeRequest(f"t{n}", [TokenSegment(list(range(20, 20 + n)))], max_tokens=5, temperature=0.0)
+             for n in (10, 11, 11)]
+    mixed, mixed_pixels = make_requests(tiny_reference)
+    reqs = [DecodeRequest("first", [TokenSegment([11, 12, 13])], max_tokens=3, temperature=0.0), *short, *mixed]
+    pixels = [None] * 4 + mixed_pixels
+    calls, prefill, queued = [], engine.runner.prefill_rows, threading.Event()
+
+    def recorded(lo, chunks, starts):
+        queued.wait(30)
+        calls.append(([len(c) for c in chunks], starts))
+        return prefill(lo, chunks, starts)
+
+    engine.runner.prefill_rows = recorded
+
+    async def run():
+        tasks = [asyncio.create_task(stream(engine, reqs[0]))]
+        while not engine.scheduler.active:
+            await asyncio.sleep(0.001)
+        tasks += [asyncio.create_task(stream(engine, r)) for r in reqs[1:]]
+        while len(engine.scheduler.waiting) < len(reqs) - 1:
+            await asyncio.sleep(0.001)
+        queued.set()
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            await engine.close()
+    results = asyncio.run(run())
+    for req, px, chunks in zip(reqs, pixels, results):
+        expected = tiny_reference.generate_greedy(px, token_ids(req), req.max_tokens, min(engine.eos_ids))
+        assert [t for c in chunks for t in c.token_ids] == expected, req.request_id
+    assert ([10, 10, 9], [0, 0, 0]) in calls, calls  # rows of different lengths shared a call
+    assert any(starts[0] > 0 for _, starts in calls), calls  # a chunk continued a cached prefix
+
+
+async def stream(engine, req):
+    return [c async for c in engine.generate(req)]
 
 
 @pytest.mark.parametrize("variant", ["cpu-fp32", "cpu-int8-rowwise", "cpu-int8-rowwise-kv8"])
