@@ -32,6 +32,10 @@ class KvPlanError(ValueError):
     """A cache plan that cannot be served; the message is one line naming the decoder fields to change."""
 
 
+class KvPlanTooBig(KvPlanError):
+    """A plan larger than the node's available memory: a variant with a smaller cache (int8) may still fit."""
+
+
 @dataclass(frozen=True)
 class KvPlan:
     slots: int  # decode slots (the cache has one more row: the staging row)
@@ -80,7 +84,7 @@ def plan_kv_cache(spec: DecoderSpec, cache: KvCacheEntry | None, slots: int, max
         planned, limited = min(slots, fit), fit < slots
     plan = KvPlan(planned, context, per_position, limited)
     if available_bytes is not None and plan.cache_bytes > available_bytes:
-        raise KvPlanError(f"the KV cache of decoder.slots {plan.slots} x decoder.max_context {context} needs "
+        raise KvPlanTooBig(f"the KV cache of decoder.slots {plan.slots} x decoder.max_context {context} needs "
                           f"{plan.cache_bytes / GIB:.2f} GiB but the node has {available_bytes / GIB:.2f} GiB "
                           f"available: set decoder.kv_cache_gib, or lower decoder.slots or decoder.max_context")
     return plan

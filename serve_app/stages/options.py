@@ -120,10 +120,12 @@ class DecoderOptions(EngineConfig):
     @property
     def ort_threads(self) -> int:
         return resolve_threads(self.threads)
-    prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8-kv8", "cpu-int8", "cpu-fp32"],
-                                       description="decoder graph variants in order of preference; "
-                                                   "cpu-int8-rowwise-kv8 first: seeded and greedy requests replay "
-                                                   "the same under any load, at some speed")
+    prefer_variants: list[str] = Field(default_factory=lambda: ["cpu-int8", "cpu-int8-kv8", "cpu-fp32"],
+                                       description="decoder graph variants in order of preference (a later one "
+                                                   "only where an earlier one's KV cache would not fit the node's "
+                                                   "memory); cpu-int8-rowwise-kv8 first: seeded and greedy "
+                                                   "requests replay the same under any load, at some speed; "
+                                                   "NAME@u8u8 or @u8s8 pins the int8 weight encoding")
     ort_profile: ProfileSettings = Field(default_factory=ProfileSettings,
                                          description="ORT profiling of the next N decoder calls (prefills and "
                                                      "steps; live)")
