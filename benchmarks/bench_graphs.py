@@ -35,7 +35,8 @@ from standard_recipe import build_standard  # noqa: E402
 from graphs.build import ensure_artifacts  # noqa: E402
 from graphs.families.own.config import get_preset  # noqa: E402
 from mmcore.manifest import Manifest  # noqa: E402
-from mmcore.runtime.int8_kernels import U8S8, U8U8, Int8Choice, choose_encoding, graph_source  # noqa: E402
+from mmcore.runtime.int8_kernels import (U8S8, Int8Choice, choose_encoding, graph_source,  # noqa: E402
+                                         reported_isa)
 from mmcore.runtime.kv_runner import OrtDecoderRunner  # noqa: E402
 from mmcore.runtime.ort_session import cpu_session  # noqa: E402
 from graphs.families.own.weights import load_model  # noqa: E402
@@ -251,8 +252,8 @@ def _variants(manifest: Manifest, artifacts: Path, cfg, with_standard: bool) -> 
                 continue
             path = artifacts / v.file
             rows[name] = Entry(path, v.precision, str(path), v.kv_cache)
-            signed, count = graph_source(path, Int8Choice(U8S8, "bench"), v.precision)
-            if count > 0:
+            signed, has_u8u8 = graph_source(path, Int8Choice(U8S8, "bench"))
+            if v.precision == "int8" and has_u8u8:
                 rows[f"{name}@{U8S8}"] = Entry(path, "u8s8", signed, v.kv_cache)
     if with_standard:
         print("exporting the standard recipe (torch.onnx.export + optimize_model + quantize_dynamic) ...", flush=True)
@@ -316,7 +317,7 @@ def main(argv=None) -> None:
     print(f"\n{args.preset}: {args.threads} ORT threads; GEMM peaks this run: fp32 {peaks['fp32']:.0f} GFLOP/s, "
           f"int8 u8s8 {peaks['u8s8']:.0f} GOP/s, u8u8 {peaks['u8u8']:.0f} GOP/s (single-node MatMul / MatMulInteger); "
           f"memory read {bandwidth:.1f} GB/s (ReduceSum over 64 MB)\nthis CPU's replicas run int8 weights as "
-          f"{choose_encoding().describe()}")
+          f"{choose_encoding().describe()}; CPU flags {reported_isa()}")
     variants = _variants(manifest, artifacts, cfg, not args.no_standard)
     lines, results = _bench_all(variants, cfg, args.threads, args.seconds, peaks, bandwidth)
     print("\n" + "\n".join(lines))

@@ -29,6 +29,7 @@ from bench_graphs import gemm_peaks, timed  # noqa: E402
 
 from graphs.families.own.config import get_preset  # noqa: E402
 from mmcore.manifest import Manifest  # noqa: E402
+from mmcore.runtime.int8_kernels import cpu_model, reported_isa  # noqa: E402
 from serve_app.contract import DecodeRequest, FeatureSegment, TokenSegment  # noqa: E402
 from serve_app.engine import EngineConfig, load_engine  # noqa: E402
 
@@ -127,12 +128,8 @@ def main(argv=None) -> None:
     cfg = get_preset(manifest.preset)
     VOCAB[0] = cfg.decoder.vocab_size
     image = manifest.prompt.image_features or 0
-    flags = open("/proc/cpuinfo").read()
-    model = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines() if ln.startswith("model name")), "?")
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-           if f" {f}" in flags]
     peaks = gemm_peaks(args.threads, args.seconds)
-    print(f"{model}; {' '.join(isa)}; {args.threads} ORT thread(s)")
+    print(f"{cpu_model()}; {reported_isa()}; {args.threads} ORT thread(s)")
     print(f"GEMM peaks this run: fp32 {peaks['fp32']:.0f} GFLOP/s, int8 {peaks['int8']:.0f} GOP/s")
     print(f"{manifest.preset}: slots {args.slots}, budget {args.budget}; {args.long} long prompts of "
           f"{args.long_positions} positions then {args.short} of 16; burst of {args.burst}, {args.rounds} rounds")

@@ -67,6 +67,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_http import PROMPT, one_stream, resolve_model, wait_models  # noqa: E402
+from mmcore.runtime.int8_kernels import reported_isa  # noqa: E402
 from bench_vs_naive import Images, cpu_seconds, deploy_mmserve, serve_processes, start_cluster  # noqa: E402
 from vllm_peer import check_vllm, start_vllm, stop_vllm, vllm_copy, vllm_processes  # noqa: E402
 
@@ -301,11 +302,7 @@ def main(argv=None) -> int:
     artifacts = ensure_artifacts(args, ckpt) if "mmserve" in args.servers else None
     t = time.perf_counter()
     images = Images(args.images, size=384)
-    flags = set(next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")),
-                     "").split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-           if f in flags]
-    print(f"{args.images} images in {time.perf_counter() - t:.1f} s; {os.cpu_count()} CPUs ({' '.join(isa)}); "
+    print(f"{args.images} images in {time.perf_counter() - t:.1f} s; {os.cpu_count()} CPUs ({reported_isa()}); "
           f"load average {os.getloadavg()[0]:.2f}; {args.tokens} tokens per request; {args.duration_s:.0f} s window "
           f"after {args.ramp_s:.0f} s ramp", flush=True)
     results = {}

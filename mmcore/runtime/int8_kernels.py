@@ -65,6 +65,23 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def reported_isa(flags: frozenset[str] | None = None) -> str:
+    """The flags a benchmark figure depends on, as benchmarks print them beside it: "avx2 avx512f avx512_vnni ..."."""
+    flags = cpu_flags() if flags is None else flags
+    return " ".join(f for f in REPORTED_FLAGS if f in flags)
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return "?"
+    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+
+
 def vnni_flags(flags: frozenset[str]) -> list[str]:
     return [f for f in SIGNED_EXACT_FLAGS if f in flags]
 
@@ -150,20 +167,17 @@ def signed_weights(model: onnx.ModelProto) -> int:
     return len(done)
 
 
-def graph_source(path: str | Path, choice: Int8Choice, precision: str,
-                 applies: bool | None = None) -> tuple[str | bytes, int]:
-    """What to open an ORT session on: the file as built, or (u8s8 chosen, an int8 variant) its bytes with the
-    weights re-encoded; -> (path or bytes, u8u8 weights in the graph: 0 where the choice does not apply).
-    `applies`: whether the graph has u8u8 weights, when the manifest says so; otherwise the graph is read to count."""
-    if precision != "int8" or applies is False:
-        return str(path), 0
-    if choice.encoding == U8U8 and applies:
-        return str(path), -1  # has u8u8 weights (count not taken: nothing to re-encode)
+def graph_source(path: str | Path, choice: Int8Choice, has_u8u8: bool | None = None) -> tuple[str | bytes, bool]:
+    """What to open an ORT session on for an int8 graph: the file as built, or (u8s8 chosen) its bytes with the
+    weights re-encoded; -> (path or bytes, whether the graph has u8u8 weights at all). `has_u8u8`: known from the
+    manifest (the build's check ran on it), so a u8u8 choice need not read the graph; None: read it to find out."""
+    if has_u8u8 is False or (has_u8u8 and choice.encoding == U8U8):
+        return str(path), bool(has_u8u8)
     model = onnx.load(str(path))
-    count = signed_weights(model)
-    if count == 0 or choice.encoding == U8U8:  # e.g. MatMulNBits (rowwise) variants: not the u8u8 kind
-        return str(path), count
-    return model.SerializeToString(), count
+    found = signed_weights(model) > 0  # none in MatMulNBits (rowwise) graphs: the choice does not apply there
+    if found and choice.encoding == U8S8:
+        return model.SerializeToString(), True
+    return str(path), found
 
 
 def split_forced(prefer: list[str] | None) -> tuple[list[str] | None, dict[str, str]]:

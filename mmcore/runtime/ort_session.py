@@ -76,16 +76,12 @@ def cpu_graph(path: str | Path, variant: Variant, forced: str | None = None,
     else:
         choice = choose_encoding(forced=forced)
     start = time.perf_counter()
-    applies = ("u8s8_checked" in variant.parity) or None  # the build's check ran: the graph has u8u8 weights
-    source, count = graph_source(path, choice, variant.precision, applies)
-    if count == 0:  # no u8u8 weights (MatMulNBits variants): the CPU's int8 kernel choice does not apply
+    known = True if "u8s8_checked" in variant.parity else None  # the build's check ran: it has u8u8 weights
+    source, has_u8u8 = graph_source(path, choice, known)
+    if not has_u8u8:  # MatMulNBits variants: the CPU's u8s8/u8u8 choice does not apply
         return str(path), None, lambda: str(path)
-    if isinstance(source, bytes):
-        log.info("%s: int8 weights as %s; %d re-encoded in %.0f ms", stage, choice.describe(), count,
-                 (time.perf_counter() - start) * 1000)
-    else:
-        log.info("%s: int8 weights as %s", stage, choice.describe())
-    return source, choice, lambda: graph_source(path, choice, variant.precision, True)[0]
+    log.info("%s: int8 weights as %s (%.0f ms at load)", stage, choice.describe(), (time.perf_counter() - start) * 1000)
+    return source, choice, lambda: graph_source(path, choice, True)[0]
 
 
 def open_session(path: str, providers: list, threads: int = 1) -> OpenedSession:

@@ -14,7 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from mmcore.manifest import CPU_EP, Manifest
-from mmcore.runtime.int8_kernels import (U8S8, U8U8, choose_encoding, cpu_flags, graph_source,
+from mmcore.runtime.int8_kernels import (U8S8, U8U8, Int8Choice, choose_encoding, cpu_flags, graph_source,
                                          signed_gemm_is_exact, signed_weights, split_forced, vnni_flags)
 from mmcore.runtime.ort_session import cpu_session, open_stage_session
 from mmcore.runtime.providers import CPUSpec
@@ -90,6 +90,9 @@ def test_re_encoding_shifts_every_u8u8_weight_and_nothing_else(tiny_artifacts_di
         np.testing.assert_array_equal(new[name].astype(np.int16), want)
     rowwise = man.graphs["decoder"].variants["cpu-int8-rowwise"]  # MatMulNBits: not the u8u8 kind
     assert signed_weights(onnx.load(str(tiny_artifacts_dir / rowwise.file))) == 0
+    u8s8 = Int8Choice(U8S8, "test")
+    assert graph_source(tiny_artifacts_dir / rowwise.file, u8s8) == (str(tiny_artifacts_dir / rowwise.file), False)
+    assert graph_source(path, Int8Choice(U8U8, "test")) == (str(path), True)  # read to find out, not re-encoded
 
 
 @needs_vnni
@@ -97,8 +100,8 @@ def test_u8s8_vision_graph_gives_the_u8u8_features_bit_for_bit(tiny_artifacts_di
     man = Manifest.read(tiny_artifacts_dir)
     variant = man.graphs["vision"].variants["cpu-int8"]
     path = tiny_artifacts_dir / variant.file
-    source, count = graph_source(path, choose_encoding(), variant.precision)
-    assert isinstance(source, bytes) and count > 0
+    source, has_u8u8 = graph_source(path, choose_encoding())
+    assert isinstance(source, bytes) and has_u8u8
     size = man.vision.image_size
     pixels = np.random.default_rng(0).integers(0, 256, (3, 3, size, size), dtype=np.uint8)
     want = cpu_session(str(path)).run(None, {"pixels": pixels})[0]
