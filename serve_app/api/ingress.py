@@ -169,14 +169,14 @@ class Ingress:
 
     @app.get("/ready")
     async def ready(self) -> Response:
-        not_ready = await asyncio.to_thread(stages_without_replica)
+        not_ready = await asyncio.to_thread(self.watch.refresh)  # the watch agrees with what /ready answers
         if not not_ready:
             try:
                 vision, decoder = await asyncio.gather(self._vision_ep(), self._decoder_ep())
                 return JSONResponse({"status": "ready", "vision": vision, "decoder": decoder})
             except (TimeoutError, *RETRYABLE):  # its node lost before the controller noticed: not ready either
                 not_ready = ["VisionEncoder"]
-        return JSONResponse({"status": "not ready", "waiting_for": not_ready}, status_code=503)
+        return JSONResponse({"status": "not ready", "waiting_for": sorted(not_ready)}, status_code=503)
 
     async def _vision_ep(self) -> dict:
         """ORT falls back from TensorRT/CUDA silently: readiness says where vision really runs. A readiness probe

@@ -3,12 +3,16 @@
 When a node is lost, calls routed to its stage wait in Serve's router for a replica that cannot be placed until
 the node returns: an image request would hang until stage_timeout_s. The ingress instead reads this watch before
 calling a stage and fails fast with 503 (`vision_unavailable`). A background thread asks the controller
-(serve.status) every `period_s`; the answer is at most that old.
+(serve.status) every `period_s`; the answer is at most that old. `/ready` refreshes it too, so once the ingress has
+said ready, an image request right after is not refused on the answer of a probe that ran before the vision
+replicas were up.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from collections.abc import Callable
 
 from serve_app.api.periodic import PeriodicThread
@@ -23,19 +27,29 @@ class StageWatch(PeriodicThread):
         super().__init__("mmserve-stage-watch", period_s)
         self._probe = probe
         self._missing: frozenset[str] = frozenset()
+        self._started = itertools.count(1)  # each probe's start order: a later start saw a later controller state
+        self._answer_of = 0  # start order of the probe whose answer `_missing` holds
+        self._lock = threading.Lock()
 
     def missing(self) -> frozenset[str]:
         return self._missing
 
     def refresh(self) -> frozenset[str]:
+        """Probe now (the thread's tick, or /ready from another thread) and keep the answer unless a probe that
+        started later has answered already: a slow probe from before a replica came up must not undo a newer one."""
+        with self._lock:
+            order = next(self._started)
         try:
             missing = frozenset(self._probe())
         except Exception as e:  # noqa: BLE001 -- the controller restarting: keep the last answer
             log.warning("mmserve: stage status unknown (%s: %s)", type(e).__name__, e)
             return self._missing
-        if missing != self._missing:
-            log.warning("mmserve: stages without a running replica: %s", ", ".join(sorted(missing)) or "none")
-        self._missing = missing
+        with self._lock:
+            if order < self._answer_of:
+                return missing
+            if missing != self._missing:
+                log.warning("mmserve: stages without a running replica: %s", ", ".join(sorted(missing)) or "none")
+            self._missing, self._answer_of = missing, order
         return missing
 
     def tick(self) -> None:
