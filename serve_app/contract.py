@@ -25,8 +25,12 @@ import numpy as np
 
 @dataclass
 class PreprocessedImage:
-    pixels: np.ndarray  # (3, H, W) uint8, already resized/cropped to the model's image size
-    content_hash: str  # sha256 of the decoded pixels: the vision stage's cache key
+    """One image as the vision graph takes it: its views (a model that encodes an image whole has one; one that
+    tiles it, a base view and the tiles), and the feature rows the image fills in the prompt, known from its plan
+    before any view is encoded (the ingress checks the context with it)."""
+    views: np.ndarray  # (V, 3, S, S) uint8, each already resized/cropped to the model's image size
+    rows: int  # feature rows of the image's block in the prompt, all views assembled
+    content_hash: str  # sha256 of the views' pixels: the vision stage's cache key
     source_bytes: int  # size of the encoded image the client sent
     source_pixels: int  # width * height of the decoded image before resizing
 

@@ -14,6 +14,7 @@ their model (serve_app/api/served.py) and runs the whole request again. One requ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatC
 
 @dataclass(frozen=True)
 class ModelLimits:
-    image_tokens: int  # P: features per image
+    image_tokens: int  # the fewest feature rows an image can fill (its plan, known after preprocessing, says how many)
     max_positions: int  # the longest context: image tokens + prompt + completion
     max_images: int
     vocab_size: int | None = None  # None: token ids unchecked here (unit tests of other things)
@@ -116,12 +117,29 @@ class PreparedChat:
 
 
 def prepare(req: ChatCompletionRequest, prompt: PromptRenderer, limits: ModelLimits) -> PreparedChat:
-    """Everything checkable before a stage is called: a bad request never costs image decoding."""
+    """Everything checkable before a stage is called: a bad request never costs image decoding. Each image counts
+    as its fewest rows here; `admit_images` checks again with the rows each image's plan gives."""
     images = collect_images(req, limits)
     pieces = prompt.pieces(req.messages, len(images))
     prompt_len = prompt.length(pieces)
     sampling = sampling_fields(req, limits.generation, limits.vocab_size) | {"image_token_id": prompt.image_id}
     return PreparedChat(pieces, images, plan_tokens(prompt_len, req, limits), prompt_len, sampling)
+
+
+def admit_images(prepared: PreparedChat, rows: list[int], req: ChatCompletionRequest, limits: ModelLimits,
+                 max_image_tokens: int | None = None) -> PreparedChat:
+    """The request with each image's feature rows from its plan (preprocessed, not yet encoded): 400 when the
+    images ask for more than `max_image_tokens` (the ingress's bound on one request's vision work) or the prompt
+    no longer fits the context with max_tokens; no view is encoded for a request refused here."""
+    image_tokens = sum(rows)
+    if max_image_tokens is not None and image_tokens > max_image_tokens:
+        raise InvalidRequest(f"the request's images make {image_tokens} image tokens; the limit is "
+                             f"{max_image_tokens} (ingress.max_image_tokens_per_request)", "messages",
+                             "too_many_image_tokens")
+    prompt_len = prepared.prompt_len + image_tokens - limits.image_tokens * len(rows)
+    if prompt_len == prepared.prompt_len:
+        return prepared
+    return dataclasses.replace(prepared, prompt_len=prompt_len, max_tokens=plan_tokens(prompt_len, req, limits))
 
 
 @dataclass
@@ -155,11 +173,13 @@ async def matching(stages: Stages, call):
         pause = min(pause * 2, RETRY_PAUSE_S[1])
 
 
-async def image_features(stages: Stages, images: list[ImageRef]) -> list[FeatureRef]:
-    """-> one reference per image to its (P, D) float32 block, in message order; [] for a text-only request (no stage
-    called). Each block stays in Ray's object store for the decoder stage to fetch (`encode_by_reference`); the
-    ingress learns only that each call succeeded, and each block's P. Both image stages are side-effect free: a call
-    whose replica died is retried once (serve_app.api.retry)."""
+async def image_features(stages: Stages, images: list[ImageRef],
+                         admit: Callable[[list[int]], None] | None = None) -> list[FeatureRef]:
+    """-> one reference per image to its (rows, D) float32 block, in message order; [] for a text-only request (no
+    stage called). `admit` sees each image's rows once preprocessed, before any is encoded, and may refuse the
+    request. Each block stays in Ray's object store for the decoder stage to fetch (`encode_by_reference`); the
+    ingress learns only that each call succeeded, and each block's rows. Both image stages are side-effect free: a
+    call whose replica died is retried once (serve_app.api.retry)."""
     if not images:
         return []
     key = stages.model_key
@@ -171,6 +191,8 @@ async def image_features(stages: Stages, images: list[ImageRef]) -> list[Feature
     try:
         pixels = await gather_with_retry([tagged(partial(stages.preprocess.process.remote, ref.url, ref.param, key))
                                           for ref in images], stages.timeout_s, "preprocess", check)
+        if admit is not None:
+            admit([p.rows for p in pixels])
         feats = await gather_with_retry([tagged(partial(encode_by_reference, stages.vision, p, key)) for p in pixels],
                                         stages.timeout_s, "vision", check)
     except (*RETRYABLE, TimeoutError):

@@ -15,15 +15,15 @@ from serve_app.imaging.resize import to_pixels
 from serve_app.imaging.source import image_bytes
 
 
-def content_hash(pixels: np.ndarray) -> str:
-    """sha256 of the model-ready pixels: two encodings of one picture share their features."""
-    return hashlib.sha256(pixels.tobytes()).hexdigest()
+def content_hash(views: np.ndarray) -> str:
+    """sha256 of the model-ready views: two encodings of one picture share their features."""
+    return hashlib.sha256(views.tobytes()).hexdigest()
 
 
 def preprocess_image(url: str, vision: VisionSpec, opts: ImageLimits,
                      param: str = "image_url") -> PreprocessedImage:
     raw = image_bytes(url, param, opts)
     img, source_pixels = decode(raw, param, opts)
-    pixels = to_pixels(img, vision)  # (3,S,S)
-    return PreprocessedImage(pixels=pixels, content_hash=content_hash(pixels),
+    views = to_pixels(img, vision)[None]  # (1,3,S,S): the whole image, one view
+    return PreprocessedImage(views=views, rows=vision.features_per_image, content_hash=content_hash(views),
                              source_bytes=len(raw), source_pixels=source_pixels)

@@ -13,7 +13,8 @@ reference to the decoder, which fetches them; this stage never calls another).
 Resources: on CPU a fraction of a core and `threads` ORT intra-op threads; on a GPU node, `num_gpus` in the config
 file and a GPU EP first in `providers`. `max_ongoing_requests` must be >= max_batch_size or batches never fill.
 
-Shapes: in `pixels` (3,H,W) uint8 per request, stacked to (B,3,H,W); out `image_features` (P,D) float32 per image.
+Shapes: in an image's views (V,3,H,W) uint8, each view a batch item, stacked to (B,3,H,W) with views of other
+images; out `image_features` (P,D) float32 per view, and per image its views' rows in order (V*P,D).
 """
 
 from __future__ import annotations
@@ -99,14 +100,25 @@ class VisionEncoder:
         return split_features(features)
 
     async def encode(self, image: PreprocessedImage, model_key: str | None = None) -> np.ndarray:
-        """-> (P,D) float32 features for one preprocessed image; `model_key`: the ingress's model (refused if not
+        """-> (rows,D) float32 features for one preprocessed image; `model_key`: the ingress's model (refused if not
         this replica's)."""
         with self.metrics.track():
             check_model_key("vision", self.model_key, model_key, self.source)
             features, source = await self.cache.get_or_encode(  # the same image in flight: encoded once
-                image.content_hash, lambda: self._encode_batch(image.pixels, time.perf_counter()))
+                image.content_hash, lambda: self._encode_views(image))
             self.metrics.count_cache(source != "miss")
             return features
+
+    async def _encode_views(self, image: PreprocessedImage) -> np.ndarray:
+        """Each view is an item of the batcher, so a batch counts views, whichever images they come from; the
+        image's block is its views' features in view order, (rows, D)."""
+        enqueued = time.perf_counter()
+        blocks = await asyncio.gather(*(self._encode_batch(view, enqueued) for view in image.views))
+        features = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        if features.shape[0] != image.rows:  # the plan and the graph disagree: a bad artifact, not bad input
+            raise RuntimeError(f"vision: {len(blocks)} views gave {features.shape[0]} feature rows, the image's plan "
+                               f"says {image.rows}")
+        return features
 
     async def encode_for_decoder(self, image: PreprocessedImage, model_key: str | None = None):
         """The ingress's call (a streaming one): yields the features' shape, then the (P,D) block itself. Each yield

@@ -23,12 +23,12 @@ class Preprocess:
         def remote(url, param, model_key=None):
             async def run():
                 v = int(url[-1])
-                return PreprocessedImage(np.full((3, 4, 4), v, np.uint8), str(v), 1, 16)
+                return PreprocessedImage(np.full((1, 3, 4, 4), v, np.uint8), P, str(v), 1, 16)
             return run()
 
 
 async def block_of(image, model_key=None):
-    return np.full((P, D), float(image.pixels[0, 0, 0]), np.float32)
+    return np.full((P, D), float(image.views[0, 0, 0, 0]), np.float32)
 
 
 class Decoder:

@@ -30,12 +30,12 @@ class Replica:
     def process(self, url, param, model_key):
         check_model_key(self.stage, self.key, model_key)
         self.calls += 1
-        return PreprocessedImage(np.full((3, 4, 4), ord(self.key[0]), np.uint8), url, 1, 16)
+        return PreprocessedImage(np.full((1, 3, 4, 4), ord(self.key[0]), np.uint8), 16, url, 1, 16)
 
     async def encode(self, image, model_key):
         check_model_key(self.stage, self.key, model_key)
         self.calls += 1
-        return np.full((16, 8), float(image.pixels[0, 0, 0]), np.float32)  # (P,D): carries the preprocess model
+        return np.full((16, 8), float(image.views[0, 0, 0, 0]), np.float32)  # (P,D): carries the preprocess model
 
     async def generate(self, request):
         check_model_key(self.stage, self.key, request.model_key)
