@@ -181,8 +181,9 @@ def _scale_below_upper_bound(height: int, width: int, max_len: int) -> tuple[int
 
 
 def _grid_size(height: int, width: int, m: int) -> tuple[int, int]:
-    # transformers' resize_for_vision_encoder (not get_number_of_image_patches, which rounds the short side from the
-    # un-truncated size and can disagree with what the processor actually does)
+    # transformers' resize_for_vision_encoder, what the processor does (its get_number_of_image_patches rounds the
+    # short side from the un-truncated size instead; no size where the two differ was found, but this is the one
+    # the pixels come from)
     aspect_ratio = width / height
     if width >= height:
         width = math.ceil(width / m) * m
