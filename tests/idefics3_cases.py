@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mmcore.image_plan.idefics3 import Idefics3PlanSpec
 
@@ -41,3 +42,32 @@ def hf_image_processor(spec: Idefics3PlanSpec, smolvlm: bool = False):
         from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil as cls
     return cls(do_resize=spec.do_resize, size={"longest_edge": spec.longest_edge} if spec.do_resize else None,
                max_image_size={"longest_edge": spec.max_image_size}, do_image_splitting=spec.do_image_splitting)
+
+
+SPECIALS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>", "<|im_start|>"] + [
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+
+
+def tiny_tokenizer():
+    """A byte-level BPE like SmolLM2's, trained here so that "\\n\\n" is one token: the merge the global view's
+    leading newline makes with the last row's, which tokenizing pieces apart must not break."""
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["User: what is in the picture?\n\nAssistant: a cat\n\n on a mat.\n"] * 50, trainer)
+    assert len(tok.encode("\n\n").ids) == 1
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def tiny_config(spec: Idefics3PlanSpec, image_token_id: int, vocab: int, smolvlm: bool = False):
+    """A random-weight Idefics3 (or SmolVLM) config of the spec's vision and connector shape, tiny elsewhere."""
+    from transformers import Idefics3Config, SmolVLMConfig
+    return (SmolVLMConfig if smolvlm else Idefics3Config)(
+        vision_config=dict(image_size=spec.image_size, patch_size=spec.patch_size, hidden_size=16,
+                           intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),
+        scale_factor=spec.scale_factor, image_token_id=image_token_id)

@@ -239,3 +239,55 @@ def plan(spec: Idefics3PlanSpec, height: int, width: int, *, max_tiles: int | No
                          f"the limit max_tiles is {max_tiles}")
     return Idefics3Plan(height=height, width=width, resample=spec.resample, view_size=m, resized=resized, grid=grid,
                         rows=rows, cols=cols, views=tuple(views), pieces=_pieces(spec, rows, cols))
+
+
+# PIL's filter numbers, as preprocessor_config.json's `resample` writes them (PILImageResampling)
+_RESAMPLE_BY_NUMBER = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+# transformers' class defaults, for keys a checkpoint's files leave out (Idefics3ImageProcessor / SmolVLM's: equal)
+_IMAGE_PROCESSOR_DEFAULTS = {"do_resize": True, "size": {"longest_edge": 4 * 364}, "max_image_size": {
+    "longest_edge": 364}, "do_image_splitting": True, "resample": 1, "do_rescale": True, "rescale_factor": 1 / 255,
+    "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True}
+
+
+def _square(vision: dict, key: str, default: int) -> int:
+    value = vision.get(key, default)
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"config.json vision_config.{key} {value}: only a square side is supported")
+        value = value[0]
+    return int(value)
+
+
+def _triple(value) -> tuple[float, float, float]:
+    # transformers takes one float for all three channels, or a list of three
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * 3
+
+
+def spec_from_hf(image_processor: dict, processor: dict, config: dict) -> Idefics3PlanSpec:
+    """The spec from a checkpoint's own files: `image_processor` = preprocessor_config.json (or processor_config.json's
+    "image_processor"), `processor` = processor_config.json (its image_seq_len), `config` = config.json. Missing keys
+    take transformers' class defaults; an option the views cannot reproduce is a ValueError naming the field."""
+    ip = _IMAGE_PROCESSOR_DEFAULTS | image_processor
+    if config.get("model_type") not in ("idefics3", "smolvlm"):
+        raise ValueError(f"config.json model_type {config.get('model_type')!r}: the idefics3 plan takes "
+                         "'idefics3' or 'smolvlm'")
+    if not ip["do_convert_rgb"]:
+        raise ValueError("preprocessor do_convert_rgb false: the preprocess stage always converts to RGB")
+    size, max_size = ip["size"] or {}, ip["max_image_size"] or {}
+    if ip["do_resize"] and "longest_edge" not in size:
+        raise ValueError(f"preprocessor size {size}: only size.longest_edge is supported")
+    if "longest_edge" not in max_size:
+        raise ValueError(f"preprocessor max_image_size {max_size}: max_image_size.longest_edge is required")
+    resample = ip["resample"]
+    if resample not in _RESAMPLE_BY_NUMBER:
+        raise ValueError(f"preprocessor resample {resample!r}: not one of PIL's filters {sorted(_RESAMPLE_BY_NUMBER)}")
+    vision = config.get("vision_config") or {}
+    return Idefics3PlanSpec(
+        do_resize=ip["do_resize"], longest_edge=size.get("longest_edge") if ip["do_resize"] else None,
+        max_image_size=max_size["longest_edge"], do_image_splitting=ip["do_image_splitting"],
+        resample=_RESAMPLE_BY_NUMBER[resample], image_size=_square(vision, "image_size", 224),
+        patch_size=_square(vision, "patch_size", 32), scale_factor=config.get("scale_factor", 2),
+        image_seq_len=processor.get("image_seq_len", 169),
+        rescale_factor=ip["rescale_factor"] if ip["do_rescale"] else 1.0,
+        image_mean=_triple(ip["image_mean"]) if ip["do_normalize"] else (0.0, 0.0, 0.0),
+        image_std=_triple(ip["image_std"]) if ip["do_normalize"] else (1.0, 1.0, 1.0))

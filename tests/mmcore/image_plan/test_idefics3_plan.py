@@ -7,29 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, PreTrainedTokenizerFast
+from transformers import Idefics3ForConditionalGeneration, Idefics3Processor, PreTrainedTokenizerFast
 from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE, get_image_prompt_string
 
 from mmcore.image_plan.idefics3 import Features, Idefics3PlanSpec, Text, plan
-from tests.idefics3_cases import SHAPES, SMOLVLM_256M, TINY, hf_image_processor, sample_image
-
-SPECIALS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>", "<|im_start|>"] + [
-    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+from tests.idefics3_cases import (SHAPES, SMOLVLM_256M, TINY, hf_image_processor, sample_image, tiny_config,
+                                  tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE like SmolLM2's, trained here so that "\\n\\n" is one token: the merge the global view's
-    leading newline makes with the last row's, which tokenizing pieces apart must not break."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["User: what is in the picture?\n\nAssistant: a cat\n\n on a mat.\n"] * 50, trainer)
-    assert len(tok.encode("\n\n").ids) == 1
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +45,8 @@ def test_grid_equals_the_image_processor_on_many_sizes():
         assert (p.rows, p.cols, p.num_views) == (rows[0], cols[0], len(pv)), (h, w)
 
 
-@pytest.mark.parametrize("smolvlm", [False, True])
-@pytest.mark.parametrize("height,width", [(480, 640), (768, 1024), (1080, 1920), (2000, 37), (512, 512), (513, 300)])
+@pytest.mark.parametrize("height,width,smolvlm", [(480, 640, True), (768, 1024, False), (1080, 1920, False),
+                                                  (2000, 37, False), (512, 512, True), (513, 300, False)])
 def test_smolvlm_256m_grid(height, width, smolvlm):
     out = hf_image_processor(SMOLVLM_256M, smolvlm=smolvlm)(images=[sample_image(height, width)],
                                                              return_row_col_info=True)
@@ -119,23 +107,13 @@ def test_expansion_equals_smolvlm_prompt_string(rows, cols):
                                                              "<fake_token_around_image>", "<image>", "<global-img>")
 
 
-def _tiny_model(spec: Idefics3PlanSpec, image_token_id: int, vocab: int) -> Idefics3ForConditionalGeneration:
-    torch.manual_seed(0)
-    config = Idefics3Config(
-        vision_config=dict(image_size=spec.image_size, patch_size=spec.patch_size, hidden_size=16,
-                           intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
-        text_config=dict(model_type="llama", vocab_size=vocab, hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),
-        scale_factor=spec.scale_factor, image_token_id=image_token_id)
-    return Idefics3ForConditionalGeneration(config).eval()
-
-
 def test_feature_rows_equal_the_models_connector(processor, tokenizer):
     """The processor's <image> tokens, the plan's rows and the connector's output rows agree; the model's own
     merge (which checks tokens == features) accepts the prompt."""
     sizes = [(50, 70), (3, 5), (20, 2000)]
     image_id = tokenizer.convert_tokens_to_ids(TINY.image_token)
-    model = _tiny_model(TINY, image_id, len(tokenizer))
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(tiny_config(TINY, image_id, len(tokenizer))).eval()
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}] * len(sizes) + [{"type": "text", "text": "hi"}]}],
         add_generation_prompt=True)
