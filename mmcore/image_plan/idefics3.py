@@ -97,12 +97,15 @@ class Idefics3PlanSpec(_Spec):
     @property
     def max_views(self) -> int | None:
         """The most views any image can become (crops + global), or None when unbounded (no longest-edge resize):
-        the vision graph's batch profile. The grid's long side is ceil(L / M) crops and the short side at most that."""
+        the vision graph's batch profile. After step 1 no side exceeds L, or L + 1 when L is odd (the other side is
+        rounded up to even: a square image of odd L becomes L x (L + 1)), nor 4096; each side is then ceil(side / M)
+        crops, reached by a square image."""
         if not self.do_image_splitting:
             return 1
         if not self.do_resize:
             return None
-        n = math.ceil(min(self.longest_edge, MAX_IMAGE_SIDE) / self.max_image_size)
+        longest = self.longest_edge + self.longest_edge % 2
+        n = math.ceil(min(longest, MAX_IMAGE_SIDE) / self.max_image_size)
         return n * n + 1 if n > 1 else 1
 
 

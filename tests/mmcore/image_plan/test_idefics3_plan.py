@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import Idefics3ForConditionalGeneration, Idefics3Processor, PreTrainedTokenizerFast
+from transformers import (Idefics3ForConditionalGeneration, Idefics3Processor, PreTrainedTokenizerFast,
+                          SmolVLMForConditionalGeneration)
 from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE, get_image_prompt_string
 
 from mmcore.image_plan.idefics3 import Features, Idefics3PlanSpec, Text, plan
@@ -107,13 +108,15 @@ def test_expansion_equals_smolvlm_prompt_string(rows, cols):
                                                              "<fake_token_around_image>", "<image>", "<global-img>")
 
 
-def test_feature_rows_equal_the_models_connector(processor, tokenizer):
+@pytest.mark.parametrize("smolvlm", [False, True])
+def test_feature_rows_equal_the_models_connector(processor, tokenizer, smolvlm):
     """The processor's <image> tokens, the plan's rows and the connector's output rows agree; the model's own
     merge (which checks tokens == features) accepts the prompt."""
     sizes = [(50, 70), (3, 5), (20, 2000)]
     image_id = tokenizer.convert_tokens_to_ids(TINY.image_token)
     torch.manual_seed(0)
-    model = Idefics3ForConditionalGeneration(tiny_config(TINY, image_id, len(tokenizer))).eval()
+    cls = SmolVLMForConditionalGeneration if smolvlm else Idefics3ForConditionalGeneration
+    model = cls(tiny_config(TINY, image_id, len(tokenizer), smolvlm=smolvlm)).eval()
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}] * len(sizes) + [{"type": "text", "text": "hi"}]}],
         add_generation_prompt=True)
@@ -142,6 +145,12 @@ def test_max_views_is_the_most_the_processor_makes():
     assert TINY.model_copy(update={"do_image_splitting": False}).max_views == 1
     assert TINY.model_copy(update={"do_resize": False}).max_views is None
     assert SMOLVLM_256M.max_views == 17
+    # an odd longest edge that is a multiple of an odd M: a square image's short side is rounded up past it
+    odd = Idefics3PlanSpec(longest_edge=99, max_image_size=33, image_size=33, patch_size=11, scale_factor=3,
+                           image_seq_len=1)
+    out = hf_image_processor(odd)(images=[sample_image(1, 1)], return_row_col_info=True)
+    assert (out["rows"][0][0], out["cols"][0][0]) == (4, 4) == (plan(odd, 1, 1).rows, plan(odd, 1, 1).cols)
+    assert odd.max_views == out["pixel_values"].shape[1] == 17
 
 
 def test_max_tiles_refuses_by_name_and_count():
