@@ -1,0 +1,1 @@
+"""Per-image plans: the views an image becomes and the prompt rows its features fill (one module per kind)."""
