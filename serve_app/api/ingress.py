@@ -218,10 +218,10 @@ class Ingress:
                 prepared = await self.work.prepare(req, model.prompt, model.limits)
                 stages = dataclasses.replace(self.stages, model_key=model.key)
 
-                def admit(rows: list[int]) -> None:  # each image's rows, from its plan: the exact prompt length
+                async def admit(images: list) -> None:  # each image's rows and layout: the exact prompt
                     nonlocal prepared
-                    prepared = chat.admit_images(prepared, rows, req, model.limits,
-                                                 self.options.max_image_tokens_per_request)
+                    prepared = await self.work.admit(prepared, images, req, model.limits, model.prompt,
+                                                     self.options.max_image_tokens_per_request)
 
                 features = await chat.image_features(stages, prepared.images, admit)
                 request = chat.decode_request(rid, req, prepared, features, model.key)
