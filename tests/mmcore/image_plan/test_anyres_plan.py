@@ -85,6 +85,13 @@ def test_onevision_multi_image_prompt():
     np.testing.assert_array_equal(assemble(plans[0], feats, newline), pack(ONEVISION, feats, 3000, 4000, newline))
 
 
+def test_next_tiles_every_image_of_a_multi_image_prompt():
+    images = [random_image(3000, 4000), random_image(31, 97)]
+    plans = [plan(NEXT.spec, im.height, im.width, images_in_prompt=2) for im in images]
+    assert image_tokens(NEXT, images, nested=True) == sum(p.num_rows for p in plans)
+    assert all(p.tiled for p in plans)
+
+
 @pytest.mark.parametrize("shape,size", [((36, 48), (21, 28)), ((13, 7), (5, 3)), ((5, 9), (11, 17)), ((2, 2), (1, 1)),
                                         ((72, 1), (8, 1)), ((40, 40), (40, 40)), ((216, 216), (130, 130)),
                                         ((3, 300), (1, 101))])
