@@ -77,6 +77,13 @@ class AnyresPlanSpec(_Spec):
         """The most tiles any image can be cut into: the largest pinpoint's grid."""
         return max((h // self.view_size) * (w // self.view_size) for h, w in self.grid_pinpoints)
 
+    @property
+    def view_counts(self) -> tuple[int, ...]:
+        """Every number of views an image's plan can have (base + a pinpoint's tiles; OneVision's single padded view
+        too), ascending: what a vision graph's batch profiles must cover per image."""
+        counts = {1 + (h // self.view_size) * (w // self.view_size) for h, w in self.grid_pinpoints}
+        return tuple(sorted(counts | ({1} if self.anyres_max is not None else set())))
+
 
 class AnyresPlan(_Spec):
     """One image's plan. Views: base first, then tiles row-major; rows: base s*s, then the map row by row, each
@@ -164,6 +171,8 @@ def plan(spec: AnyresPlanSpec, height: int, width: int, *, images_in_prompt: int
     planned."""
     if height < 1 or width < 1:
         raise ValueError(f"image is {width}x{height} pixels: both sides must be at least 1")
+    if images_in_prompt < 1:
+        raise ValueError(f"images_in_prompt is {images_in_prompt}: the image itself is in the prompt")
     common = dict(height=height, width=width, view_size=spec.view_size, side=spec.side, resample=spec.resample,
                   pad_color=spec.pad_color)
     if spec.anyres_max is not None and images_in_prompt != 1:

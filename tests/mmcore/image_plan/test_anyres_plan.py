@@ -43,6 +43,12 @@ def test_image_tokens_equal_processor_input_ids(case, height, width):
     assert p.num_views == hf_num_views(case, height, width)
 
 
+@pytest.mark.parametrize("case", [NEXT_336, ONEVISION_384], ids=lambda c: c.name)
+@pytest.mark.parametrize("height,width", [(3000, 4000), (60, 2000)])
+def test_image_tokens_at_real_size(case, height, width):
+    assert plan(case.spec, height, width).num_rows == image_tokens(case, [random_image(height, width)])
+
+
 def test_shapes_cover_degenerate_and_downsampled():
     """The shape list reaches both refusals and OneVision's shrink, so the test above checks each path."""
     refused = [(h, w) for h, w in SHAPES if _plans(NEXT, h, w) is None]
@@ -106,6 +112,11 @@ def test_bilinear_equals_torch_interpolate(shape, size):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+def test_view_counts():
+    assert NEXT.spec.view_counts == (3, 4, 5) and NEXT.spec.max_grid_tiles == 4
+    assert ONEVISION.spec.view_counts[:4] == (1, 2, 3, 4) and ONEVISION.spec.max_grid_tiles == 36
+
+
 def test_max_tiles_refuses_with_the_count_and_the_limit():
     p = plan(ONEVISION.spec, 3000, 4000)
     tiles = p.grid[0] * p.grid[1]
@@ -119,6 +130,8 @@ def test_refusals():
         plan(NEXT.spec, 0, 5)
     with pytest.raises(ValueError, match="too narrow"):
         plan(NEXT.spec, 20000, 20)
+    with pytest.raises(ValueError, match="images_in_prompt is 0"):
+        plan(ONEVISION.spec, 20, 20, images_in_prompt=0)
     with pytest.raises(ValueError, match=r"pinpoint \(height 48, width 64\) is not a multiple of view_size 32"):
         AnyresPlanSpec(grid_pinpoints=[(32, 64), (48, 64)], view_size=32, patch_size=8)
     with pytest.raises(ValueError, match="do not fit the plan"):
@@ -131,7 +144,7 @@ def _count_everywhere(case, height, width):
     if p is None:
         assert _hf_degenerate(case, height, width, hf)
         return
-    assert p.num_rows == hf
+    assert p.num_rows == hf and p.num_views in case.spec.view_counts
     feats = np.zeros((p.num_views, p.side * p.side, 1), np.float32)
     assert len(pack(case, feats, height, width, np.zeros(1, np.float32))) == hf
 
