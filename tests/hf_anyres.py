@@ -25,8 +25,11 @@ class Case:
 
     @property
     def spec(self) -> AnyresPlanSpec:
+        return self.spec_with("pil")
+
+    def spec_with(self, backend: str) -> AnyresPlanSpec:
         return AnyresPlanSpec(grid_pinpoints=self.pinpoints, view_size=self.view_size, patch_size=self.patch_size,
-                              anyres_max=self.anyres_max, pad_color=_pad_color(self))
+                              anyres_max=self.anyres_max, pad_color=_pad_color(self), backend=backend)
 
 
 def _next_pinpoints(s: int):  # llava-v1.6's list, in units of its 336 view
@@ -66,18 +69,21 @@ def _tokenizer():
 
 
 @cache
-def image_processor(case: Case):
-    """The PIL-backend class, configured as the checkpoints ship it (NeXT: shortest_edge + crop; OneVision: h x w)."""
-    from transformers import LlavaNextImageProcessorPil, LlavaOnevisionImageProcessorPil
+def image_processor(case: Case, backend: str = "pil"):
+    """The PIL- or torchvision-backend class, configured as the checkpoints ship it (NeXT: shortest_edge + crop;
+    OneVision: height x width)."""
+    import transformers
 
     mean, std = mean_std(case)
     pins = [list(p) for p in case.pinpoints]
     s = case.view_size
+    suffix = "Pil" if backend == "pil" else ""
     if case.anyres_max is None:
-        return LlavaNextImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
-                                          image_grid_pinpoints=pins, image_mean=mean, image_std=std)
-    return LlavaOnevisionImageProcessorPil(size={"height": s, "width": s}, image_grid_pinpoints=pins,
-                                           image_mean=mean, image_std=std)
+        cls = getattr(transformers, f"LlavaNextImageProcessor{suffix}")
+        return cls(size={"shortest_edge": s}, crop_size={"height": s, "width": s}, image_grid_pinpoints=pins,
+                   image_mean=mean, image_std=std)
+    cls = getattr(transformers, f"LlavaOnevisionImageProcessor{suffix}")
+    return cls(size={"height": s, "width": s}, image_grid_pinpoints=pins, image_mean=mean, image_std=std)
 
 
 def _onevision_images_only():

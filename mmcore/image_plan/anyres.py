@@ -51,13 +51,20 @@ class AnyresPlanSpec(_Spec):
     anyres_max: int | None = Field(default=None, ge=1, description="OneVision's N of vision_aspect_ratio "
                                    "'anyres_max_N': a tile map over N tiles' worth of features is shrunk; None for NeXT")
     resample: Literal["bicubic", "bilinear", "nearest"] = Field(
-        default="bicubic", description="the processor's resample filter (PIL), for every resize of the image")
+        default="bicubic", description="the processor's resample filter, for every resize of the image")
+    backend: Literal["pil", "torchvision"] = Field(
+        default="pil", description="whose resize the reference processor runs: the PIL-backend class's (PIL) or the "
+                                   "torchvision-backend class's (torch's antialiased uint8 kernel); the geometry is "
+                                   "the same, pixels differ by a level or two")
     pad_color: tuple[int, int, int] = Field(
         default=(0, 0, 0), description="OneVision's square padding for images of a multi-image prompt: "
                                        "int(image_mean * 255) per channel, as its processor computes it")
 
     @model_validator(mode="after")
-    def _divisible(self) -> AnyresPlanSpec:
+    def _consistent(self) -> AnyresPlanSpec:
+        if self.backend == "torchvision" and self.resample == "nearest":
+            raise ValueError("resample 'nearest' with the torchvision backend is not reproduced (bicubic and "
+                             "bilinear are)")
         # view_size need not divide by patch_size: SigLIP's 384 / 14 gives 27 patches a side, the last 6 px unseen
         if self.patch_size > self.view_size:
             raise ValueError(f"patch_size {self.patch_size} is larger than view_size {self.view_size}")
@@ -93,6 +100,7 @@ class AnyresPlan(_Spec):
     view_size: int
     side: int = Field(description="s: features per view side")
     resample: str
+    backend: str
     pad_color: tuple[int, int, int]
     tiled: bool
     best_resolution: tuple[int, int] | None = Field(description="(height, width) canvas; None when not tiled")
@@ -174,7 +182,7 @@ def plan(spec: AnyresPlanSpec, height: int, width: int, *, images_in_prompt: int
     if images_in_prompt < 1:
         raise ValueError(f"images_in_prompt is {images_in_prompt}: the image itself is in the prompt")
     common = dict(height=height, width=width, view_size=spec.view_size, side=spec.side, resample=spec.resample,
-                  pad_color=spec.pad_color)
+                  backend=spec.backend, pad_color=spec.pad_color)
     if spec.anyres_max is not None and images_in_prompt != 1:
         return AnyresPlan(**common, tiled=False, best_resolution=None, resized=None, paste=None, grid=(0, 0),
                           crop=None, map_shape=None, downsampled=False)

@@ -17,8 +17,8 @@ SHAPES = [(1, 1, "RGB"), (3, 5, "L"), (5, 3, "RGBA"), (3, 11, "RGB"), (3000, 400
           (257, 129, "RGB"), (300, 2000, "L")]
 
 
-def _hf_pixels(case, images, nested=False) -> np.ndarray:
-    out = image_processor(case)(images=[images] if nested else images, return_tensors="np")
+def _hf_pixels(case, images, nested=False, backend="pil") -> np.ndarray:
+    out = image_processor(case, backend)(images=[images] if nested else images, return_tensors="np")
     return out["pixel_values"]
 
 
@@ -62,6 +62,22 @@ def test_onevision_multi_image_views():
     for img, pv in zip(images, pixels):
         p = plan(ONEVISION.spec, img.height, img.width, images_in_prompt=len(images))
         _check(ONEVISION, anyres_views(to_rgb(img), p), pv[:1])
+
+
+@pytest.mark.parametrize("case", [NEXT, ONEVISION, NEXT_336, ONEVISION_384], ids=lambda c: c.name)
+def test_views_equal_torchvision_backend_pixels(case):
+    """The torchvision-backend classes (AutoImageProcessor's default where torchvision is installed)."""
+    pytest.importorskip("torchvision", reason="transformers' torchvision-backend processors need torchvision")
+    shapes = SHAPES if case.view_size < 100 else [(1200, 1600, "RGB"), (3, 5, "RGBA")]
+    for height, width, mode in shapes:
+        img = random_image(height, width, mode)
+        p = plan(case.spec_with("torchvision"), height, width)
+        _check(case, anyres_views(to_rgb(img), p), _hf_pixels(case, [img], backend="torchvision")[0])
+    if case.anyres_max is not None:
+        images = [random_image(480, 640, "RGB"), random_image(97, 31, "L")]
+        for img, pv in zip(images, _hf_pixels(case, images, nested=True, backend="torchvision")):
+            p = plan(case.spec_with("torchvision"), img.height, img.width, images_in_prompt=2)
+            _check(case, anyres_views(to_rgb(img), p), pv[:1])
 
 
 def test_refuses_an_image_that_is_not_the_plans():
