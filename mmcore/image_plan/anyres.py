@@ -15,9 +15,10 @@ What HF does to one image of (height, width) pixels, vision tower of side S (`vi
 3. Features: each view gives s*s rows (s = S // p, after the `vision_feature_select_strategy` drop of CLS, so the
    plan does not depend on it). The tiles' features form one (R*s, C*s) map; `unpad_image` crops the rows (or
    columns) that cover the canvas padding, computed in feature units from the original size -- not from the pixel
-   padding, so a feature that straddles the image edge is kept. OneVision (`anyres_max_N`) then shrinks a map larger
-   than N tiles' worth (ratio = sqrt(h*w / (N*s*s)) > 1.1) with bilinear interpolation to
-   (int(h // ratio), int(w // ratio)). An `image_newline` row ends each map row.
+   padding, so a feature that straddles the image edge is kept. OneVision (`anyres_max_N`) then shrinks an unpadded
+   (h, w) map larger than N tiles' worth (ratio = sqrt(h*w / (N*s*s)) > 1.1) with bilinear interpolation
+   (align_corners False, no antialias) to (int(h // ratio), int(w // ratio)). An `image_newline` row ends each map
+   row.
 4. Prompt rows: base s*s rows, then map_rows * (map_cols + 1). The processors compute the same count from the sizes
    alone (`_get_number_of_features`); the tests check plan, processor and model agree.
 

@@ -112,6 +112,12 @@ def test_bilinear_equals_torch_interpolate(shape, size):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+def test_spec_round_trips_through_json():
+    """The spec is data a manifest can carry."""
+    for case in ALL_CASES:
+        assert AnyresPlanSpec.model_validate_json(case.spec.model_dump_json()) == case.spec
+
+
 def test_view_counts():
     assert NEXT.spec.view_counts == (3, 4, 5) and NEXT.spec.max_grid_tiles == 4
     assert ONEVISION.spec.view_counts[:4] == (1, 2, 3, 4) and ONEVISION.spec.max_grid_tiles == 36
