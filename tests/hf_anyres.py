@@ -28,8 +28,10 @@ class Case:
         return self.spec_with("pil")
 
     def spec_with(self, backend: str) -> AnyresPlanSpec:
+        mean, std = mean_std(self)
         return AnyresPlanSpec(grid_pinpoints=self.pinpoints, view_size=self.view_size, patch_size=self.patch_size,
-                              anyres_max=self.anyres_max, pad_color=_pad_color(self), backend=backend)
+                              anyres_max=self.anyres_max, pad_color=_pad_color(self), backend=backend,
+                              image_mean=mean, image_std=std)
 
 
 def _next_pinpoints(s: int):  # llava-v1.6's list, in units of its 336 view

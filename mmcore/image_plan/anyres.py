@@ -36,6 +36,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+# transformers' OPENAI_CLIP_MEAN / _STD: both anyres image processors' class defaults
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,6 +65,12 @@ class AnyresPlanSpec(_Spec):
     pad_color: tuple[int, int, int] = Field(
         default=(0, 0, 0), description="OneVision's square padding for images of a multi-image prompt: "
                                        "int(image_mean * 255) per channel, as its processor computes it")
+    rescale_factor: float = Field(default=1 / 255, description="preprocessor rescale_factor (1.0 if not do_rescale);"
+                                  " the views are uint8, the vision graph folds rescale and normalization in")
+    image_mean: tuple[float, float, float] = Field(default=CLIP_MEAN, description="preprocessor image_mean (0 if "
+                                                   "not do_normalize)")
+    image_std: tuple[float, float, float] = Field(default=CLIP_STD, description="preprocessor image_std (1 if not "
+                                                  "do_normalize)")
 
     @model_validator(mode="after")
     def _consistent(self) -> AnyresPlanSpec:
