@@ -187,7 +187,7 @@ def plan(spec: AnyresPlanSpec, height: int, width: int, *, images_in_prompt: int
          max_tiles: int | None = None) -> AnyresPlan:
     """The plan for an image of (height, width) pixels (after EXIF orientation). `images_in_prompt`: images in the
     whole conversation (OneVision tiles only a lone image; NeXT always tiles). `max_tiles`: refuse an image whose
-    plan needs more tiles. ValueError, with a message naming the number and the limit, for an image that cannot be
+    plan has more views (tiles + the base view). ValueError, with a message naming the number and the limit, for an image that cannot be
     planned."""
     if height < 1 or width < 1:
         raise ValueError(f"image is {width}x{height} pixels: both sides must be at least 1")
@@ -201,10 +201,10 @@ def plan(spec: AnyresPlanSpec, height: int, width: int, *, images_in_prompt: int
 
     best = select_best_resolution(height, width, spec.grid_pinpoints)
     grid = (best[0] // spec.view_size, best[1] // spec.view_size)
-    tiles = grid[0] * grid[1]
-    if max_tiles is not None and tiles > max_tiles:
-        raise ValueError(f"image {width}x{height} is cut into {tiles} tiles ({grid[0]}x{grid[1]} at "
-                         f"{best[1]}x{best[0]}); the limit is max_tiles={max_tiles}")
+    views = 1 + grid[0] * grid[1]
+    if max_tiles is not None and views > max_tiles:  # views, as the idefics3 plan counts them: the encoder's work
+        raise ValueError(f"image {width}x{height} becomes {views} views ({grid[0]}x{grid[1]} tiles at "
+                         f"{best[1]}x{best[0]} + 1 base); the limit max_tiles is {max_tiles}")
     resized = fit_inside(height, width, best)
     paste = ((best[0] - resized[0]) // 2, (best[1] - resized[1]) // 2)
 

@@ -124,11 +124,11 @@ def test_view_counts():
 
 
 def test_max_tiles_refuses_with_the_count_and_the_limit():
+    """max_tiles counts views (tiles + base), as the idefics3 plan does."""
     p = plan(ONEVISION.spec, 3000, 4000)
-    tiles = p.grid[0] * p.grid[1]
-    assert plan(ONEVISION.spec, 3000, 4000, max_tiles=tiles).grid == p.grid
-    with pytest.raises(ValueError, match=rf"cut into {tiles} tiles .*max_tiles={tiles - 1}"):
-        plan(ONEVISION.spec, 3000, 4000, max_tiles=tiles - 1)
+    assert plan(ONEVISION.spec, 3000, 4000, max_tiles=p.num_views).grid == p.grid
+    with pytest.raises(ValueError, match=rf"becomes {p.num_views} views .* the limit max_tiles is {p.num_views - 1}"):
+        plan(ONEVISION.spec, 3000, 4000, max_tiles=p.num_views - 1)
 
 
 def test_refusals():
