@@ -240,14 +240,20 @@ def _pair(f: _Fields, key: str, value) -> tuple[int, int] | int:
     f.fail(key, f"expected {{height, width}}, got {value!r}")
 
 
-def _preprocess(directory: Path) -> PreprocessSpec:
+def processor_fields(directory: Path) -> _Fields:
+    """The image processor's settings: processor_config.json's `image_processor`, or preprocessor_config.json."""
     path = next((directory / n for n in PROCESSOR_FILES if (directory / n).is_file()), None)
     if path is None:
         raise CheckpointError(f"{directory / PROCESSOR_FILES[1]}: file not found (nor {PROCESSOR_FILES[0]})")
     data = _read_json(path)
-    f = _Fields(path, data.get("image_processor", data), "image_processor." if "image_processor" in data else "")
+    return _Fields(path, data.get("image_processor", data), "image_processor." if "image_processor" in data else "")
+
+
+def _preprocess(directory: Path, tiling: tuple[str, ...]) -> PreprocessSpec:
+    """`tiling`: the processor options a family reads itself (anyres: do_pad, image_grid_pinpoints)."""
+    f = processor_fields(directory)
     for key in ("do_pad", "do_image_splitting", "image_grid_pinpoints"):
-        if f.data.get(key):
+        if f.data.get(key) and key not in tiling:
             f.fail(key, "unsupported")
     resize, size = "none", 0
     if f.get("do_resize", bool, True):
@@ -360,13 +366,24 @@ def same_tokenizer(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
 
 
-def read_checkpoint(directory: str | Path) -> Checkpoint:
-    directory = Path(directory)
+def json_fields(path: Path) -> _Fields:
+    """A JSON file's object, with typed access failing with the file and field (CheckpointError)."""
+    return _Fields(path, _read_json(path))
+
+
+def config_fields(directory: Path) -> _Fields:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory")
-    path = directory / "config.json"
-    top = _Fields(path, _read_json(path))
-    top.choice("model_type", ("llava",))
+    return json_fields(directory / "config.json")
+
+
+def read_checkpoint(directory: str | Path, model_types: tuple[str, ...] = ("llava",),
+                    tiling: tuple[str, ...] = ()) -> Checkpoint:
+    """`model_types`: the config.json model types the caller's family builds; `tiling`: the processor options it
+    reads itself (refused here otherwise)."""
+    directory = Path(directory)
+    top = config_fields(directory)
+    top.choice("model_type", model_types)
     vision = _vision(top.sub("vision_config"), top)
     text_f = top.sub("text_config")
     tied = top.get("tie_word_embeddings", bool, False) or text_f.get("tie_word_embeddings", bool, False)
@@ -381,6 +398,6 @@ def read_checkpoint(directory: str | Path) -> Checkpoint:
     return Checkpoint(directory=directory, vision=vision, text=text,
                       projector_act=top.choice("projector_hidden_act", ACTIVATIONS, "gelu"),
                       projector_bias=top.get("multimodal_projector_bias", bool, True), image_token_id=image_token,
-                      eos_token_ids=eos, chat_template=template, preprocess=_preprocess(directory),
+                      eos_token_ids=eos, chat_template=template, preprocess=_preprocess(directory, tiling),
                       tokenizer_files=files, clean_up_tokenization_spaces=clean_up,
                       generation=read_generation(directory).defaults_dict())

@@ -34,6 +34,12 @@ class Loaded:
     ck: Checkpoint
     weights: dict  # canonical key -> np.ndarray (weights.py)
 
+    def reference(self):
+        """transformers' model for this checkpoint (reference.py); build time only."""
+        from graphs.families.llava.reference import Reference
+
+        return Reference(self.ck)
+
 
 def preprocessing(ck: Checkpoint) -> Preprocessing:
     """The image processor's resize and crop as the serving preprocess spec; SourceError for what it cannot do."""
@@ -68,18 +74,23 @@ class LlavaFamily:
         if weights is not None or tokenizer is not None:
             raise SourceError("--weights/--tokenizer: not used with a checkpoint directory (it has its own)")
         directory = (SHIPPED[name] if name in SHIPPED else Path(name)).absolute()
-        ck = read_checkpoint(directory)
+        ck = self.load_checkpoint(directory).ck
         preprocessing(ck)
         if ck.chat_template is None:
             raise SourceError(f"{directory / 'tokenizer_config.json'}: chat_template: missing (nor "
                               f"chat_template.jinja)")
         return Source(name if name in SHIPPED else directory.name, directory=directory)
 
-    def load(self, source: Source) -> Loaded:
+    @staticmethod
+    def load_checkpoint(directory: Path, weights: bool = False) -> Loaded:
+        """The checkpoint read and validated, and its weights when asked (else an empty dict)."""
         from graphs.families.llava.weights import load_weights
 
-        ck = read_checkpoint(source.directory)
-        return Loaded(ck, load_weights(ck))
+        ck = read_checkpoint(directory)
+        return Loaded(ck, load_weights(ck) if weights else {})
+
+    def load(self, source: Source) -> Loaded:
+        return self.load_checkpoint(source.directory, weights=True)
 
     def write_tokenizer(self, source: Source, model: Loaded, dst: Path) -> None:
         """The checkpoint's tokenizer.json verbatim when transformers runs it as written, else as transformers runs
@@ -109,11 +120,10 @@ class LlavaFamily:
     def parity_gate(self, model: Loaded, built: dict[str, dict[str, bytes]], decoder: DecoderSpec,
                     progress: Progress) -> GateResult:
         from graphs.families.llava import parity
-        from graphs.families.llava.reference import Reference
         from graphs.signed_check import u8s8_figures
 
-        progress("reference: transformers LlavaForConditionalGeneration")
-        ref = Reference(model.ck)
+        ref = model.reference()
+        progress(f"reference: transformers {ref.MODEL}")
         inputs = parity.Inputs(ref)
         out = GateResult({})
         for graph, protos in built.items():
@@ -123,8 +133,7 @@ class LlavaFamily:
                 spec = self.variants[graph][name]
                 progress(f"parity {graph} {name}")
                 if graph == "vision":
-                    figures = parity.vision_figures(ref, protos[name])
-                    px = parity.pixels(model.ck, 2, parity.SEED)
+                    figures, px = self.vision_figures(ref, protos[name])
                     run = lambda b: parity.session(b).run(None, {"pixels": px})[0]  # noqa: E731
                     figures |= u8s8_figures(protos[name], run) if spec.precision == "int8" else {}
                 else:
@@ -136,6 +145,13 @@ class LlavaFamily:
                                                    (forced, out.figures[graph]))
                 out.add(graph, name, figures, parity.failures(spec.precision, figures))
         return out
+
+    @staticmethod
+    def vision_figures(ref, proto: bytes) -> tuple[dict, np.ndarray]:
+        """-> (the vision graph's figures against the reference, the pixels they were measured on)."""
+        from graphs.families.llava import parity
+
+        return parity.vision_figures(ref, proto), parity.pixels(ref.ck, 2, parity.SEED)
 
     @staticmethod
     def _kv_figures(model: Loaded, ref, inputs, mine: tuple, spec, siblings: tuple) -> dict:

@@ -137,12 +137,13 @@ def _projector(g: GraphBuilder, ck: Checkpoint, w: dict, x: str, style: str) -> 
     return g.matmul(h, w2, "/projector/linear_2", bias=b2)  # (B,P,Dt)
 
 
-def build_vision(ck: Checkpoint, w: dict, style: str, float_dtype=np.float32, quantize=None):
-    """The vision + projector ModelProto for `style` in {"portable", "cpu"}; `quantize` makes weights int8."""
+def build_vision(ck: Checkpoint, w: dict, style: str, float_dtype=np.float32, quantize=None, batch: str = "batch"):
+    """The vision + projector ModelProto for `style` in {"portable", "cpu"}; `quantize` makes weights int8; `batch`:
+    the symbolic name of the batch axis (anyres families batch views, not images)."""
     v = ck.vision
     g = GraphBuilder(f"llava_vision_{style}", float_dtype)
     g.quantize = quantize
-    g.input("pixels", np.uint8, ["batch", 3, v.image_size, v.image_size])
+    g.input("pixels", np.uint8, [batch, 3, v.image_size, v.image_size])
     x = _embeddings(g, ck, w, style)
     hidden = {0: x}
     for i in range(v.layers):
@@ -157,5 +158,5 @@ def build_vision(ck: Checkpoint, w: dict, style: str, float_dtype=np.float32, qu
     if g.float_dtype != np.float32:
         y = g.op("Cast", [y], "/vision/output/Cast", to=1)  # float32 out whatever the weight precision
     g.node("Identity", [y], "/vision/output/Identity", outputs=["image_features"])
-    g.output("image_features", np.float32, ["batch", v.features_per_image, ck.text.hidden])
+    g.output("image_features", np.float32, [batch, v.features_per_image, ck.text.hidden])
     return g.model(contrib=style != "portable")
