@@ -17,5 +17,6 @@ def accepts(path: Path) -> bool:
 def check(path: Path) -> None:
     """CheckpointError (a ValueError naming the file and field) unless the build can use it; no torch."""
     from graphs.families.llava.checkpoint import read_checkpoint
+    from graphs.families.llava.preprocessing import preprocessing
 
-    read_checkpoint(path)
+    preprocessing(read_checkpoint(path))  # the base view's resize: what the build's resolve refuses too

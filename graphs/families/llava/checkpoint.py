@@ -241,12 +241,16 @@ def _pair(f: _Fields, key: str, value) -> tuple[int, int] | int:
 
 
 def processor_fields(directory: Path) -> _Fields:
-    """The image processor's settings: processor_config.json's `image_processor`, or preprocessor_config.json."""
-    path = next((directory / n for n in PROCESSOR_FILES if (directory / n).is_file()), None)
-    if path is None:
-        raise CheckpointError(f"{directory / PROCESSOR_FILES[1]}: file not found (nor {PROCESSOR_FILES[0]})")
-    data = _read_json(path)
-    return _Fields(path, data.get("image_processor", data), "image_processor." if "image_processor" in data else "")
+    """The image processor's settings: processor_config.json's `image_processor`, or preprocessor_config.json (a
+    processor_config.json without one holds only the processor's own settings, as older saves wrote it)."""
+    combined, alone = (directory / n for n in PROCESSOR_FILES)
+    data = _read_json(combined) if combined.is_file() else {}
+    if "image_processor" in data or (combined.is_file() and not alone.is_file()):
+        return _Fields(combined, data.get("image_processor", data),
+                       "image_processor." if "image_processor" in data else "")
+    if not alone.is_file():
+        raise CheckpointError(f"{alone}: file not found (nor {combined.name})")
+    return json_fields(alone)
 
 
 def _preprocess(directory: Path, tiling: tuple[str, ...]) -> PreprocessSpec:

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from graphs.families.llava.preprocessing import preprocessing
 from graphs.families.llava_next import MODEL_TYPES
 from graphs.families.llava.checkpoint import (Checkpoint, CheckpointError, config_fields, json_fields,
                                               processor_fields, read_checkpoint)
@@ -116,6 +117,7 @@ def read_anyres_checkpoint(directory: str | Path) -> AnyresCheckpoint:
         top.fail("vision_feature_select_strategy", f"{'default' if v.drop_cls else 'full'} leaves "
                  f"{v.features_per_image} rows per view for a {v.kind} tower, not its "
                  f"{(v.image_size // v.patch_size) ** 2} patches (transformers cannot tile it)")
+    preprocessing(ck)  # the base view: as llava's
     return AnyresCheckpoint(base=ck, model_type=top.data["model_type"], grid_pinpoints=_tiling(directory, top, ck),
                             anyres_max=_anyres_max(directory, top))
 

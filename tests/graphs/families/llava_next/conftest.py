@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -33,12 +32,3 @@ def built(tmp_path_factory, checkpoints) -> dict:
     """name -> (artifact dir, Manifest), every variant."""
     root = tmp_path_factory.mktemp("anyres_artifacts")
     return {name: (root / name, build_artifacts(ck, root / name)) for name, ck in checkpoints.items()}
-
-
-@pytest.fixture
-def copy_of(tmp_path):
-    def copy(src: Path) -> Path:
-        dst = tmp_path / "ckpt"
-        shutil.copytree(src, dst)
-        return dst
-    return copy
