@@ -170,9 +170,9 @@ def _vision(f: _Fields, top: _Fields) -> VisionSpec:
     layers = f.get("num_hidden_layers", int)
     feature_layers = _feature_layers(top, layers)
     strategy = top.choice("vision_feature_select_strategy", ("default", "full"), "default")
-    image, patch = f.get("image_size", int), f.get("patch_size", int)
-    if image % patch:
-        f.fail("image_size", f"{image} is not a multiple of patch_size {patch}")
+    image, patch = f.get("image_size", int), f.get("patch_size", int)  # a remainder is dropped, as the conv does
+    if image < patch:
+        f.fail("image_size", f"{image} is smaller than patch_size {patch}")
     if f.get("num_channels", int, 3) != 3:
         f.fail("num_channels", "only 3-channel images are supported")
     hidden, heads = f.get("hidden_size", int), f.get("num_attention_heads", int)

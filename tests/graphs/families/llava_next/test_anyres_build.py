@@ -5,6 +5,7 @@ transformers' generate()."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -14,7 +15,9 @@ import pytest
 import torch
 import transformers
 
+from graphs.build import build_artifacts
 from graphs.families.llava import parity
+from graphs.families.llava.synthetic import write_checkpoint
 from graphs.families.llava.variants import VARIANTS
 from mmcore.manifest import Manifest
 from mmcore.runtime.kv_runner import OrtDecoderRunner
@@ -122,3 +125,32 @@ def test_the_gate_figures_pass_with_an_image_in_the_prompt(built, name):
     assert f["prefill_logits_max_abs_err"] <= parity.FP32_REL * f["logit_scale"]
     assert not graphs["vision"].rejected and not graphs["decoder"].rejected
     assert graphs["vision"].variants["cpu-fp32"].parity["views"] >= 12
+
+
+def _variant(base: str, vision: dict, **changes):
+    """SPECS[base] with its tower's dims changed (processor and pinpoints following the tile size)."""
+    spec = SPECS[base]
+    side = vision.get("image_size", spec.vision["image_size"])
+    pinpoints = [[h // 32 * side, w // 32 * side] for h, w in spec.extra["image_grid_pinpoints"]]
+    size = {"shortest_edge": side} if "shortest_edge" in spec.processor["size"] else {"height": side, "width": side}
+    processor = spec.processor | {"size": size, "image_grid_pinpoints": pinpoints}
+    processor |= {"crop_size": {"height": side, "width": side}} if "crop_size" in processor else {}
+    extra = spec.extra | {"image_grid_pinpoints": pinpoints}
+    return dataclasses.replace(spec, vision=spec.vision | vision, extra=extra, processor=processor, **changes)
+
+
+@pytest.mark.parametrize("base, vision, changes", [
+    ("next-clip-llama", {}, {"vision_feature_layer": [-3, -1]}),  # features of two layers side by side
+    # a tile that is not a whole number of patches (so400m/14 at 384 px): the conv drops the remainder
+    ("onevision-siglip-qwen2", {"image_size": 36}, {}),
+    ("next-clip-llama", {"image_size": 36}, {}),
+])
+def test_tower_options_pass_the_gate(tmp_path, base, vision, changes):
+    """Built through the gate, the fp32 variants named: a variant past its bounds would fail the build."""
+    ck = write_checkpoint(tmp_path / "ckpt", _variant(base, vision, **changes))
+    m = build_artifacts(ck, tmp_path / "out", variants=["vision/cpu-fp32", "vision/portable-fp32", "decoder/cpu-fp32"])
+    for variant in ("cpu-fp32", "portable-fp32"):
+        f = m.graphs["vision"].variants[variant].parity
+        assert f["feature_max_abs_err"] <= parity.FP32_REL * f["feature_scale"] and f["views"] >= 12
+    assert m.graphs["decoder"].variants["cpu-fp32"].parity["greedy_identical"]
+    assert m.vision.plan["patches_per_side"] == 4 and m.vision.plan["view_size"] == vision.get("image_size", 32)
