@@ -47,7 +47,10 @@ class AnyresCheckpoint:
                 "grid_pinpoints": [list(p) for p in self.grid_pinpoints], "view_size": v.image_size,
                 "patch_size": v.patch_size, "patches_per_side": v.image_size // v.patch_size,
                 "features_per_view": v.features_per_image, "anyres_max": self.anyres_max,
-                "vision_feature_select_strategy": "default" if v.drop_cls else "full"}
+                "vision_feature_select_strategy": "default" if v.drop_cls else "full",
+                # transformers' OneVision tiles an image only when it is its message's one image (batch_num_images
+                # 1); with several, each is its base view + one newline row
+                "multi_image": "base_view" if self.model_type == "llava_onevision" else "tiled"}
 
     def to_dict(self) -> dict:
         return {**self.base.to_dict(), "model_type": self.model_type,

@@ -62,6 +62,7 @@ def test_every_variant_and_the_newline_row_written_with_their_sha256(built, chec
     assert plan["grid_pinpoints"] == config["image_grid_pinpoints"]
     assert plan["view_size"] == vision["image_size"] and plan["patches_per_side"] == 4
     assert plan["anyres_max"] == (4 if "onevision" in name else None)
+    assert plan["multi_image"] == ("base_view" if "onevision" in name else "tiled")
     assert m.vision.features_per_image == m.prompt.image_features == 16  # per view
     for entry in (m.graphs["vision"].inputs[0], m.graphs["vision"].outputs[0]):
         assert entry.shape[0] == "views"
