@@ -13,6 +13,7 @@ from graphs.build import BuildError, build_artifacts
 from graphs.cli import main
 from graphs.entry import check_checkpoint
 from graphs.families.llava.checkpoint import CheckpointError
+from mmcore.manifest import Manifest
 
 NEXT, ONEVISION = "next-clip-llama", "onevision-siglip-qwen2"
 
@@ -115,3 +116,12 @@ def test_a_processor_config_that_agrees_is_read_beside_the_image_processor(check
                                                           "vision_aspect_ratio": "anyres_max_4",
                                                           "vision_feature_select_strategy": "full"}))
     check_checkpoint(ck)
+
+
+def test_mmserve_build_hf_builds_it(checkpoints, tmp_path):
+    out = tmp_path / "out"
+    assert main(["build", "--hf", str(checkpoints[ONEVISION]), "--out", str(out), "--quiet",
+                 "--variants", "vision/cpu-int8", "decoder/cpu-fp32"]) == 0
+    m = Manifest.read(out)
+    assert m.family == "llava_next" and (out / m.vision.newline.name).is_file()
+    assert list(m.graphs["vision"].variants) == ["cpu-int8"]
