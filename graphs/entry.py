@@ -2,8 +2,9 @@
 contract in pyproject.toml holds serve_app to this module).
 
     source_names()                          the buildable preset names, for validating a model source
-    check_checkpoint(directory)             a LLaVA checkpoint directory the build can use, or a ValueError naming
-                                            the file (config.json and tokenizer only: no torch)
+    check_checkpoint(directory)             a checkpoint directory the build can use (LLaVA, LLaVA-NeXT,
+                                            LLaVA-OneVision), or a ValueError naming the file (config and tokenizer
+                                            files only: no torch)
     build_into_cache(source, cache_dir)     build a preset or checkpoint into this node's cache unless it is there
                                             (under the cache's file lock) -> the artifact directory
 
@@ -22,10 +23,10 @@ __all__ = ["build_into_cache", "check_checkpoint", "source_names"]
 
 
 def check_checkpoint(directory: str | Path) -> None:
-    """Raise CheckpointError (a ValueError, so pydantic names the field) unless `directory` is a LLaVA checkpoint."""
-    from graphs.families.llava.checkpoint import read_checkpoint  # no torch: config.json and tokenizer only
+    """Raise CheckpointError (a ValueError, so pydantic names the field) unless a family can build `directory`."""
+    from graphs.families import check_checkpoint as check  # no torch: config and tokenizer files only
 
-    read_checkpoint(Path(directory).expanduser())
+    check(Path(directory).expanduser())
 
 
 def build_into_cache(source: str, cache_dir: str | Path, progress: Callable[[str], None] | None = None) -> Path:

@@ -170,9 +170,9 @@ def _vision(f: _Fields, top: _Fields) -> VisionSpec:
     layers = f.get("num_hidden_layers", int)
     feature_layers = _feature_layers(top, layers)
     strategy = top.choice("vision_feature_select_strategy", ("default", "full"), "default")
-    image, patch = f.get("image_size", int), f.get("patch_size", int)
-    if image % patch:
-        f.fail("image_size", f"{image} is not a multiple of patch_size {patch}")
+    image, patch = f.get("image_size", int), f.get("patch_size", int)  # a remainder is dropped, as the conv does
+    if image < patch:
+        f.fail("image_size", f"{image} is smaller than patch_size {patch}")
     if f.get("num_channels", int, 3) != 3:
         f.fail("num_channels", "only 3-channel images are supported")
     hidden, heads = f.get("hidden_size", int), f.get("num_attention_heads", int)
@@ -240,14 +240,24 @@ def _pair(f: _Fields, key: str, value) -> tuple[int, int] | int:
     f.fail(key, f"expected {{height, width}}, got {value!r}")
 
 
-def _preprocess(directory: Path) -> PreprocessSpec:
-    path = next((directory / n for n in PROCESSOR_FILES if (directory / n).is_file()), None)
-    if path is None:
-        raise CheckpointError(f"{directory / PROCESSOR_FILES[1]}: file not found (nor {PROCESSOR_FILES[0]})")
-    data = _read_json(path)
-    f = _Fields(path, data.get("image_processor", data), "image_processor." if "image_processor" in data else "")
+def processor_fields(directory: Path) -> _Fields:
+    """The image processor's settings: processor_config.json's `image_processor`, or preprocessor_config.json (a
+    processor_config.json without one holds only the processor's own settings, as older saves wrote it)."""
+    combined, alone = (directory / n for n in PROCESSOR_FILES)
+    data = _read_json(combined) if combined.is_file() else {}
+    if "image_processor" in data or (combined.is_file() and not alone.is_file()):
+        return _Fields(combined, data.get("image_processor", data),
+                       "image_processor." if "image_processor" in data else "")
+    if not alone.is_file():
+        raise CheckpointError(f"{alone}: file not found (nor {combined.name})")
+    return json_fields(alone)
+
+
+def _preprocess(directory: Path, tiling: tuple[str, ...]) -> PreprocessSpec:
+    """`tiling`: the processor options a family reads itself (anyres: do_pad, image_grid_pinpoints)."""
+    f = processor_fields(directory)
     for key in ("do_pad", "do_image_splitting", "image_grid_pinpoints"):
-        if f.data.get(key):
+        if f.data.get(key) and key not in tiling:
             f.fail(key, "unsupported")
     resize, size = "none", 0
     if f.get("do_resize", bool, True):
@@ -360,13 +370,24 @@ def same_tokenizer(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
 
 
-def read_checkpoint(directory: str | Path) -> Checkpoint:
-    directory = Path(directory)
+def json_fields(path: Path) -> _Fields:
+    """A JSON file's object, with typed access failing with the file and field (CheckpointError)."""
+    return _Fields(path, _read_json(path))
+
+
+def config_fields(directory: Path) -> _Fields:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory")
-    path = directory / "config.json"
-    top = _Fields(path, _read_json(path))
-    top.choice("model_type", ("llava",))
+    return json_fields(directory / "config.json")
+
+
+def read_checkpoint(directory: str | Path, model_types: tuple[str, ...] = ("llava",),
+                    tiling: tuple[str, ...] = ()) -> Checkpoint:
+    """`model_types`: the config.json model types the caller's family builds; `tiling`: the processor options it
+    reads itself (refused here otherwise)."""
+    directory = Path(directory)
+    top = config_fields(directory)
+    top.choice("model_type", model_types)
     vision = _vision(top.sub("vision_config"), top)
     text_f = top.sub("text_config")
     tied = top.get("tie_word_embeddings", bool, False) or text_f.get("tie_word_embeddings", bool, False)
@@ -381,6 +402,6 @@ def read_checkpoint(directory: str | Path) -> Checkpoint:
     return Checkpoint(directory=directory, vision=vision, text=text,
                       projector_act=top.choice("projector_hidden_act", ACTIVATIONS, "gelu"),
                       projector_bias=top.get("multimodal_projector_bias", bool, True), image_token_id=image_token,
-                      eos_token_ids=eos, chat_template=template, preprocess=_preprocess(directory),
+                      eos_token_ids=eos, chat_template=template, preprocess=_preprocess(directory, tiling),
                       tokenizer_files=files, clean_up_tokenization_spaces=clean_up,
                       generation=read_generation(directory).defaults_dict())
