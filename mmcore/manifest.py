@@ -219,6 +219,13 @@ class VisionSpec(_Spec):
     feature_dim: int = Field(ge=1, description="width of each feature row (the decoder's hidden size)")
     preprocessing: Preprocessing
     io: VisionIO = Field(default_factory=VisionIO)
+    newline: TensorSpec | None = Field(
+        default=None, description="anyres families: the model's `image_newline` row (feature_dim,) float32, a .npy "
+                                  "file in the artifact, appended after each row of a tiled image's features")
+    plan: dict | None = Field(
+        default=None, description="anyres families: the view planner's spec (kind, grid_pinpoints as (height, "
+                                  "width), view_size, patches_per_side, anyres_max, ...); None: one view per image "
+                                  "of features_per_image rows. With a plan, features_per_image counts one view's rows")
 
 
 class PromptSpec(_Spec):
@@ -255,6 +262,8 @@ class Manifest(_Spec):
         """Every file the artifact holds besides the manifest (names relative to its directory) -> its sha256 (None
         where the manifest has none); ValueError when two fields disagree on a file's hash."""
         named: dict[str, str | None] = {self.tokenizer_file: None, self.decoder.embeddings.name: None}
+        if self.vision.newline is not None:
+            named[self.vision.newline.name] = None
         named |= {v.file: v.sha256 for g in self.graphs.values() for v in g.variants.values()}
         for name, digest in self.files_sha256.items():
             if named.get(name) not in (None, digest):
