@@ -36,6 +36,7 @@ class PreprocessedImage:
     # What the image's placeholder becomes in the prompt, in order: text (tokenized with the prompt around it) and
     # runs of feature rows, taken from the block in order; () = one run of all `rows` (no text of its own)
     layout: tuple[str | int, ...] = ()
+    plan: object | None = None  # what the vision stage assembles the views' features by (an anyres plan), or None
 
 
 @dataclass

@@ -201,8 +201,9 @@ async def image_features(stages: Stages, images: list[ImageRef],
         return lambda: matching(stages, call)
 
     try:
-        pixels = await gather_with_retry([tagged(partial(stages.preprocess.process.remote, ref.url, ref.param, key))
-                                          for ref in images], stages.timeout_s, "preprocess", check)
+        pixels = await gather_with_retry([tagged(partial(stages.preprocess.process.remote, ref.url, ref.param, key,
+                                                         len(images))) for ref in images],
+                                         stages.timeout_s, "preprocess", check)
         if admit is not None:
             await admit(pixels)
         feats = await gather_with_retry([tagged(partial(encode_by_reference, stages.vision, p, key)) for p in pixels],

@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from ray import serve
 
+from mmcore.image_plan.anyres import AnyresPlan, assemble
 from mmcore.manifest import Manifest
 from mmcore.runtime.warmup import warm_up
 from serve_app.artifacts import ModelSource, model_key, resolve_model
@@ -53,7 +55,11 @@ class VisionEncoder:
         self.batches_run = 0
         self.int8 = self.runner.int8  # u8s8 / u8u8 for an int8 variant on the CPU EP, else None
         report_active_ep("vision", self.provider, self.variant, self.int8)
-        self.profile = self.options.profile(Manifest.read(artifacts_dir))
+        manifest = Manifest.read(artifacts_dir)
+        self.profile = self.options.profile(manifest)
+        # an anyres model's image_newline row (D,), appended after each row of a tiled image's features
+        newline = manifest.vision.newline
+        self.newline = None if newline is None else np.load(Path(artifacts_dir) / newline.name).astype(np.float32)
         self.cache = FeatureCache(int(self.options.cache_mib * MIB), self.options.cache_size)
         # A batcher per instance, not a decorated method: serve.batch keeps its queue on the function object, which
         # a method decorator shares across every instance in the process (and across event loops in tests).
@@ -114,7 +120,10 @@ class VisionEncoder:
         image's block is its views' features in view order, (rows, D)."""
         enqueued = time.perf_counter()
         blocks = await asyncio.gather(*(self._encode_batch(view, enqueued) for view in image.views))
-        features = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        if isinstance(image.plan, AnyresPlan):  # unpad the tiles' features, newline rows after each row
+            features = assemble(image.plan, np.stack(blocks), self.newline)
+        else:
+            features = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         if features.shape[0] != image.rows:  # the plan and the graph disagree: a bad artifact, not bad input
             raise RuntimeError(f"vision: {len(blocks)} views gave {features.shape[0]} feature rows, the image's plan "
                                f"says {image.rows}")

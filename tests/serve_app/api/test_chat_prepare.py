@@ -128,7 +128,7 @@ class FakeStages:
         self.calls["vis"] = self.vision.calls
 
     @staticmethod
-    def _pre(url, param, model_key=None):
+    def _pre(url, param, model_key=None, images_in_prompt=1):
         v = int(url[-1])
         return PreprocessedImage(np.full((1, 3, 4, 4), v, np.uint8), 16, str(v), 1, 16)
 

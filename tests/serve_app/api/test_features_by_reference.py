@@ -20,7 +20,7 @@ P, D = 16, 8
 class Preprocess:
     class process:  # noqa: N801 -- a handle's method: .remote(...) -> awaitable
         @staticmethod
-        def remote(url, param, model_key=None):
+        def remote(url, param, model_key=None, images_in_prompt=1):
             async def run():
                 v = int(url[-1])
                 return PreprocessedImage(np.full((1, 3, 4, 4), v, np.uint8), P, str(v), 1, 16)
