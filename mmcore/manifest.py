@@ -224,7 +224,7 @@ class VisionSpec(_Spec):
                                   "file in the artifact, appended after each row of a tiled image's features")
     plan: dict | None = Field(
         default=None, description="anyres families: the view planner's spec (kind, grid_pinpoints as (height, "
-                                  "width), view_size, patches_per_side, anyres_max, ...); None: one view per image "
+                                  "width), view_size, patch_size, anyres_max, ...: mmcore.image_plan); None: one view per image "
                                   "of features_per_image rows. With a plan, features_per_image counts one view's rows")
 
 

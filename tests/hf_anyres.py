@@ -88,21 +88,6 @@ def image_processor(case: Case, backend: str = "pil"):
     return cls(size={"height": s, "width": s}, image_grid_pinpoints=pins, image_mean=mean, image_std=std)
 
 
-def _onevision_images_only():
-    from transformers import LlavaOnevisionProcessor
-
-    class OnevisionImagesOnly(LlavaOnevisionProcessor):
-        """Without torchvision transformers has no video processor class, and ProcessorMixin refuses even a None
-        one; images never reach it, so the processor is built without that attribute. Image handling is the
-        class's own."""
-
-        @classmethod
-        def get_attributes(cls):
-            return ["image_processor", "tokenizer"]
-
-    return OnevisionImagesOnly
-
-
 @cache
 def processor(case: Case):
     """NeXT as llava-v1.6 ships it (CLIP: one CLS, strategy "default"); OneVision as SigLIP (no CLS, "full")."""
@@ -113,9 +98,13 @@ def processor(case: Case):
         return LlavaNextProcessor(image_processor=image_processor(case), tokenizer=_tokenizer(),
                                   patch_size=case.patch_size, vision_feature_select_strategy="default",
                                   num_additional_image_tokens=1, image_token=IMAGE_TOKEN)
-    return _onevision_images_only()(image_processor=image_processor(case), tokenizer=_tokenizer(),
-                                   num_image_tokens=side * side, vision_feature_select_strategy="full",
-                                   vision_aspect_ratio=f"anyres_max_{case.anyres_max}", image_token=IMAGE_TOKEN)
+    from transformers import LlavaOnevisionProcessor
+
+    from graphs.families.llava.synthetic import images_only
+    return images_only(LlavaOnevisionProcessor)(
+        image_processor=image_processor(case), tokenizer=_tokenizer(), num_image_tokens=side * side,
+        vision_feature_select_strategy="full", vision_aspect_ratio=f"anyres_max_{case.anyres_max}",
+        image_token=IMAGE_TOKEN)
 
 
 def image_tokens(case: Case, images: list[Image.Image], nested: bool = False) -> int:

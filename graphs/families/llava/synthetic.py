@@ -99,6 +99,7 @@ ARCHS = {"llava": ("LlavaConfig", "LlavaForConditionalGeneration", None),
          "llava_next": ("LlavaNextConfig", "LlavaNextForConditionalGeneration", "LlavaNextImageProcessor"),
          "llava_onevision": ("LlavaOnevisionConfig", "LlavaOnevisionForConditionalGeneration",
                              "LlavaOnevisionImageProcessor")}
+PROCESSORS = {"llava_next": "LlavaNextProcessor", "llava_onevision": "LlavaOnevisionProcessor"}
 
 
 def _tokenizer(vocab: int, image_index: int):
@@ -154,5 +155,48 @@ def write_checkpoint(out: str | Path, spec: Spec, seed: int = 0, max_shard_size:
     if processor_class is None:
         (out / "preprocessor_config.json").write_text(json.dumps(spec.processor, indent=2))
     else:
-        processor_class(**spec.processor).save_pretrained(str(out))
+        _save_processor(out, spec, processor_class(**spec.processor), chat_template)
     return out
+
+
+def _save_processor(out: Path, spec: Spec, image_processor, chat_template: str) -> None:
+    """The whole processor, as released anyres checkpoints ship it (processor_config.json beside the image
+    processor's settings): how many <image> tokens it writes per view is its own setting, which must agree with the
+    model's rows per view."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    side = spec.vision["image_size"] // spec.vision["patch_size"]
+    has_cls = spec.vision["model_type"] == "clip_vision_model"  # "default" drops its CLS row
+    strategy = spec.vision_feature_select_strategy
+    if spec.arch == "llava_next":
+        kwargs = dict(patch_size=spec.vision["patch_size"], num_additional_image_tokens=int(has_cls))
+    else:  # OneVision counts one view's rows itself, the CLS row included when the tower has one
+        kwargs = dict(num_image_tokens=side * side + int(has_cls),
+                      vision_aspect_ratio=spec.extra.get("vision_aspect_ratio", "anyres_max_9"))
+    cls = getattr(transformers, PROCESSORS[spec.arch])
+    processor = images_only(cls)(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(str(out)),
+                                 vision_feature_select_strategy=strategy, chat_template=chat_template, **kwargs)
+    processor.save_pretrained(str(out))
+    # laid out as the released llava-hf checkpoints ship it: the image processor in preprocessor_config.json, the
+    # processor's own settings in processor_config.json (transformers 5 nests the one in the other when it saves)
+    saved = json.loads((out / "processor_config.json").read_text())
+    (out / "preprocessor_config.json").write_text(json.dumps(saved.pop("image_processor"), indent=2))
+    (out / "processor_config.json").write_text(json.dumps(saved, indent=2))
+
+
+def images_only(cls):
+    """`cls` (a transformers processor class) built without a video processor: without torchvision transformers has
+    no video processor class for OneVision, and ProcessorMixin refuses even a None one. Images never reach it; the
+    image handling and what save_pretrained writes are the class's own (its name included, so AutoProcessor loads
+    the files back as `cls`)."""
+    if "video_processor" not in cls.get_attributes():
+        return cls
+
+    class ImagesOnly(cls):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
+    return ImagesOnly

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graphs.families.llava.preprocessing import preprocessing
+from mmcore.image_plan.anyres_hf import spec_from_hf
 from graphs.families.llava_next import MODEL_TYPES
 from graphs.families.llava.checkpoint import (Checkpoint, CheckpointError, config_fields, json_fields,
                                               processor_fields, read_checkpoint)
@@ -41,16 +42,18 @@ class AnyresCheckpoint:
         return self.base.directory
 
     def plan(self) -> dict:
-        """The manifest's VisionSpec.plan: what the anyres planner needs to turn an image into views and rows."""
-        v = self.base.vision
-        return {"kind": "anyres", "model_type": self.model_type,
-                "grid_pinpoints": [list(p) for p in self.grid_pinpoints], "view_size": v.image_size,
-                "patch_size": v.patch_size, "patches_per_side": v.image_size // v.patch_size,
-                "features_per_view": v.features_per_image, "anyres_max": self.anyres_max,
-                "vision_feature_select_strategy": "default" if v.drop_cls else "full",
-                # transformers' OneVision tiles an image only when it is its message's one image (batch_num_images
-                # 1); with several, each is its base view + one newline row
-                "multi_image": "base_view" if self.model_type == "llava_onevision" else "tiled"}
+        """The manifest's VisionSpec.plan: the anyres planner's spec (mmcore.image_plan.anyres), read from the
+        checkpoint's own files as transformers' processor and model read them; CheckpointError naming the fields
+        where the planner could not reproduce them. The base view, tiles, unpadding, OneVision's shrink and its
+        one-view images of a multi-image prompt all follow from it."""
+        d = self.directory
+        saved = d / "processor_config.json"
+        processor = json_fields(saved).data if saved.is_file() else {}
+        try:
+            spec = spec_from_hf(processor_fields(d).data, processor, config_fields(d).data)
+        except ValueError as e:
+            raise CheckpointError(f"{d}: {e}") from None
+        return spec.model_dump(mode="json")
 
     def to_dict(self) -> dict:
         return {**self.base.to_dict(), "model_type": self.model_type,

@@ -19,6 +19,7 @@ from graphs.build import build_artifacts
 from graphs.families.llava import parity
 from graphs.families.llava.synthetic import write_checkpoint
 from graphs.families.llava.variants import VARIANTS
+from mmcore.image_plan.anyres import AnyresPlanSpec
 from mmcore.manifest import Manifest
 from mmcore.runtime.kv_runner import OrtDecoderRunner
 
@@ -57,12 +58,10 @@ def test_every_variant_and_the_newline_row_written_with_their_sha256(built, chec
     config, model, _ = _transformers(checkpoints[name])
     np.testing.assert_array_equal(np.load(out / m.vision.newline.name),
                                   model.model.image_newline.detach().numpy())
-    plan, vision = m.vision.plan, config["vision_config"]
-    assert plan["kind"] == "anyres" and plan["model_type"] == config["model_type"]
-    assert plan["grid_pinpoints"] == config["image_grid_pinpoints"]
-    assert plan["view_size"] == vision["image_size"] and plan["patches_per_side"] == 4
-    assert plan["anyres_max"] == (4 if "onevision" in name else None)
-    assert plan["multi_image"] == ("base_view" if "onevision" in name else "tiled")
+    plan, vision = AnyresPlanSpec.model_validate(m.vision.plan), config["vision_config"]  # the planner's own spec
+    assert [list(p) for p in plan.grid_pinpoints] == config["image_grid_pinpoints"]
+    assert plan.view_size == vision["image_size"] and plan.side == 4
+    assert plan.anyres_max == (4 if "onevision" in name else None)
     assert m.vision.features_per_image == m.prompt.image_features == 16  # per view
     for entry in (m.graphs["vision"].inputs[0], m.graphs["vision"].outputs[0]):
         assert entry.shape[0] == "views"
@@ -154,4 +153,5 @@ def test_tower_options_pass_the_gate(tmp_path, base, vision, changes):
         f = m.graphs["vision"].variants[variant].parity
         assert f["feature_max_abs_err"] <= parity.FP32_REL * f["feature_scale"] and f["views"] >= 12
     assert m.graphs["decoder"].variants["cpu-fp32"].parity["greedy_identical"]
-    assert m.vision.plan["patches_per_side"] == 4 and m.vision.plan["view_size"] == vision.get("image_size", 32)
+    plan = AnyresPlanSpec.model_validate(m.vision.plan)
+    assert plan.side == 4 and plan.view_size == vision.get("image_size", 32)
