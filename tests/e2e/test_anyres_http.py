@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import auth_headers, start_app, wait_ready
-from tests.serve_app.image_samples import png_url
+from PIL import Image
+
+from tests.serve_app.image_samples import data_url, encode, png_url
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.e2e
@@ -114,3 +116,18 @@ def test_greedy_equals_transformers_generate(served, anyres, spec, case):
     assert body["usage"]["prompt_tokens"] == prompt_tokens
     assert body["choices"][0]["message"]["content"] == text
     assert (body["choices"][0]["finish_reason"], body["usage"]["completion_tokens"]) == (finish, completion)
+
+
+def test_an_image_too_thin_for_the_grid_is_a_400_and_the_app_keeps_serving(served, anyres):
+    _, _, url = anyres("next-clip-llama")
+
+    def ask(image: str) -> httpx.Response:
+        content = [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "what is it?"}]
+        return httpx.post(f"{url}/v1/chat/completions", headers=auth_headers(served), timeout=120,
+                          json={"messages": [{"role": "user", "content": content}], "max_tokens": 2})
+    r = ask(data_url(encode(Image.new("RGB", (20000, 20), (40, 90, 160)))))  # flat: small on the wire
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["param"]) == ("invalid_image_size", "messages.0.content.0.image_url")
+    assert "20000x20 px" in err["message"]
+    assert ask(SQUARE).status_code == 200
