@@ -47,7 +47,7 @@ class StepLoop:
         self.scheduler = scheduler
         self.prefiller = Prefiller(runner, embeddings, scheduler)
         self.publish = publish
-        self.steps = 0  # decode steps so far
+        self.steps = 0  # steps that gave tokens so far: decode calls, and lone prompts' first tokens
         self._wake = threading.Event()
         self._stop = False
         self._recheck_s: float | None = None  # run_to_completion: when a partial batch may start
@@ -154,13 +154,15 @@ class StepLoop:
         return report
 
     def _decode(self, seqs: list[Sequence], report: StepReport) -> None:
-        if len(seqs) == 1 and seqs[0].first_logits is not None:  # a lone prompt prefilled whole: no decode call
-            seq = seqs[0]
+        t0 = time.perf_counter()
+        if len(seqs) == 1 and seqs[0].first_logits is not None:  # a lone prompt prefilled whole: no decode call,
+            seq = seqs[0]                                          # but a step of one row all the same (metrics)
             logits, seq.first_logits = seq.first_logits[None], None
             tokens, logprobs = self._choose(logits, seqs)
+            self.steps += 1
             self._record(seq, int(tokens[0]), logprobs[0], report)
+            report.step_s, report.batch = time.perf_counter() - t0, 1
             return
-        t0 = time.perf_counter()
         n = len(seqs)
         last = np.fromiter((max(s.last_token, 0) for s in seqs), np.int64, n)
         embeds = self.embeddings[last]  # (n,D)
