@@ -95,6 +95,39 @@ def start_app(args: dict, name: str, route_prefix: str) -> None:
     serve.run(build_app(args), name=name, route_prefix=route_prefix)
 
 
+class CheckpointApps:
+    """Checkpoints served beside the package's app, one at a time (the 4 logical CPUs hold no more replicas): each
+    written by the caller, built with `mmserve build --hf` and deployed from its artifacts_dir under /<name> with the
+    e2e args. Lifecycle: get(...) per test (built on first use) -> close() at the module's end."""
+
+    def __init__(self, served: Served, tmp_path_factory):
+        self.served, self.tmp, self.apps = served, tmp_path_factory, {}
+
+    def get(self, name: str, write: Callable[[Path], Path],
+            variants: tuple[str, ...] = ("vision/cpu-fp32", "decoder/cpu-fp32"),
+            folder: str | None = None) -> tuple[Path, Path, str]:
+        """-> (checkpoint dir, artifact dir, base URL) of app `name`; `write(dir)` writes its checkpoint in a folder
+        named `folder` (default: the app's name), which names the served model: mmserve-<folder>."""
+        from graphs.cli import main
+
+        if name not in self.apps:
+            self.close()
+            ck = write(self.tmp.mktemp("ckpt") / (folder or name))
+            out = self.tmp.mktemp("artifacts") / name
+            assert main(["build", "--hf", str(ck), "--out", str(out), "--quiet", "--variants", *variants]) == 0
+            start_app({**self.served.args, "model": {"artifacts_dir": str(out)}}, name, f"/{name}")
+            self.apps[name] = ck, out, f"{self.served.url}/{name}"
+            wait_ready(self.apps[name][2])
+        return self.apps[name]
+
+    def close(self) -> None:
+        from ray import serve
+
+        for name in self.apps:
+            serve.delete(name)
+        self.apps.clear()
+
+
 @pytest.fixture(scope="package")
 def e2e_artifacts(tiny_artifacts_dir) -> Path:
     return tiny_artifacts_dir

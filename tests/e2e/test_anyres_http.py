@@ -13,7 +13,7 @@ import io
 import httpx
 import pytest
 
-from tests.e2e.conftest import auth_headers, start_app, wait_ready
+from tests.e2e.conftest import CheckpointApps, auth_headers
 from PIL import Image
 
 from tests.serve_app.image_samples import data_url, encode, png_url
@@ -26,34 +26,15 @@ SPECS = ("next-clip-llama", "onevision-siglip-qwen2")
 
 @pytest.fixture(scope="module")
 def anyres(served, tmp_path_factory):
-    """anyres(spec name) -> (checkpoint dir, artifact dir, base URL); built and deployed on first use, one app at a time."""
-    from ray import serve
-
-    from graphs.cli import main
+    """anyres(spec name) -> (checkpoint dir, artifact dir, base URL); built and deployed on first use."""
     from graphs.families.llava.synthetic import write_checkpoint
     from graphs.families.llava_next.synthetic import SPECS as ANYRES_SPECS
 
-    apps: dict[str, tuple] = {}
-
-    def deploy(name: str):
-        if name not in apps:
-            for other in apps:
-                serve.delete(other)
-            apps.clear()
-            ck = write_checkpoint(tmp_path_factory.mktemp("anyres_ckpt") / name, ANYRES_SPECS[name])
-            out = tmp_path_factory.mktemp("anyres_artifacts") / name
-            assert main(["build", "--hf", str(ck), "--out", str(out), "--quiet",
-                         "--variants", "vision/cpu-fp32", "decoder/cpu-fp32"]) == 0
-            start_app({**served.args, "model": {"artifacts_dir": str(out)}}, name, f"/{name}")
-            apps[name] = ck, out, f"{served.url}/{name}"
-            wait_ready(apps[name][2])
-        return apps[name]
-
+    apps = CheckpointApps(served, tmp_path_factory)
     try:
-        yield deploy
+        yield lambda name: apps.get(name, lambda d: write_checkpoint(d, ANYRES_SPECS[name]))
     finally:
-        for name in apps:
-            serve.delete(name)
+        apps.close()
 
 
 def _reference(ck, artifacts, messages: list[dict], images: list[str]) -> tuple[str, str, int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.conftest import auth_headers, start_app, wait_ready
+from tests.e2e.conftest import CheckpointApps, auth_headers
 from tests.serve_app.image_samples import png_url
 
 pytest.importorskip("transformers")
@@ -19,35 +19,21 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def llava(served, tmp_path_factory):
-    """llava(spec name) -> (checkpoint dir, artifact dir, base URL); built and deployed on first use. One LLaVA app
-    at a time beside the package's (the tests are ordered by spec): the 4 logical CPUs hold no more replicas."""
-    from ray import serve
-
-    from graphs.cli import main
+    """llava(spec name) -> (checkpoint dir, artifact dir, base URL); built and deployed on first use, one LLaVA app
+    at a time beside the package's (the tests are ordered by spec)."""
     from graphs.families.llava.synthetic import SPECS, write_checkpoint
 
-    apps: dict[str, tuple] = {}
+    apps = CheckpointApps(served, tmp_path_factory)
 
     def deploy(name: str, decoder: str = "cpu-fp32"):
         app = name if decoder == "cpu-fp32" else f"{name}-{decoder}"
-        if app not in apps:
-            for other in apps:
-                serve.delete(other)
-            apps.clear()
-            ck = write_checkpoint(tmp_path_factory.mktemp("llava_ckpt") / name, SPECS[name])
-            out = tmp_path_factory.mktemp("llava_artifacts") / name
-            assert main(["build", "--hf", str(ck), "--out", str(out), "--quiet",
-                         "--variants", "vision/cpu-fp32", f"decoder/{decoder}"]) == 0
-            start_app({**served.args, "model": {"artifacts_dir": str(out)}}, app, f"/{app}")
-            apps[app] = ck, out, f"{served.url}/{app}"
-            wait_ready(apps[app][2])
-        return apps[app]
+        return apps.get(app, lambda d: write_checkpoint(d, SPECS[name]), ("vision/cpu-fp32", f"decoder/{decoder}"),
+                        folder=name)
 
     try:
         yield deploy
     finally:
-        for name in apps:
-            serve.delete(name)
+        apps.close()
 
 
 def _reference(ck, artifacts, messages: list[dict], images: list[str]) -> tuple[str, str, int, int]:

@@ -13,7 +13,7 @@ import io
 import httpx
 import pytest
 
-from tests.e2e.conftest import auth_headers, start_app, wait_ready
+from tests.e2e.conftest import CheckpointApps, auth_headers
 from tests.e2e.sse_client import content_of, stream_chat
 from tests.serve_app.image_samples import png_url
 from tests.tokenizer_kinds import KINDS, TEMPLATES, make_tokenizer
@@ -34,36 +34,23 @@ CASES = {
 @pytest.fixture(scope="module")
 def checkpoint_app(served, tmp_path_factory):
     """checkpoint_app(kind) -> (checkpoint dir, base URL); one app at a time beside the package's."""
-    from ray import serve
-
-    from graphs.cli import main
     from graphs.families.llava.synthetic import SPECS, write_checkpoint
 
-    current: dict[str, tuple] = {}
+    apps = CheckpointApps(served, tmp_path_factory)
+
+    def write(kind: str, directory):
+        tok = tmp_path_factory.mktemp("tok") / kind
+        make_tokenizer(kind, tok)
+        return write_checkpoint(directory, SPECS["clip-llama"], tokenizer=tok, chat_template=TEMPLATES[kind])
 
     def deploy(kind: str):
-        if kind not in current:
-            for name in current:  # the machine holds one such app beside the package's
-                serve.delete(f"kind-{name}")
-            current.clear()
-            tok = tmp_path_factory.mktemp("tok") / kind
-            make_tokenizer(kind, tok)
-            ck = write_checkpoint(tmp_path_factory.mktemp("ckpt") / kind, SPECS["clip-llama"], tokenizer=tok,
-                                  chat_template=TEMPLATES[kind])
-            out = tmp_path_factory.mktemp("art") / kind
-            assert main(["build", "--hf", str(ck), "--out", str(out), "--quiet",
-                         "--variants", "vision/cpu-fp32", "decoder/cpu-fp32"]) == 0
-            app = f"kind-{kind}"
-            start_app({**served.args, "model": {"artifacts_dir": str(out)}}, app, f"/{app}")
-            current[kind] = ck, f"{served.url}/{app}"
-            wait_ready(current[kind][1])
-        return current[kind]
+        ck, _, url = apps.get(f"kind-{kind}", lambda d: write(kind, d))
+        return ck, url
 
     try:
         yield deploy
     finally:
-        for name in current:
-            serve.delete(f"kind-{name}")
+        apps.close()
 
 
 def _wire(case) -> list[dict]:
