@@ -200,7 +200,7 @@ class Preprocessing(_Spec):
                     "center-crop (top = (h - S) // 2), as transformers' CLIPImageProcessor does")
     shortest_edge: int | None = Field(default=None, ge=1, description="short side after resizing, for "
                                       "`shortest_edge` (>= the crop size, image_size)")
-    resample: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    resample: Literal["bicubic", "bilinear", "nearest", "lanczos"] = "bicubic"
     pad_color: tuple[int, int, int] = Field(default=(0, 0, 0), description="RGB fill for `pad`")
     mean: tuple[float, float, float] = Field(description="normalization folded into the vision graph (for reference: "
                                              "serving passes raw pixels)")
@@ -219,6 +219,9 @@ class VisionSpec(_Spec):
     feature_dim: int = Field(ge=1, description="width of each feature row (the decoder's hidden size)")
     preprocessing: Preprocessing
     io: VisionIO = Field(default_factory=VisionIO)
+    plan: dict | None = Field(default=None, description="how an image becomes views and prompt rows, by `kind` (e.g. "
+                                                        "idefics3: crops + a global view, each features_per_image "
+                                                        "rows wrapped in tokens); None: one view per image")
 
 
 class PromptSpec(_Spec):

@@ -13,6 +13,7 @@ from pathlib import Path
 # name -> package; a new family adds one line here and its own folder.
 FAMILIES: dict[str, str] = {
     "own": "graphs.families.own",
+    "idefics3": "graphs.families.idefics3",  # before llava, which accepts any directory with a config.json
     "llava": "graphs.families.llava",
 }
 
@@ -31,14 +32,21 @@ def source_names() -> dict[str, str]:
     return {src: name for name, package in FAMILIES.items() for src in importlib.import_module(package).SOURCES}
 
 
+def family_for_checkpoint(path: Path) -> str | None:
+    """The name of the first family (registry order) whose package `accepts` the directory, or None. Light: each
+    family's `checkpoint` module then reads the directory without torch (graphs/entry.py)."""
+    for name, package in FAMILIES.items():
+        accepts = getattr(importlib.import_module(package), "accepts", None)
+        if accepts is not None and accepts(path):
+            return name
+    return None
+
+
 def family_for_source(source: str):
     """The Family that builds `source`: a preset name, or a checkpoint directory that a family's package `accepts`."""
     path = Path(source)
-    if path.is_dir():
-        for name, package in FAMILIES.items():
-            accepts = getattr(importlib.import_module(package), "accepts", None)
-            if accepts is not None and accepts(path):
-                return get_family(name)
+    if path.is_dir() and (name := family_for_checkpoint(path)) is not None:
+        return get_family(name)
     names = source_names()
     if source not in names:
         raise ValueError(f"unknown preset {source!r}; choose one of: {', '.join(sorted(names))}")

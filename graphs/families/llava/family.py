@@ -112,8 +112,8 @@ class LlavaFamily:
         from graphs.families.llava.reference import Reference
         from graphs.signed_check import u8s8_figures
 
-        progress("reference: transformers LlavaForConditionalGeneration")
-        ref = Reference(model.ck)
+        ref = getattr(model, "reference", Reference)(model.ck)  # another family's Loaded names its own
+        progress(f"reference: transformers {type(ref.model).__name__}")
         inputs = parity.Inputs(ref)
         out = GateResult({})
         for graph, protos in built.items():

@@ -51,7 +51,7 @@ def kv_absmax(model) -> kv_quant.KvAbsmax:
     from graphs.families.llava.reference import Reference  # torch + transformers: build time only
 
     ck = model.ck
-    ref, t = Reference(ck), ck.text
+    ref, t = getattr(model, "reference", Reference)(ck), ck.text  # another family's Loaded names its own
     acc = kv_quant.KvAbsmax(t.layers, t.kv_heads, t.head_dim)
     for ids, pixels in contexts(ck, np.random.default_rng(CALIBRATION_SEED)):
         _, cache = ref.greedy_cache(ids, pixels, CONTINUATION_TOKENS)

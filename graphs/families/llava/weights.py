@@ -101,17 +101,19 @@ def expected_shapes(ck: Checkpoint) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_weights(ck: Checkpoint) -> dict[str, np.ndarray]:
+def load_weights(ck: Checkpoint, expected: dict[str, tuple[int, ...]] | None = None,
+                 rename=canonical) -> dict[str, np.ndarray]:
     """{canonical name: float32 array} for exactly the tensors `expected_shapes` names; one-line errors otherwise.
+    `expected` and `rename`: another family's shapes and key mapping over the same reading (idefics3).
 
     Vision layers past the deepest feature layer are never read: the graph does not run them.
     """
     named_in, shards = _files(ck.directory)
-    expected = expected_shapes(ck)
+    expected = expected_shapes(ck) if expected is None else expected
     sources: dict[str, tuple[Path, str]] = {}
     keys = shards.items() if shards is not None else [(k, named_in) for k in _keys(named_in)]
     for key, path in keys:
-        name = canonical(key)
+        name = rename(key)
         if name is None:
             raise CheckpointError(f"{named_in}: {key}: not a LLaVA tensor name (unknown layout)")
         if name in expected:
