@@ -53,13 +53,14 @@ class Idefics3Checkpoint(Checkpoint):
     plan: dict = field(default_factory=dict)  # the manifest's VisionSpec.plan (family.py)
 
 
-def _vision(f: _Fields, scale: int) -> Idefics3Vision:
+def _vision(f: _Fields, top: _Fields, scale: int) -> Idefics3Vision:
     f.choice("model_type", VISION_TYPES)
     image, patch = f.get("image_size", int), f.get("patch_size", int)
     if image % patch:
         f.fail("image_size", f"{image} is not a multiple of patch_size {patch}")
-    if (image // patch) % scale:
-        f.fail("image_size", f"{image // patch} patches a side do not divide by scale_factor {scale}")
+    if scale < 1 or (image // patch) % scale:
+        top.fail("scale_factor", f"{scale} does not divide the {image // patch} patches a side of "
+                                 f"vision_config.image_size {image} / patch_size {patch}")
     if f.get("num_channels", int, 3) != 3:
         f.fail("num_channels", "only 3-channel images are supported")
     hidden, heads, layers = f.get("hidden_size", int), f.get("num_attention_heads", int), f.get("num_hidden_layers", int)
@@ -146,10 +147,7 @@ def read_checkpoint(directory: str | Path) -> Idefics3Checkpoint:
     path = directory / "config.json"
     top = _Fields(path, _read_json(path))
     model_type = top.choice("model_type", tuple(MODEL_TYPES))
-    scale = top.get("scale_factor", int, 2)
-    if scale < 1:
-        top.fail("scale_factor", f"{scale} is not a positive integer")
-    vision = _vision(top.sub("vision_config"), scale)
+    vision = _vision(top.sub("vision_config"), top, top.get("scale_factor", int, 2))
     text_f = top.sub("text_config")
     tied = top.get("tie_word_embeddings", bool, False) or text_f.get("tie_word_embeddings", bool, False)
     text = _text(text_f, tied)
@@ -166,7 +164,7 @@ def read_checkpoint(directory: str | Path) -> Idefics3Checkpoint:
     tokens = _special_tokens(directory, image_token, top)
     from graphs.families.llava.generation import read_generation
 
-    plan |= {"kind": "idefics3", "scale_factor": scale, "image_seq_len": vision.features_per_image, "tokens": tokens}
+    plan |= {"kind": "idefics3", "scale_factor": vision.scale_factor, "image_seq_len": vision.features_per_image, "tokens": tokens}
     return Idefics3Checkpoint(
         directory=directory, vision=vision, text=text, projector_act="none", projector_bias=False,
         image_token_id=image_token, eos_token_ids=eos, chat_template=template, preprocess=preprocess,
