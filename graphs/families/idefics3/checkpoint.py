@@ -29,7 +29,8 @@ from pathlib import Path
 
 from graphs.families.idefics3 import MODEL_TYPES
 from graphs.families.llava.checkpoint import (ACTIVATIONS, RESAMPLE, Checkpoint, CheckpointError, PreprocessSpec,
-                                              VisionSpec, _Fields, _read_json, _text, _tokenizer, cleans_up_spaces)
+                                              VisionSpec, _Fields, _read_json, _text, _tokenizer, cleans_up_spaces,
+                                              config_fields, normalization)
 
 VISION_TYPES = ("idefics3_vision", "smolvlm_vision")
 RESAMPLE_SERVED = ("lanczos", "bicubic", "bilinear", "nearest")  # PIL filters the preprocess stage runs
@@ -63,7 +64,8 @@ def _vision(f: _Fields, top: _Fields, scale: int) -> Idefics3Vision:
                                  f"vision_config.image_size {image} / patch_size {patch}")
     if f.get("num_channels", int, 3) != 3:
         f.fail("num_channels", "only 3-channel images are supported")
-    hidden, heads, layers = f.get("hidden_size", int), f.get("num_attention_heads", int), f.get("num_hidden_layers", int)
+    hidden, heads = f.get("hidden_size", int), f.get("num_attention_heads", int)
+    layers = f.get("num_hidden_layers", int)
     if hidden % heads:
         f.fail("num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
     # every encoder layer runs, then post_layernorm: the connector reads the last hidden state
@@ -109,15 +111,9 @@ def _image_processor(f: _Fields, v: Idefics3Vision, config: Path) -> tuple[Prepr
         f.fail("rescale_factor", f"{rescale} is not supported (only 1/255)")
     if not f.get("do_convert_rgb", bool, True):
         f.fail("do_convert_rgb", "false is not supported (serving converts every image to RGB)")
-    mean, std = (0.0,) * 3, (1.0,) * 3
-    if f.get("do_normalize", bool, True):
-        mean, std = f.get("image_mean", list), f.get("image_std", list)
-        for key, x in (("image_mean", mean), ("image_std", std)):
-            if len(x) != 3 or not all(isinstance(e, (int, float)) for e in x) or (key == "image_std" and min(x) <= 0):
-                f.fail(key, f"expected 3 numbers (std > 0), got {x!r}")
+    mean, std = normalization(f)
     spec = PreprocessSpec(resize="longest_edge", size=longest or 0, crop=None, resample=RESAMPLE[resample],
-                          rescale_factor=rescale, mean=tuple(map(float, mean)), std=tuple(map(float, std)),
-                          convert_rgb=True)
+                          rescale_factor=rescale, mean=mean, std=std, convert_rgb=True)
     plan = {"do_resize": do_resize, "longest_edge": longest, "max_image_size": side,
             "do_image_splitting": f.get("do_image_splitting", bool, True), "resample": RESAMPLE[resample]}
     return spec, plan
@@ -142,10 +138,8 @@ def _special_tokens(directory: Path, image_token_id: int, config: _Fields) -> di
 
 def read_checkpoint(directory: str | Path) -> Idefics3Checkpoint:
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a checkpoint directory")
-    path = directory / "config.json"
-    top = _Fields(path, _read_json(path))
+    top = config_fields(directory)
+    path = top.path
     model_type = top.choice("model_type", tuple(MODEL_TYPES))
     vision = _vision(top.sub("vision_config"), top, top.get("scale_factor", int, 2))
     text_f = top.sub("text_config")
@@ -164,10 +158,11 @@ def read_checkpoint(directory: str | Path) -> Idefics3Checkpoint:
     tokens = _special_tokens(directory, image_token, top)
     from graphs.families.llava.generation import read_generation
 
-    plan |= {"kind": "idefics3", "scale_factor": vision.scale_factor, "image_seq_len": vision.features_per_image, "tokens": tokens}
+    plan |= {"kind": "idefics3", "scale_factor": vision.scale_factor, "image_seq_len": vision.features_per_image,
+             "tokens": tokens}
     return Idefics3Checkpoint(
         directory=directory, vision=vision, text=text, projector_act="none", projector_bias=False,
         image_token_id=image_token, eos_token_ids=eos, chat_template=template, preprocess=preprocess,
-        tokenizer_files=files,
-        clean_up_tokenization_spaces=cleans_up_spaces(directory / "tokenizer.json", directory / "tokenizer_config.json"),
+        tokenizer_files=files, clean_up_tokenization_spaces=cleans_up_spaces(directory / "tokenizer.json",
+                                                                             directory / "tokenizer_config.json"),
         generation=read_generation(directory).defaults_dict(), architecture=MODEL_TYPES[model_type], plan=plan)

@@ -47,8 +47,9 @@ def vision_spec(ck: Idefics3Checkpoint) -> VisionSpec:
 
     v, p = ck.vision, ck.preprocess
     pre = Preprocessing(resize="resize", resample=p.resample, mean=p.mean, std=p.std)
+    plan = ck.plan | {"max_longest_edge": MAX_IMAGE_SIZE}
     return VisionSpec(image_size=v.image_size, patch_size=v.patch_size, features_per_image=v.features_per_image,
-                      feature_dim=ck.text.hidden, preprocessing=pre, plan=ck.plan | {"max_longest_edge": MAX_IMAGE_SIZE})
+                      feature_dim=ck.text.hidden, preprocessing=pre, plan=plan)
 
 
 class Idefics3Family(LlavaFamily):

@@ -38,7 +38,8 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class Spec:
-    """One synthetic checkpoint's dims: `vision`/`text` are HF sub-config kwargs; `processor`: image processor kwargs."""
+    """One synthetic checkpoint's dims: `vision`/`text` are HF sub-config kwargs; `processor`: the image
+    processor's."""
 
     vision: dict
     text: dict

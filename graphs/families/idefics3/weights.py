@@ -10,23 +10,18 @@ Transformers 4 and 5 save the same layout for this model (no conversion mapping)
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from graphs.families.idefics3.checkpoint import Idefics3Checkpoint
 from graphs.families.llava import weights as llava
 
-RENAMES = [
-    (re.compile(r"^model\.vision_model\."), "vision."),
-    (re.compile(r"^model\.connector\.modality_projection\.proj\."), "connector."),
-    (re.compile(r"^model\.text_model\."), "text."),
-    (re.compile(r"^lm_head\."), "lm_head."),
-]
+# saved key prefix -> canonical prefix
+PREFIXES = {"model.vision_model.": "vision.", "model.connector.modality_projection.proj.": "connector.",
+            "model.text_model.": "text.", "lm_head.": "lm_head."}
 
 
 def canonical(key: str) -> str | None:
-    return next((pattern.sub(repl, key) for pattern, repl in RENAMES if pattern.match(key)), None)
+    return next((new + key[len(old):] for old, new in PREFIXES.items() if key.startswith(old)), None)
 
 
 def expected_shapes(ck: Idefics3Checkpoint) -> dict[str, tuple[int, ...]]:

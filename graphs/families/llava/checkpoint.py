@@ -240,6 +240,17 @@ def _pair(f: _Fields, key: str, value) -> tuple[int, int] | int:
     f.fail(key, f"expected {{height, width}}, got {value!r}")
 
 
+def normalization(f: _Fields) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """An image processor's (image_mean, image_std), identity when do_normalize is off; 3 numbers each, std > 0."""
+    mean, std = (0.0,) * 3, (1.0,) * 3
+    if f.get("do_normalize", bool, True):
+        mean, std = f.get("image_mean", list), f.get("image_std", list)
+        for key, v in (("image_mean", mean), ("image_std", std)):
+            if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) or (key == "image_std" and min(v) <= 0):
+                f.fail(key, f"expected 3 numbers (std > 0), got {v!r}")
+    return tuple(map(float, mean)), tuple(map(float, std))
+
+
 def _preprocess(directory: Path) -> PreprocessSpec:
     path = next((directory / n for n in PROCESSOR_FILES if (directory / n).is_file()), None)
     if path is None:
@@ -265,15 +276,9 @@ def _preprocess(directory: Path) -> PreprocessSpec:
     if resample not in RESAMPLE:
         f.fail("resample", f"unknown PIL filter {resample}")
     rescale = f.get("rescale_factor", float, 1 / 255) if f.get("do_rescale", bool, True) else 1.0
-    mean, std = (0.0,) * 3, (1.0,) * 3
-    if f.get("do_normalize", bool, True):
-        mean, std = f.get("image_mean", list), f.get("image_std", list)
-        for key, v in (("image_mean", mean), ("image_std", std)):
-            if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) or (key == "image_std" and min(v) <= 0):
-                f.fail(key, f"expected 3 numbers (std > 0), got {v!r}")
+    mean, std = normalization(f)
     return PreprocessSpec(resize=resize, size=size, crop=crop, resample=RESAMPLE[resample], rescale_factor=rescale,
-                          mean=tuple(map(float, mean)), std=tuple(map(float, std)),
-                          convert_rgb=f.get("do_convert_rgb", bool, True))
+                          mean=mean, std=std, convert_rgb=f.get("do_convert_rgb", bool, True))
 
 
 def _tokenizer(directory: Path) -> tuple[tuple[int, ...], str | None, tuple[str, ...]]:
@@ -360,12 +365,16 @@ def same_tokenizer(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
 
 
-def read_checkpoint(directory: str | Path) -> Checkpoint:
-    directory = Path(directory)
+def config_fields(directory: Path) -> _Fields:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a checkpoint directory")
     path = directory / "config.json"
-    top = _Fields(path, _read_json(path))
+    return _Fields(path, _read_json(path))
+
+
+def read_checkpoint(directory: str | Path) -> Checkpoint:
+    directory = Path(directory)
+    top = config_fields(directory)
     top.choice("model_type", ("llava",))
     vision = _vision(top.sub("vision_config"), top)
     text_f = top.sub("text_config")

@@ -52,7 +52,8 @@ def _check(got: np.ndarray, want: np.ndarray, precision: str) -> None:
         assert parity.cosine(got, want) >= bound
 
 
-@pytest.mark.parametrize("shapes", [[s] for s in SHAPES] + [SHAPES[:3]], ids=lambda s: "+".join(f"{h}x{w}" for h, w in s))
+@pytest.mark.parametrize("shapes", [[s] for s in SHAPES] + [SHAPES[:3]],
+                         ids=lambda s: "+".join(f"{h}x{w}" for h, w in s))
 def test_every_variant_matches_transformers_per_view(built, hf, shapes):
     processor, model = hf
     _, out, manifest = built["tiny"]
