@@ -119,21 +119,30 @@ def _image_processor(f: _Fields, v: Idefics3Vision, config: Path) -> tuple[Prepr
     return spec, plan
 
 
-def _special_tokens(directory: Path, image_token_id: int, config: _Fields) -> dict:
-    """The processor's wrapper tokens, each required in tokenizer.json (Idefics3Processor looks them up by text)."""
+def _special_tokens(directory: Path, image_token_id: int, config: _Fields, model_type: str) -> dict:
+    """The wrapper texts the processor writes around each view's rows. Idefics3Processor has them fixed; SmolVLM's
+    reads them from the tokenizer (tokenizer_config.json, at the top or under extra_special_tokens). `<image>`
+    must be image_token_id; the fake token and end of utterance must be tokens already (Idefics3Processor would
+    add them past the model's vocabulary); global and row/col tags may be plain text, tokenized as written."""
     from tokenizers import Tokenizer
 
+    tokens = {"image": IMAGE_TOKEN, "fake_image": FAKE_TOKEN, "global_image": GLOBAL_TOKEN, "row_col": ROW_COL,
+              "end_of_utterance": END_OF_UTTERANCE}
+    if model_type == "smolvlm":
+        cfg = _read_json(directory / "tokenizer_config.json")
+        extra = cfg.get("extra_special_tokens") if isinstance(cfg.get("extra_special_tokens"), dict) else {}
+        for key in ("image", "fake_image", "global_image", "end_of_utterance"):
+            value = cfg.get(f"{key}_token", extra.get(f"{key}_token"))
+            tokens[key] = value if isinstance(value, str) else tokens[key]
     path = directory / "tokenizer.json"
     tok = Tokenizer.from_file(str(path))  # llava's _tokenizer has already checked it reads
-    if tok.id_to_token(image_token_id) != IMAGE_TOKEN:
+    if tok.id_to_token(image_token_id) != tokens["image"]:
         config.fail("image_token_id", f"{image_token_id} is {tok.id_to_token(image_token_id)!r} in {path}, "
-                                      f"not {IMAGE_TOKEN!r}")
-    rows = [ROW_COL.format(row=r, col=c) for r in range(1, 7) for c in range(1, 7)]
-    for token in (FAKE_TOKEN, GLOBAL_TOKEN, END_OF_UTTERANCE, *rows):
-        if tok.token_to_id(token) is None:
-            raise CheckpointError(f"{path}: added_tokens: {token!r} missing (the Idefics3 processor's wrapper token)")
-    return {"image": IMAGE_TOKEN, "fake_image": FAKE_TOKEN, "global_image": GLOBAL_TOKEN, "row_col": ROW_COL,
-            "end_of_utterance": END_OF_UTTERANCE}
+                                      f"not {tokens['image']!r}")
+    for key in ("fake_image", "end_of_utterance"):
+        if tok.token_to_id(tokens[key]) is None:
+            raise CheckpointError(f"{path}: added_tokens: {tokens[key]!r} missing (the processor's {key} token)")
+    return tokens
 
 
 def read_checkpoint(directory: str | Path) -> Idefics3Checkpoint:
@@ -155,7 +164,7 @@ def read_checkpoint(directory: str | Path) -> Idefics3Checkpoint:
                               f"{vision.features_per_image} rows per view {path} implies ((image_size / patch_size)^2 "
                               f"/ scale_factor^2)")
     eos, template, files = _tokenizer(directory)
-    tokens = _special_tokens(directory, image_token, top)
+    tokens = _special_tokens(directory, image_token, top, model_type)
     from graphs.families.llava.generation import read_generation
 
     plan |= {"kind": "idefics3", "scale_factor": vision.scale_factor, "image_seq_len": vision.features_per_image,

@@ -73,3 +73,15 @@ def test_flat_preprocessor_config_is_read(broken):
         (d / "processor_config.json").write_text(json.dumps(top))
     ck = read_checkpoint(broken(flatten))
     assert ck.plan["max_image_size"] == 32 and ck.preprocess.mean == (0.5, 0.5, 0.5)
+
+
+def test_smolvlm_reads_its_wrapper_tokens_from_the_tokenizer(tiny_smolvlm, tmp_path):
+    """SmolVLMProcessor takes them from the tokenizer's attributes: a name the vocabulary lacks is refused."""
+    import shutil
+
+    ck = shutil.copytree(tiny_smolvlm, tmp_path / "ckpt")
+    assert read_checkpoint(ck).plan["tokens"]["fake_image"] == "<fake_token_around_image>"
+    _json("tokenizer_config.json", lambda d: d.update(fake_image_token="<fake>"))(ck)
+    with pytest.raises(CheckpointError) as e:
+        check_checkpoint(ck)
+    assert "tokenizer.json: added_tokens: '<fake>' missing" in str(e.value)
