@@ -168,7 +168,7 @@ class InstantRunner:
         self._logits = np.random.default_rng(0).standard_normal((real.slots, real.vocab_size)).astype(np.float32)
 
     def prefill_rows(self, lo, chunks, starts):
-        pass
+        return self._logits[:len(chunks)]
 
     def decode(self, n, embeds, lengths):
         return self._logits[:n]

@@ -2,8 +2,9 @@
 contract in pyproject.toml holds serve_app to this module).
 
     source_names()                          the buildable preset names, for validating a model source
-    check_checkpoint(directory)             a checkpoint directory the build can use (LLaVA, Idefics3/SmolVLM), or a
-                                            ValueError naming the file (config.json and tokenizer only: no torch)
+    check_checkpoint(directory)             a checkpoint directory the build can use (LLaVA, LLaVA-NeXT,
+                                            LLaVA-OneVision, Idefics3/SmolVLM), or a ValueError naming the file
+                                            (config and tokenizer files only: no torch)
     build_into_cache(source, cache_dir)     build a preset or checkpoint into this node's cache unless it is there
                                             (under the cache's file lock) -> the artifact directory
 
@@ -16,20 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from graphs.families import FAMILIES, family_for_checkpoint, source_names
+from graphs.families import source_names
 
 __all__ = ["build_into_cache", "check_checkpoint", "source_names"]
 
 
 def check_checkpoint(directory: str | Path) -> None:
-    """Raise CheckpointError (a ValueError, so pydantic names the field) unless `directory` is a checkpoint a family
-    builds: the accepting family's `checkpoint.read_checkpoint` (no torch: config.json and tokenizer only); llava's
-    when none accepts it, whose error then names what is missing."""
-    import importlib
+    """Raise CheckpointError (a ValueError, so pydantic names the field) unless a family can build `directory`."""
+    from graphs.families import check_checkpoint as check  # no torch: config and tokenizer files only
 
-    path = Path(directory).expanduser()
-    package = FAMILIES[(family_for_checkpoint(path) if path.is_dir() else None) or "llava"]
-    importlib.import_module(f"{package}.checkpoint").read_checkpoint(path)
+    check(Path(directory).expanduser())
 
 
 def build_into_cache(source: str, cache_dir: str | Path, progress: Callable[[str], None] | None = None) -> Path:

@@ -25,10 +25,18 @@ import numpy as np
 
 @dataclass
 class PreprocessedImage:
-    pixels: np.ndarray  # (3, H, W) uint8, already resized/cropped to the model's image size
-    content_hash: str  # sha256 of the decoded pixels: the vision stage's cache key
+    """One image as the vision graph takes it: its views (a model that encodes an image whole has one; one that
+    tiles it, a base view and the tiles), and the feature rows the image fills in the prompt, known from its plan
+    before any view is encoded (the ingress checks the context with it)."""
+    views: np.ndarray  # (V, 3, S, S) uint8, each already resized/cropped to the model's image size
+    rows: int  # feature rows of the image's block in the prompt, all views assembled
+    content_hash: str  # sha256 of the views' pixels: the vision stage's cache key
     source_bytes: int  # size of the encoded image the client sent
     source_pixels: int  # width * height of the decoded image before resizing
+    # What the image's placeholder becomes in the prompt, in order: text (tokenized with the prompt around it) and
+    # runs of feature rows, taken from the block in order; () = one run of all `rows` (no text of its own)
+    layout: tuple[str | int, ...] = ()
+    plan: object | None = None  # what the vision stage assembles the views' features by (an anyres plan), or None
 
 
 @dataclass
@@ -49,11 +57,14 @@ class FeatureSegment:
 
 @dataclass
 class FeatureRef:
-    """One image's (P, D) float32 block, not yet fetched: `ref` is an awaitable reference (a Ray ObjectRef) to the
-    vision stage's result, `rows` its P, which the prompt's layout needs before the block is fetched. The decoder
-    stage resolves it into a FeatureSegment before the engine sees the request."""
+    """Rows of one image's (P, D) float32 block, not yet fetched: `ref` is an awaitable reference (a Ray ObjectRef)
+    to the vision stage's result; rows start..start+rows of it go here (the whole block, or one run of an image
+    whose layout puts text between its views' rows), which the prompt's layout needs before the block is fetched.
+    The decoder stage resolves it into a FeatureSegment before the engine sees the request."""
     ref: object
     rows: int
+    start: int = 0
+    block_rows: int | None = None  # the whole block's P, checked when fetched; None = `rows` (the whole block)
 
     def __len__(self) -> int:
         return self.rows
@@ -166,16 +177,17 @@ async def resolve_features(request: DecodeRequest) -> DecodeRequest:
     if not any(isinstance(s, FeatureRef) for s in request.segments):
         return request
     refs = [s for s in request.segments if isinstance(s, FeatureRef)]
-    blocks = iter(await asyncio.gather(*(s.ref for s in refs)))
+    blocks = iter(await asyncio.gather(*(s.ref for s in refs)))  # runs of one image: its block fetched once
     return dataclasses.replace(request, segments=[_fetched(next(blocks), s) if isinstance(s, FeatureRef) else s
                                                   for s in request.segments])
 
 
 def _fetched(block, ref: FeatureRef) -> FeatureSegment:
     shape = getattr(block, "shape", None)
-    if not shape or shape[0] != ref.rows:  # the prompt was laid out for `rows`: a block of another size is a bug
-        raise ValueError(f"image features of shape {shape} where the prompt planned {ref.rows} rows")
-    return FeatureSegment(block)
+    planned = ref.rows if ref.block_rows is None else ref.block_rows
+    if not shape or shape[0] != planned:  # the prompt was laid out for `planned`: a block of another size is a bug
+        raise ValueError(f"image features of shape {shape} where the prompt planned {planned} rows")
+    return FeatureSegment(block if ref.rows == planned else block[ref.start:ref.start + ref.rows])
 
 
 def unwrap(exc: BaseException) -> BaseException:

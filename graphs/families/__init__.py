@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-# name -> package; a new family adds one line here and its own folder.
+# name -> package; a new family adds one line here and its own folder. Checkpoint families are asked in this order
+# whether they accept a directory: llava accepts any config.json (it names the wrong model_type), so it comes last.
 FAMILIES: dict[str, str] = {
     "own": "graphs.families.own",
-    "idefics3": "graphs.families.idefics3",  # before llava, which accepts any directory with a config.json
+    "llava_next": "graphs.families.llava_next",
+    "idefics3": "graphs.families.idefics3",
     "llava": "graphs.families.llava",
 }
 
@@ -32,21 +34,28 @@ def source_names() -> dict[str, str]:
     return {src: name for name, package in FAMILIES.items() for src in importlib.import_module(package).SOURCES}
 
 
-def family_for_checkpoint(path: Path) -> str | None:
-    """The name of the first family (registry order) whose package `accepts` the directory, or None. Light: each
-    family's `checkpoint` module then reads the directory without torch (graphs/entry.py)."""
-    for name, package in FAMILIES.items():
-        accepts = getattr(importlib.import_module(package), "accepts", None)
+def _accepting(path: Path):
+    """The light package of the first family that accepts checkpoint directory `path`, or None."""
+    for package in FAMILIES.values():
+        module = importlib.import_module(package)
+        accepts = getattr(module, "accepts", None)
         if accepts is not None and accepts(path):
-            return name
+            return module
     return None
+
+
+def check_checkpoint(path: Path) -> None:
+    """A ValueError naming the file and field unless some family can build checkpoint directory `path` (config and
+    tokenizer files only: no torch)."""
+    (_accepting(path) or importlib.import_module(FAMILIES["llava"])).check(path)
 
 
 def family_for_source(source: str):
     """The Family that builds `source`: a preset name, or a checkpoint directory that a family's package `accepts`."""
     path = Path(source)
-    if path.is_dir() and (name := family_for_checkpoint(path)) is not None:
-        return get_family(name)
+    module = _accepting(path) if path.is_dir() else None
+    if module is not None:
+        return get_family(next(name for name, package in FAMILIES.items() if package == module.__name__))
     names = source_names()
     if source not in names:
         raise ValueError(f"unknown preset {source!r}; choose one of: {', '.join(sorted(names))}")

@@ -128,10 +128,11 @@ class OrtDecoderRunner:
         self.session.run_with_iobinding(io)
         return logits[0]
 
-    def prefill_rows(self, lo: int, chunks: list[np.ndarray], starts: list[int]) -> None:
+    def prefill_rows(self, lo: int, chunks: list[np.ndarray], starts: list[int]) -> np.ndarray:
         """Several prompts' chunks in one call, one per row of slots lo..lo+k-1: chunks[i] (c_i,D) continues the
-        starts[i] positions row lo+i holds (0: a fresh row). No logits: the engine feeds each prompt's last position
-        through a decode step, so a prefill never needs a row's own last position (the graph's head reads column S-1).
+        starts[i] positions row lo+i holds (0: a fresh row). -> (k,V) logits of each row's column S-1: the next-token
+        logits of a row whose chunk is the longest (c_i = S), padding's for the others. The engine mostly feeds a
+        prompt's last position through a decode step instead, so that rows of different lengths can share a call.
 
         Rows are right-padded to S = max c_i and each row is told it gets S new positions (seqlens_k = start + S - 1),
         because GroupQueryAttention's CPU kernel takes a row's past as total - S ("assume no padding"): every row's
@@ -153,12 +154,13 @@ class OrtDecoderRunner:
         pos = first + np.arange(s, dtype=np.int64)[None]  # (k,S)
         seqlens = (first[:, 0] + s - 1).astype(np.int32)
         total = np.array(max(starts) + s, np.int32)
-        logits = np.empty((k, self.vocab_size), np.float32)  # the graph's head output, unused
+        logits = np.empty((k, self.vocab_size), np.float32)  # the graph's head: column S-1 of each row
         io = self.session.io_binding()
         self._bind_step_inputs(io, x, pos, seqlens, total)
         self._bind_array(io, self._io.logits, logits, output=True)
         self._bind_cache(io, lo, lo + k)
         self.session.run_with_iobinding(io)
+        return logits
 
     def decode(self, n: int, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         self._embeds[:n, 0] = embeds

@@ -14,7 +14,8 @@ their model (serve_app/api/served.py) and runs the whole request again. One requ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
@@ -23,14 +24,15 @@ import pydantic_core
 
 from mmcore.manifest import GenerationDefaults, Manifest
 from serve_app.api.errors import ContextLengthExceeded, DecoderTimeout, InvalidRequest, StageUnavailable
-from serve_app.api.prompt import ImageSlot, PromptPiece, PromptRenderer
+from serve_app.api.prompt import FeatureSlot, ImageSlot, PromptPiece, PromptRenderer
 from serve_app.api.protocol import ChatCompletionRequest
 from serve_app.api.errors import unwrap
 from serve_app.api.generation import sampling_fields
 from serve_app.api.request_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
 from serve_app.api.retry import RETRYABLE, gather_with_retry
 from serve_app.api.unsupported import refuse_unsupported
-from serve_app.contract import DecodeChunk, DecodeRequest, FeatureRef, ModelMismatch, TokenSegment
+from serve_app.contract import (DecodeChunk, DecodeRequest, FeatureRef, ModelMismatch, PreprocessedImage,
+                                TokenSegment)
 
 
 def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatCompletionRequest:
@@ -48,7 +50,7 @@ def parse_request(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatC
 
 @dataclass(frozen=True)
 class ModelLimits:
-    image_tokens: int  # P: features per image
+    image_tokens: int  # the fewest feature rows an image can fill (its plan, known after preprocessing, says how many)
     max_positions: int  # the longest context: image tokens + prompt + completion
     max_images: int
     vocab_size: int | None = None  # None: token ids unchecked here (unit tests of other things)
@@ -116,12 +118,39 @@ class PreparedChat:
 
 
 def prepare(req: ChatCompletionRequest, prompt: PromptRenderer, limits: ModelLimits) -> PreparedChat:
-    """Everything checkable before a stage is called: a bad request never costs image decoding."""
+    """Everything checkable before a stage is called: a bad request never costs image decoding. Each image counts
+    as its fewest rows here; `admit_images` checks again with the rows each image's plan gives."""
     images = collect_images(req, limits)
     pieces = prompt.pieces(req.messages, len(images))
     prompt_len = prompt.length(pieces)
     sampling = sampling_fields(req, limits.generation, limits.vocab_size) | {"image_token_id": prompt.image_id}
     return PreparedChat(pieces, images, plan_tokens(prompt_len, req, limits), prompt_len, sampling)
+
+
+def admit_images(prepared: PreparedChat, images: list[PreprocessedImage], req: ChatCompletionRequest,
+                 limits: ModelLimits, prompt: PromptRenderer, max_image_tokens: int | None = None) -> PreparedChat:
+    """The request with each image's feature rows and layout from its plan (preprocessed, not yet encoded): 400
+    when the images ask for more than `max_image_tokens` (the ingress's bound on one request's vision work) or the
+    prompt no longer fits the context with max_tokens; no view is encoded for a request refused here. An image
+    whose layout writes text of its own (row and column tokens around its views) is tokenized again with the
+    prompt, its placeholder expanded."""
+    image_tokens = sum(im.rows for im in images)
+    if max_image_tokens is not None and image_tokens > max_image_tokens:
+        raise InvalidRequest(f"the request's images make {image_tokens} image tokens; the limit is "
+                             f"{max_image_tokens} (ingress.max_image_tokens_per_request)", "messages",
+                             "too_many_image_tokens")
+    for im in images:
+        if im.layout and sum(x for x in im.layout if isinstance(x, int)) != im.rows:  # a bad plan, not bad input
+            raise RuntimeError(f"an image's layout places {im.layout} rows of its {im.rows}")
+    if any(isinstance(x, str) for im in images for x in im.layout):
+        pieces = prompt.pieces(req.messages, len(images), [im.layout or (im.rows,) for im in images])
+        prompt_len = prompt.length(pieces)
+    else:
+        pieces, prompt_len = prepared.pieces, prepared.prompt_len + image_tokens - limits.image_tokens * len(images)
+    if pieces is prepared.pieces and prompt_len == prepared.prompt_len:
+        return prepared
+    return dataclasses.replace(prepared, pieces=pieces, prompt_len=prompt_len,
+                               max_tokens=plan_tokens(prompt_len, req, limits))
 
 
 @dataclass
@@ -155,11 +184,14 @@ async def matching(stages: Stages, call):
         pause = min(pause * 2, RETRY_PAUSE_S[1])
 
 
-async def image_features(stages: Stages, images: list[ImageRef]) -> list[FeatureRef]:
-    """-> one reference per image to its (P, D) float32 block, in message order; [] for a text-only request (no stage
-    called). Each block stays in Ray's object store for the decoder stage to fetch (`encode_by_reference`); the
-    ingress learns only that each call succeeded, and each block's P. Both image stages are side-effect free: a call
-    whose replica died is retried once (serve_app.api.retry)."""
+async def image_features(stages: Stages, images: list[ImageRef],
+                         admit: Callable[[list[PreprocessedImage]], Awaitable[None]] | None = None
+                         ) -> list[FeatureRef]:
+    """-> one reference per image to its (rows, D) float32 block, in message order; [] for a text-only request (no
+    stage called). `admit` sees the images once preprocessed (their rows and layouts), before any is encoded, and
+    may refuse the request. Each block stays in Ray's object store for the decoder stage to fetch
+    (`encode_by_reference`); the ingress learns only that each call succeeded, and each block's rows. Both image stages are side-effect free: a
+    call whose replica died is retried once (serve_app.api.retry)."""
     if not images:
         return []
     key = stages.model_key
@@ -169,8 +201,11 @@ async def image_features(stages: Stages, images: list[ImageRef]) -> list[Feature
         return lambda: matching(stages, call)
 
     try:
-        pixels = await gather_with_retry([tagged(partial(stages.preprocess.process.remote, ref.url, ref.param, key))
-                                          for ref in images], stages.timeout_s, "preprocess", check)
+        pixels = await gather_with_retry([tagged(partial(stages.preprocess.process.remote, ref.url, ref.param, key,
+                                                         len(images))) for ref in images],
+                                         stages.timeout_s, "preprocess", check)
+        if admit is not None:
+            await admit(pixels)
         feats = await gather_with_retry([tagged(partial(encode_by_reference, stages.vision, p, key)) for p in pixels],
                                         stages.timeout_s, "vision", check)
     except (*RETRYABLE, TimeoutError):
@@ -209,7 +244,9 @@ def require_image_stages(stages: Stages) -> None:
 
 def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedChat,
                    features: list[FeatureRef], model_key: str | None = None) -> DecodeRequest:
-    segments = [features[p.index] if isinstance(p, ImageSlot) else TokenSegment(p) for p in chat.pieces]
+    segments = [features[p.index] if isinstance(p, ImageSlot) else
+                FeatureRef(features[p.index].ref, p.rows, p.start, features[p.index].rows)
+                if isinstance(p, FeatureSlot) else TokenSegment(p) for p in chat.pieces]
     return DecodeRequest(request_id=request_id, segments=segments, max_tokens=chat.max_tokens, seed=req.seed,
                          stop=req.stop_list(), ignore_eos=req.ignore_eos, model_key=model_key, **chat.sampling)
 

@@ -217,7 +217,13 @@ class Ingress:
                                    "model", "model_not_found")
                 prepared = await self.work.prepare(req, model.prompt, model.limits)
                 stages = dataclasses.replace(self.stages, model_key=model.key)
-                features = await chat.image_features(stages, prepared.images)
+
+                async def admit(images: list) -> None:  # each image's rows and layout: the exact prompt
+                    nonlocal prepared
+                    prepared = await self.work.admit(prepared, images, req, model.limits, model.prompt,
+                                                     self.options.max_image_tokens_per_request)
+
+                features = await chat.image_features(stages, prepared.images, admit)
                 request = chat.decode_request(rid, req, prepared, features, model.key)
                 return model, prepared, await chat.open_stream(stages, request)
             except Exception as e:  # noqa: BLE001 -- only a refusal by another model's replicas is retried

@@ -40,3 +40,9 @@ class RequestWork:
     async def prepare(self, req: ChatCompletionRequest, prompt: PromptRenderer,
                       limits: chat.ModelLimits) -> chat.PreparedChat:
         return await self._run(chat.prepare, req, prompt, limits)
+
+    async def admit(self, prepared: chat.PreparedChat, images: list, req: ChatCompletionRequest,
+                    limits: chat.ModelLimits, prompt: PromptRenderer,
+                    max_image_tokens: int | None) -> chat.PreparedChat:
+        """chat.admit_images: an image layout with text of its own tokenizes the prompt again."""
+        return await self._run(chat.admit_images, prepared, images, req, limits, prompt, max_image_tokens)

@@ -24,6 +24,10 @@ class IngressOptions(BaseModel):
                                 description=f"accepted Bearer keys; the {API_KEYS_ENV} env var (comma-separated) "
                                             "adds more; none = no authentication")
     max_images_per_request: int = Field(default=4, ge=0, description="image parts allowed in one request")
+    max_image_tokens_per_request: int | None = Field(
+        default=None, ge=1, description="feature rows all of one request's images may fill (each image's plan says "
+                                        "how many it fills); more is refused with 400 too_many_image_tokens before "
+                                        "any is encoded; none = only the context bounds them")
     stage_timeout_s: float = Field(default=60.0, gt=0, description="how long the ingress waits on a stage call")
     decoder_timeout_s: float = Field(default=60.0, gt=0,
                                      description="longest wait for the decoder's first chunk and between two "

@@ -9,7 +9,9 @@ The whole text is tokenized at once because tokenizing the pieces between placeh
 `prepend_scheme="first"` tokenizer gives the piece after an image a "▁" transformers never produces). BOS: transformers
 tokenizes the rendered chat with `add_special_tokens=True` unless the text already starts with the BOS token (a
 template that writes `{{ bos_token }}`), so the tokenizer's own post-processor adds it exactly when transformers does.
-Each placeholder expands to `image_features` feature rows once the vision stage has encoded that image.
+Each placeholder expands to `image_features` feature rows once the vision stage has encoded that image; or, for an
+image whose layout (from its plan, once preprocessed) writes text of its own, the rendered text is tokenized again
+with each placeholder replaced by that layout (`expand_placeholders`), as transformers' processor expands it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,39 @@ class ImageSlot:
     index: int  # which image of the request, in message order
 
 
-PromptPiece = list[int] | ImageSlot  # token ids, or where an image's features go
+@dataclass(frozen=True)
+class FeatureSlot:
+    """A run of one image's feature rows, where its layout puts text between runs (e.g. a crop's row and column
+    tokens before each view's rows)."""
+    index: int  # which image of the request, in message order
+    start: int  # its first row in the image's block
+    rows: int
+
+
+PromptPiece = list[int] | ImageSlot | FeatureSlot  # token ids, or where an image's features go
+Layout = tuple[str | int, ...]  # an image's placeholder expanded: text, and runs of feature rows (contract's layout)
+
+
+def expand_placeholders(text: str, placeholder: str, layouts: list[Layout]) -> tuple[str, list[FeatureSlot]]:
+    """`text` with its i-th placeholder replaced by image i's layout, each run of rows written as ONE placeholder,
+    and the runs in text order. Why the whole text again and not its pieces: the text a layout adds merges with its
+    neighbours in tokenization as transformers' processor, which expands the placeholder in the text, gets it
+    (a layout's trailing newline and the next one's leading one are one token in a byte-level BPE)."""
+    parts = text.split(placeholder)
+    if len(parts) != len(layouts) + 1:
+        raise RuntimeError(f"{len(parts) - 1} image placeholders in the rendered prompt for {len(layouts)} images")
+    out, slots = [parts[0]], []
+    for i, (layout, after) in enumerate(zip(layouts, parts[1:])):
+        start = 0
+        for item in layout:
+            if isinstance(item, str):
+                out.append(item)
+            else:
+                out.append(placeholder)
+                slots.append(FeatureSlot(i, start, item))
+                start += item
+        out.append(after)
+    return "".join(out), slots
 
 
 def with_placeholder_token(tokenizer: Tokenizer, placeholder: str) -> tuple[Tokenizer, int]:
@@ -68,8 +102,11 @@ class PromptRenderer:
         except TemplateError as e:
             raise InvalidRequest(f"messages: {e}", "messages", "invalid_messages") from None
 
-    def pieces(self, messages: list[ChatMessage], n_images: int) -> list[PromptPiece]:
-        """Token ids and image slots in prompt order; the template must place every image exactly once."""
+    def pieces(self, messages: list[ChatMessage], n_images: int,
+               layouts: list[Layout] | None = None) -> list[PromptPiece]:
+        """Token ids and image slots in prompt order; the template must place every image exactly once. With
+        `layouts` (each image's, from its plan, once preprocessed), each placeholder is expanded into its layout
+        before tokenizing and the runs of rows are FeatureSlots."""
         for i, m in enumerate(messages):  # parts joined as a template joins them: "<ima" + "ge>" is a placeholder too
             joined = m.content if isinstance(m.content, str) else "".join(
                 p.text for p in m.content if isinstance(p, TextPart))
@@ -78,6 +115,9 @@ class PromptRenderer:
                                      f"messages.{i}.content", "invalid_value")
         text = self.render(messages)
         bos = self.spec.bos_token
+        runs: list[FeatureSlot] | None = None
+        if layouts is not None:
+            text, runs = expand_placeholders(text, self.spec.image_token, layouts)
         # encode_batch of one, not encode: the same ids, but it lets go of the GIL while it works, so a long prompt
         # tokenized on the ingress's worker thread does not hold the event loop (encode holds it throughout)
         ids = self.tokenizer.encode_batch([text], add_special_tokens=not (bos and text.startswith(bos)))[0].ids
@@ -91,6 +131,11 @@ class PromptRenderer:
                 start = k + 1
         if start < len(ids):
             pieces.append(ids[start:])
+        if runs is not None:  # every placeholder is a run of the expanded layouts, in order
+            if sum(isinstance(p, ImageSlot) for p in pieces) != len(runs):  # prepare() let no stray one through
+                raise RuntimeError(f"the expanded prompt holds {len(runs)} runs of image rows and other placeholders")
+            slots = iter(runs)
+            return [next(slots) if isinstance(p, ImageSlot) else p for p in pieces]
         placed = sum(isinstance(p, ImageSlot) for p in pieces)
         if placed > n_images:  # the client's text, e.g. a system message or text the template adds to, made one
             raise InvalidRequest(f"the rendered prompt holds {placed} image placeholders {self.spec.image_token!r} "
@@ -101,5 +146,6 @@ class PromptRenderer:
         return pieces
 
     def length(self, pieces: list[PromptPiece]) -> int:
-        """Positions the prompt takes: tokens plus `image_features` per image."""
-        return sum(self.spec.image_features if isinstance(p, ImageSlot) else len(p) for p in pieces)
+        """Positions the prompt takes: tokens, `image_features` per image slot, and each run's rows."""
+        return sum(self.spec.image_features if isinstance(p, ImageSlot) else p.rows if isinstance(p, FeatureSlot)
+                   else len(p) for p in pieces)

@@ -31,6 +31,12 @@ class EngineConfig(BaseModel):
     max_chunk_rate: float = Field(0.0, ge=0.0, description="chunks per second across all streams of the engine; "
                                                            "the stream interval stretches to active streams / rate "
                                                            "when that is longer; 0 = no limit")
+    lone_prompt_logits: bool = Field(True, description="a prompt that would be a step's only decode row is "
+                                     "prefilled with its last position and that call's logits give its first "
+                                     "token: a lone request's first token one decode step sooner. Its first "
+                                     "token's logits then come from a prefill call, not a decode call: equal to "
+                                     "float rounding, so with False a seeded request's every token is bit-for-bit "
+                                     "the same alone or among others")
     scheduling: Literal["continuous", "run_to_completion"] = Field(
         "continuous", description="'continuous' admits into free slots at every step; 'run_to_completion' starts a "
                                   "batch only when the previous one has fully finished (the baseline benchmarks "

@@ -28,6 +28,8 @@ class Sequence:
     generated: int = 0
     last_token: int = -1
     next_embed: np.ndarray | None = None  # (D,) the prompt's last position, fed by the first decode step
+    first_logits: np.ndarray | None = None  # (V,) a lone prompt prefilled whole: its first token's logits, no
+    #                                         decode call needed for them
     finished: str | None = None  # "stop" | "length" | "error": no more steps for this sequence
     history: TokenHistory = field(default_factory=TokenHistory)  # its tokens, for penalties and min_tokens
     # stream side (event loop)

@@ -154,6 +154,12 @@ class StepLoop:
         return report
 
     def _decode(self, seqs: list[Sequence], report: StepReport) -> None:
+        if len(seqs) == 1 and seqs[0].first_logits is not None:  # a lone prompt prefilled whole: no decode call
+            seq = seqs[0]
+            logits, seq.first_logits = seq.first_logits[None], None
+            tokens, logprobs = self._choose(logits, seqs)
+            self._record(seq, int(tokens[0]), logprobs[0], report)
+            return
         t0 = time.perf_counter()
         n = len(seqs)
         last = np.fromiter((max(s.last_token, 0) for s in seqs), np.int64, n)

@@ -12,3 +12,4 @@ class ImageLimits(Protocol):
     max_image_pixels: int  # largest width*height, checked from the header before decoding
     allow_remote_urls: bool  # fetch http(s) URLs (server-side requests) or refuse them
     fetch_timeout_s: float  # timeout for one http(s) fetch
+    max_tiles: int | None  # most views one image may become (a tiling plan's); None = the plan's own bound

@@ -1,5 +1,5 @@
-"""One image URL -> the contract's PreprocessedImage: bytes, decode, resize, and the content hash the vision
-stage caches features by."""
+"""One image URL -> the contract's PreprocessedImage: bytes, decode, the views its plan makes (imaging/plans.py),
+and the content hash the vision stage caches features by."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ from mmcore.manifest import VisionSpec
 from serve_app.contract import PreprocessedImage
 from serve_app.imaging.decode import decode
 from serve_app.imaging.limits import ImageLimits
-from serve_app.imaging.resize import to_pixels
+from serve_app.imaging.plans import plan_image
 from serve_app.imaging.source import image_bytes
 
 
-def content_hash(pixels: np.ndarray) -> str:
-    """sha256 of the model-ready pixels: two encodings of one picture share their features."""
-    return hashlib.sha256(pixels.tobytes()).hexdigest()
+def content_hash(views: np.ndarray) -> str:
+    """sha256 of the model-ready views: two encodings of one picture share their features."""
+    return hashlib.sha256(views.tobytes()).hexdigest()
 
 
-def preprocess_image(url: str, vision: VisionSpec, opts: ImageLimits,
-                     param: str = "image_url") -> PreprocessedImage:
+def preprocess_image(url: str, vision: VisionSpec, opts: ImageLimits, param: str = "image_url",
+                     images_in_prompt: int = 1) -> PreprocessedImage:
+    """`images_in_prompt`: the request's images (OneVision encodes an image among several as one view)."""
     raw = image_bytes(url, param, opts)
     img, source_pixels = decode(raw, param, opts)
-    pixels = to_pixels(img, vision)  # (3,S,S)
-    return PreprocessedImage(pixels=pixels, content_hash=content_hash(pixels),
-                             source_bytes=len(raw), source_pixels=source_pixels)
+    planned = plan_image(img, vision, param, images_in_prompt, opts.max_tiles)
+    return PreprocessedImage(views=planned.views, rows=planned.rows, content_hash=content_hash(planned.views),
+                             source_bytes=len(raw), source_pixels=source_pixels, layout=planned.layout,
+                             plan=planned.assemble_with)

@@ -44,6 +44,9 @@ class PreprocessOptions(BaseModel):
     allow_remote_urls: bool = Field(default=False,
                                     description="fetch http(s) image URLs; off by default (server-side requests)")
     fetch_timeout_s: float = Field(default=5.0, gt=0, description="timeout for fetching an http(s) image")
+    max_tiles: int | None = Field(default=None, ge=1, description="most views one image may become (a tiling "
+                                  "model's base view + tiles, or crops + global view); more is refused with 400 "
+                                  "image_too_many_tiles; none = the checkpoint's own grid bounds it")
 
 
 class VisionOptions(BaseModel):

@@ -37,14 +37,16 @@ class Preprocess:
         # the decode runs in a thread so the replica keeps answering health checks meanwhile.
         self._slot = asyncio.Semaphore(1)
 
-    async def process(self, url: str, param: str = "image_url", model_key: str | None = None) -> PreprocessedImage:
+    async def process(self, url: str, param: str = "image_url", model_key: str | None = None,
+                      images_in_prompt: int = 1) -> PreprocessedImage:
         arrived = time.perf_counter()
         with self.metrics.track():
             check_model_key("preprocess", self.model_key, model_key, self.source)  # image size and resize rule are the model's
             async with self._slot:
                 self.metrics.observe_queue_wait(time.perf_counter() - arrived)
                 with self.metrics.timed_compute():
-                    image = await asyncio.to_thread(preprocess_image, url, self.vision, self.options, param)
+                    image = await asyncio.to_thread(preprocess_image, url, self.vision, self.options, param,
+                                                    images_in_prompt)
             self.image_metrics.add(image.source_bytes, image.source_pixels)
             return image
 

@@ -13,7 +13,8 @@ reference to the decoder, which fetches them; this stage never calls another).
 Resources: on CPU a fraction of a core and `threads` ORT intra-op threads; on a GPU node, `num_gpus` in the config
 file and a GPU EP first in `providers`. `max_ongoing_requests` must be >= max_batch_size or batches never fill.
 
-Shapes: in `pixels` (3,H,W) uint8 per request, stacked to (B,3,H,W); out `image_features` (P,D) float32 per image.
+Shapes: in an image's views (V,3,H,W) uint8, each view a batch item, stacked to (B,3,H,W) with views of other
+images; out `image_features` (P,D) float32 per view, and per image its views' rows in order (V*P,D).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from ray import serve
 
+from mmcore.image_plan.anyres import AnyresPlan, assemble
 from mmcore.manifest import Manifest
 from mmcore.runtime.warmup import warm_up
 from serve_app.artifacts import ModelSource, model_key, resolve_model
@@ -52,7 +55,11 @@ class VisionEncoder:
         self.batches_run = 0
         self.int8 = self.runner.int8  # u8s8 / u8u8 for an int8 variant on the CPU EP, else None
         report_active_ep("vision", self.provider, self.variant, self.int8)
-        self.profile = self.options.profile(Manifest.read(artifacts_dir))
+        manifest = Manifest.read(artifacts_dir)
+        self.profile = self.options.profile(manifest)
+        # an anyres model's image_newline row (D,), appended after each row of a tiled image's features
+        newline = manifest.vision.newline
+        self.newline = None if newline is None else np.load(Path(artifacts_dir) / newline.name).astype(np.float32)
         self.cache = FeatureCache(int(self.options.cache_mib * MIB), self.options.cache_size)
         # A batcher per instance, not a decorated method: serve.batch keeps its queue on the function object, which
         # a method decorator shares across every instance in the process (and across event loops in tests).
@@ -99,14 +106,28 @@ class VisionEncoder:
         return split_features(features)
 
     async def encode(self, image: PreprocessedImage, model_key: str | None = None) -> np.ndarray:
-        """-> (P,D) float32 features for one preprocessed image; `model_key`: the ingress's model (refused if not
+        """-> (rows,D) float32 features for one preprocessed image; `model_key`: the ingress's model (refused if not
         this replica's)."""
         with self.metrics.track():
             check_model_key("vision", self.model_key, model_key, self.source)
             features, source = await self.cache.get_or_encode(  # the same image in flight: encoded once
-                image.content_hash, lambda: self._encode_batch(image.pixels, time.perf_counter()))
+                image.content_hash, lambda: self._encode_views(image))
             self.metrics.count_cache(source != "miss")
             return features
+
+    async def _encode_views(self, image: PreprocessedImage) -> np.ndarray:
+        """Each view is an item of the batcher, so a batch counts views, whichever images they come from; the
+        image's block is its views' features in view order, (rows, D)."""
+        enqueued = time.perf_counter()
+        blocks = await asyncio.gather(*(self._encode_batch(view, enqueued) for view in image.views))
+        if isinstance(image.plan, AnyresPlan):  # unpad the tiles' features, newline rows after each row
+            features = assemble(image.plan, np.stack(blocks), self.newline)
+        else:
+            features = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        if features.shape[0] != image.rows:  # the plan and the graph disagree: a bad artifact, not bad input
+            raise RuntimeError(f"vision: {len(blocks)} views gave {features.shape[0]} feature rows, the image's plan "
+                               f"says {image.rows}")
+        return features
 
     async def encode_for_decoder(self, image: PreprocessedImage, model_key: str | None = None):
         """The ingress's call (a streaming one): yields the features' shape, then the (P,D) block itself. Each yield

@@ -125,6 +125,7 @@ def test_bomb_is_small_on_the_wire():
 
 
 SHORT_CONTEXT = 40  # the decoder's cache length, shorter than the tiny model's 128 positions
+IMAGE_TOKEN_LIMIT = 15  # one request's image tokens on that app: one short of the tiny model's 16 per image
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,7 @@ def short_context_url(served):
 
     args = e2e_args(served.artifacts)
     args["decoder"] = {**args["decoder"], "max_context": SHORT_CONTEXT}
+    args["ingress"] = {**args["ingress"], "max_image_tokens_per_request": IMAGE_TOKEN_LIMIT}
     start_app(args, "short-context", "/short")
     url = served.url + "/short"
     wait_ready(url)
@@ -150,3 +152,15 @@ def test_the_decoders_max_context_is_the_limit_clients_are_told(served, short_co
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["code"] == "context_length_exceeded" and f"context of {SHORT_CONTEXT} tokens" in err["message"]
+
+
+def test_images_past_the_requests_image_token_limit_are_refused_naming_it(served, short_context_url):
+    r = httpx.post(f"{short_context_url}/v1/chat/completions", json=with_image(png_url(), text="hi"),
+                   headers=auth_headers(served), timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["param"]) == ("too_many_image_tokens", "messages")
+    assert f"images make 16 image tokens; the limit is {IMAGE_TOKEN_LIMIT}" in err["message"]
+    r = httpx.post(f"{short_context_url}/v1/chat/completions", json=text_body(), headers=auth_headers(served),
+                   timeout=60)
+    assert r.status_code == 200, r.text  # the app keeps serving what fits

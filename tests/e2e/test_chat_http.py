@@ -92,7 +92,7 @@ def reference_text(served, image_url: str | None, text: str, max_tokens: int) ->
     (eos,) = manifest.decoder.eos_token_ids
     pixels = None
     if image_url is not None:
-        px = preprocess_image(image_url, manifest.vision, PreprocessOptions()).pixels  # (3,S,S)
+        px = preprocess_image(image_url, manifest.vision, PreprocessOptions()).views[0]  # (3,S,S): the one view
         pixels = torch.from_numpy(px).unsqueeze(0)  # (1,3,S,S)
     ids = load_model(get_preset("tiny")).generate_greedy(pixels, encode_chat(tok, [("user", text)]), max_tokens,
                                                          eos_id=eos)

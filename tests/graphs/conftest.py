@@ -1,4 +1,8 @@
-"""One tiny build shared by the graph tests: building takes seconds, so it happens once per session."""
+"""Shared graph-test fixtures: one tiny build per session (building takes seconds), and private copies of
+checkpoint directories a test may break."""
+
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -10,3 +14,13 @@ def tiny_artifacts(tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
     manifest = build_artifacts("tiny", out)
     return out, manifest
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """copy_of(checkpoint dir) -> a private copy a test may break."""
+    def copy(src: Path) -> Path:
+        dst = tmp_path / "ckpt"
+        shutil.copytree(src, dst)
+        return dst
+    return copy

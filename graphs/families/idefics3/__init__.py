@@ -16,3 +16,10 @@ def accepts(path: Path) -> bool:
         return json.loads((path / "config.json").read_text()).get("model_type") in MODEL_TYPES
     except (OSError, ValueError, AttributeError):  # no file, not JSON, not an object: not ours (llava reports it)
         return False
+
+
+def check(path: Path) -> None:
+    """CheckpointError (a ValueError naming the file and field) unless the build can use it; no torch."""
+    from graphs.families.idefics3.checkpoint import read_checkpoint
+
+    read_checkpoint(path)

@@ -9,17 +9,17 @@ Idefics3 adds: the pixel-shuffle factor and the image plan (crops + global view)
     tokenizer files        llava's reader: eos ids, chat template; plus Idefics3's special tokens
     generation_config.json llava's reader
 
-Views. With do_image_splitting the processor resizes to multiples of max_image_size (M) and cuts M x M crops plus
-a global view resized to M x M; without it, every image is resized to M x M. So every view is exactly M x M and
-HF's pixel_attention_mask is all ones for real views (it pads only whole missing views, which the model drops):
-the graph takes (views, 3, M, M) with no mask. M must equal the tower's image_size (refused otherwise): the
-positions are then HF's fixed ids for a full M x M grid (read from transformers at load, family.py).
+The plan is the planner's own spec, mmcore.image_plan.idefics3.spec_from_hf on those files (transformers' class
+defaults for absent keys), with SmolVLM's wrapper tokens as its tokenizer names them; the planner refuses what its
+views or its prompt text could not reproduce (a crop side other than the tower's image_size, a size other than
+`longest_edge`, a shuffle that does not fold the patch grid, an image_seq_len other than the connector's rows per
+view, do_convert_rgb false...). Every view is then exactly S x S and HF's pixel_attention_mask is all ones for real
+views (it pads only whole missing views, which the model drops): the graph takes (views, 3, S, S) with no mask, and
+the positions are HF's fixed ids for a full S x S grid (read from transformers at load, family.py).
 
-Refused (one line naming file and field, before anything is written): another model type, a tower at a size the
-crops do not match, a grid the shuffle factor does not divide, a size other than `longest_edge`, a rescale other
-than 1/255, do_convert_rgb false, a resample filter serving does not run, a processor image_seq_len that disagrees
-with the model's, missing special tokens. Video: SmolVLM's video processor files are not read; images are the
-only input this family serves.
+Refused besides (one line naming file and field, before anything is written): another model type, a rescale other
+than 1/255 or a resample filter the manifest's preprocessing cannot name (as llava), missing special tokens.
+Video: SmolVLM's video processor files are not read; images are the only input this family serves.
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graphs.families.idefics3 import MODEL_TYPES
-from graphs.families.llava.checkpoint import (ACTIVATIONS, RESAMPLE, Checkpoint, CheckpointError, PreprocessSpec,
-                                              VisionSpec, _Fields, _read_json, _text, _tokenizer, cleans_up_spaces,
-                                              config_fields, normalization)
+from graphs.families.llava.checkpoint import (ACTIVATIONS, Checkpoint, CheckpointError, PreprocessSpec, VisionSpec,
+                                              _Fields, _read_json, _text, _tokenizer, cleans_up_spaces, config_fields,
+                                              plan_spec, processor_fields)
+from mmcore.image_plan.idefics3 import Idefics3PlanSpec, spec_from_hf
 
 VISION_TYPES = ("idefics3_vision", "smolvlm_vision")
-RESAMPLE_SERVED = ("lanczos", "bicubic", "bilinear", "nearest")  # PIL filters the preprocess stage runs
-IMAGE_TOKEN, FAKE_TOKEN, GLOBAL_TOKEN = "<image>", "<fake_token_around_image>", "<global-img>"
-END_OF_UTTERANCE, ROW_COL = "<end_of_utterance>", "<row_{row}_col_{col}>"
-PROCESSOR, PREPROCESSOR = "processor_config.json", "preprocessor_config.json"
+RESAMPLE_SERVED = ("lanczos", "bicubic", "bilinear", "nearest")  # the filters the manifest's Preprocessing names
+END_OF_UTTERANCE = "<end_of_utterance>"
+TOKEN_FIELDS = {"image": "image_token", "fake_image": "fake_image_token", "global_image": "global_image_token"}
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,19 @@ class Idefics3Vision(VisionSpec):
 @dataclass(frozen=True)
 class Idefics3Checkpoint(Checkpoint):
     architecture: str = "Idefics3ForConditionalGeneration"  # the transformers class the reference loads
-    plan: dict = field(default_factory=dict)  # the manifest's VisionSpec.plan (family.py)
+    plan: dict = field(default_factory=dict)  # the manifest's VisionSpec.plan: an Idefics3PlanSpec dump
+
+    @property
+    def plan_spec(self) -> Idefics3PlanSpec:
+        return Idefics3PlanSpec.model_validate(self.plan)
 
 
-def _vision(f: _Fields, top: _Fields, scale: int) -> Idefics3Vision:
+def _vision(f: _Fields, top: _Fields) -> Idefics3Vision:
+    """The tower; the shuffle's fit to its patch grid is the plan spec's to check."""
     f.choice("model_type", VISION_TYPES)
     image, patch = f.get("image_size", int), f.get("patch_size", int)
     if image % patch:
         f.fail("image_size", f"{image} is not a multiple of patch_size {patch}")
-    if scale < 1 or (image // patch) % scale:
-        top.fail("scale_factor", f"{scale} does not divide the {image // patch} patches a side of "
-                                 f"vision_config.image_size {image} / patch_size {patch}")
     if f.get("num_channels", int, 3) != 3:
         f.fail("num_channels", "only 3-channel images are supported")
     hidden, heads = f.get("hidden_size", int), f.get("num_attention_heads", int)
@@ -72,66 +74,40 @@ def _vision(f: _Fields, top: _Fields, scale: int) -> Idefics3Vision:
     return Idefics3Vision(kind="siglip", hidden=hidden, intermediate=f.get("intermediate_size", int), layers=layers,
                           heads=heads, image_size=image, patch_size=patch, act=f.choice("hidden_act", ACTIVATIONS),
                           eps=f.get("layer_norm_eps", float, 1e-6), feature_layers=(layers,), drop_cls=False,
-                          scale_factor=scale)
+                          scale_factor=top.get("scale_factor", int, 2))
 
 
-def _processor_files(directory: Path) -> tuple[_Fields, int | None]:
-    """-> (image processor settings, the processor's image_seq_len or None)."""
-    top_path = directory / PROCESSOR
-    top = _read_json(top_path, required=False) or {}
-    seq = _Fields(top_path, top).get("image_seq_len", int, None)
-    if "image_processor" in top:
-        return _Fields(top_path, top).sub("image_processor"), seq
-    path = directory / PREPROCESSOR
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found (nor {PROCESSOR} with an image_processor)")
-    return _Fields(path, _read_json(path)), seq
+def _preprocess(directory: Path, spec: Idefics3PlanSpec) -> PreprocessSpec:
+    """llava's PreprocessSpec from the plan spec: rescale + mean/std, which the graph folds in (and the reference
+    applies); the resizes are the plan's. Refuses what llava's graph and the manifest refuse too."""
+    f = processor_fields(directory)
+    if spec.resample not in RESAMPLE_SERVED:
+        f.fail("resample", f"{spec.resample} is not supported (supported: PIL {', '.join(RESAMPLE_SERVED)})")
+    if abs(spec.rescale_factor * 255 - 1) > 1e-6:
+        f.fail("rescale_factor", f"{spec.rescale_factor} is not supported (only 1/255)")
+    if min(spec.image_std) <= 0:
+        f.fail("image_std", f"{list(spec.image_std)}: every channel's std must be > 0")
+    return PreprocessSpec(resize="longest_edge", size=spec.longest_edge or 0, crop=None, resample=spec.resample,
+                          rescale_factor=spec.rescale_factor, mean=spec.image_mean, std=spec.image_std,
+                          convert_rgb=True)
 
 
-def _edge(f: _Fields, key: str) -> int:
-    raw = f.get(key, dict)
-    if set(raw) != {"longest_edge"} or not isinstance(raw["longest_edge"], int) or raw["longest_edge"] < 1:
-        f.fail(key, f"unsupported {raw!r} (supported: {{longest_edge: N}})")
-    return raw["longest_edge"]
-
-
-def _image_processor(f: _Fields, v: Idefics3Vision, config: Path) -> tuple[PreprocessSpec, dict]:
-    """-> (llava's PreprocessSpec: rescale + mean/std, which the graph folds in; the plan's resize settings)."""
-    side = _edge(f, "max_image_size")
-    if side != v.image_size:
-        f.fail("max_image_size", f"longest_edge {side} differs from {config}'s vision_config.image_size "
-                                 f"{v.image_size} (every view must be one tower input)")
-    do_resize = f.get("do_resize", bool, True)
-    longest = _edge(f, "size") if do_resize else None
-    resample = f.get("resample", int, 1)
-    if RESAMPLE.get(resample) not in RESAMPLE_SERVED:
-        f.fail("resample", f"{resample} is not supported (supported: PIL {', '.join(RESAMPLE_SERVED)})")
-    rescale = f.get("rescale_factor", float, 1 / 255) if f.get("do_rescale", bool, True) else 1.0
-    if abs(rescale * 255 - 1) > 1e-6:
-        f.fail("rescale_factor", f"{rescale} is not supported (only 1/255)")
-    if not f.get("do_convert_rgb", bool, True):
-        f.fail("do_convert_rgb", "false is not supported (serving converts every image to RGB)")
-    mean, std = normalization(f)
-    spec = PreprocessSpec(resize="longest_edge", size=longest or 0, crop=None, resample=RESAMPLE[resample],
-                          rescale_factor=rescale, mean=mean, std=std, convert_rgb=True)
-    plan = {"do_resize": do_resize, "longest_edge": longest, "max_image_size": side,
-            "do_image_splitting": f.get("do_image_splitting", bool, True), "resample": RESAMPLE[resample]}
-    return spec, plan
-
-
-def _special_tokens(directory: Path, image_token_id: int, config: _Fields, model_type: str) -> dict:
-    """The wrapper texts the processor writes around each view's rows. Idefics3Processor has them fixed; SmolVLM's
-    reads them from the tokenizer (tokenizer_config.json, at the top or under extra_special_tokens). `<image>`
-    must be image_token_id; the fake token and end of utterance must be tokens already (Idefics3Processor would
-    add them past the model's vocabulary); global and row/col tags may be plain text, tokenized as written."""
+def _special_tokens(directory: Path, image_token_id: int, config: _Fields, model_type: str) -> dict[str, str]:
+    """The plan spec's wrapper tokens ({field: text}) as the processor writes them around each view's rows.
+    Idefics3Processor has them fixed (the spec's defaults); SmolVLMProcessor reads them from the tokenizer
+    (tokenizer_config.json, at the top or under extra_special_tokens). `<image>` must be image_token_id; the fake
+    token and end of utterance must be tokens already (the processor would add them past the model's vocabulary);
+    the global tag may be plain text, tokenized as written, as are the row/column tags (the planner writes
+    `<row_R_col_C>`, as both processors do)."""
     from tokenizers import Tokenizer
 
-    tokens = {"image": IMAGE_TOKEN, "fake_image": FAKE_TOKEN, "global_image": GLOBAL_TOKEN, "row_col": ROW_COL,
-              "end_of_utterance": END_OF_UTTERANCE}
+    defaults = Idefics3PlanSpec.model_fields
+    tokens = {key: defaults[name].default for key, name in TOKEN_FIELDS.items()}
+    tokens["end_of_utterance"] = END_OF_UTTERANCE
     if model_type == "smolvlm":
         cfg = _read_json(directory / "tokenizer_config.json")
         extra = cfg.get("extra_special_tokens") if isinstance(cfg.get("extra_special_tokens"), dict) else {}
-        for key in ("image", "fake_image", "global_image", "end_of_utterance"):
+        for key in tokens:
             value = cfg.get(f"{key}_token", extra.get(f"{key}_token"))
             tokens[key] = value if isinstance(value, str) else tokens[key]
     path = directory / "tokenizer.json"
@@ -142,36 +118,31 @@ def _special_tokens(directory: Path, image_token_id: int, config: _Fields, model
     for key in ("fake_image", "end_of_utterance"):
         if tok.token_to_id(tokens[key]) is None:
             raise CheckpointError(f"{path}: added_tokens: {tokens[key]!r} missing (the processor's {key} token)")
-    return tokens
+    return {name: tokens[key] for key, name in TOKEN_FIELDS.items()}
 
 
 def read_checkpoint(directory: str | Path) -> Idefics3Checkpoint:
     directory = Path(directory)
     top = config_fields(directory)
-    path = top.path
     model_type = top.choice("model_type", tuple(MODEL_TYPES))
-    vision = _vision(top.sub("vision_config"), top, top.get("scale_factor", int, 2))
+    vision = _vision(top.sub("vision_config"), top)
     text_f = top.sub("text_config")
     tied = top.get("tie_word_embeddings", bool, False) or text_f.get("tie_word_embeddings", bool, False)
     text = _text(text_f, tied)
     image_token = top.get("image_token_id", int)
     if not 0 <= image_token < text.vocab_size:
         top.fail("image_token_id", f"{image_token} is outside the vocabulary of {text.vocab_size}")
-    preprocess_f, processor_seq = _processor_files(directory)
-    preprocess, plan = _image_processor(preprocess_f, vision, path)
-    if processor_seq is not None and processor_seq != vision.features_per_image:
-        raise CheckpointError(f"{directory / PROCESSOR}: image_seq_len: {processor_seq} differs from the "
-                              f"{vision.features_per_image} rows per view {path} implies ((image_size / patch_size)^2 "
-                              f"/ scale_factor^2)")
+    spec = plan_spec(directory, spec_from_hf)
+    preprocess = _preprocess(directory, spec)
     eos, template, files = _tokenizer(directory)
     tokens = _special_tokens(directory, image_token, top, model_type)
+    spec = Idefics3PlanSpec.model_validate(spec.model_dump() | tokens)
     from graphs.families.llava.generation import read_generation
 
-    plan |= {"kind": "idefics3", "scale_factor": vision.scale_factor, "image_seq_len": vision.features_per_image,
-             "tokens": tokens}
     return Idefics3Checkpoint(
         directory=directory, vision=vision, text=text, projector_act="none", projector_bias=False,
         image_token_id=image_token, eos_token_ids=eos, chat_template=template, preprocess=preprocess,
         tokenizer_files=files, clean_up_tokenization_spaces=cleans_up_spaces(directory / "tokenizer.json",
                                                                              directory / "tokenizer_config.json"),
-        generation=read_generation(directory).defaults_dict(), architecture=MODEL_TYPES[model_type], plan=plan)
+        generation=read_generation(directory).defaults_dict(), architecture=MODEL_TYPES[model_type],
+        plan=spec.model_dump(mode="json"))

@@ -26,30 +26,22 @@ POSITIONS = "vision.embeddings.position_embedding.weight"
 
 @dataclass(frozen=True)
 class Idefics3Loaded(Loaded):
-    @property
-    def reference(self):  # llava's gate and calibration build their reference from this
+    def reference(self):
+        """transformers' Idefics3 (or SmolVLM) model for this checkpoint; llava's gate and calibration use it."""
         from graphs.families.idefics3.reference import Reference
-        return Reference
+
+        return Reference(self.ck)
 
 
 def vision_spec(ck: Idefics3Checkpoint) -> VisionSpec:
-    """One view: S x S raw pixels in, image_seq_len rows out; `plan` (kind "idefics3") for the planner:
-        do_resize, longest_edge       first resize: the longest edge to this (aspect kept, the other edge even)
-        max_image_size                crop side S (= the tower's image_size): splitting resizes to multiples of it
-        do_image_splitting            crops + a global view, else one S x S view
-        resample                      PIL filter of every resize
-        max_longest_edge              transformers' cap on the first resize (MAX_IMAGE_SIZE)
-        scale_factor, image_seq_len   the connector's shuffle and the <image> rows per view
-        tokens                        the wrapper texts: image, fake_image, global_image, row_col (a format string
-                                      with {row} and {col}, 1-based), end_of_utterance
-    """
-    from transformers.models.idefics3.image_processing_pil_idefics3 import MAX_IMAGE_SIZE
-
+    """One view: S x S raw pixels in, image_seq_len rows out; `plan`: the planner's own spec
+    (mmcore.image_plan.idefics3.Idefics3PlanSpec, kind "idefics3"), which cuts an image into views and writes the
+    text around each view's rows as the checkpoint's processor does. The preprocessing's resample and mean/std are
+    the plan's (serving resizes by the plan; the graph folds mean/std in)."""
     v, p = ck.vision, ck.preprocess
     pre = Preprocessing(resize="resize", resample=p.resample, mean=p.mean, std=p.std)
-    plan = ck.plan | {"max_longest_edge": MAX_IMAGE_SIZE}
     return VisionSpec(image_size=v.image_size, patch_size=v.patch_size, features_per_image=v.features_per_image,
-                      feature_dim=ck.text.hidden, preprocessing=pre, plan=plan)
+                      feature_dim=ck.text.hidden, preprocessing=pre, plan=ck.plan)
 
 
 class Idefics3Family(LlavaFamily):
@@ -60,21 +52,24 @@ class Idefics3Family(LlavaFamily):
         if weights is not None or tokenizer is not None:
             raise SourceError("--weights/--tokenizer: not used with a checkpoint directory (it has its own)")
         directory = Path(name).absolute()
-        ck = read_checkpoint(directory)
+        ck = self.load_checkpoint(directory).ck
         if ck.chat_template is None:
             raise SourceError(f"{directory / 'tokenizer_config.json'}: chat_template: missing (nor "
                               f"chat_template.jinja)")
         return Source(directory.name, directory=directory)
 
-    def load(self, source: Source) -> Idefics3Loaded:
+    @staticmethod
+    def load_checkpoint(directory: Path, weights: bool = False) -> Idefics3Loaded:
         from graphs.families.idefics3.reference import position_ids
         from graphs.families.idefics3.weights import load_weights
 
-        ck = read_checkpoint(source.directory)
-        weights = load_weights(ck)
+        ck = read_checkpoint(directory)
+        if not weights:
+            return Idefics3Loaded(ck, {})
+        w = load_weights(ck)
         # the rows HF adds to a full view, in patch order: llava's embeddings then add the table as it stands
-        weights[POSITIONS] = weights[POSITIONS][position_ids(ck)]
-        return Idefics3Loaded(ck, weights)
+        w[POSITIONS] = w[POSITIONS][position_ids(ck)]
+        return Idefics3Loaded(ck, w)
 
     def specs(self, source: Source, model: Idefics3Loaded, tokenizer_path: Path, embeddings_file: str) -> Specs:
         from tokenizers import Tokenizer

@@ -20,13 +20,8 @@ from graphs.families.llava.reference import Reference as LlavaReference
 
 class Reference(LlavaReference):
     def __init__(self, ck: Idefics3Checkpoint):
-        import torch
-        import transformers
-
-        self.torch, self.ck = torch, ck
-        self.model = getattr(transformers, ck.architecture).from_pretrained(
-            ck.directory, dtype=torch.float32, attn_implementation="eager").eval()
-        self.model.generation_config = transformers.GenerationConfig()  # the graphs' greedy, not the file's defaults
+        self.MODEL = ck.architecture  # Idefics3's or SmolVLM's class; llava's loading otherwise
+        super().__init__(ck)
 
     def pixel_values(self, pixels: np.ndarray):
         """uint8 views (V,3,S,S) -> (1,V,3,S,S) normalized: one sample holding every view."""

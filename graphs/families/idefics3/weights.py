@@ -33,4 +33,4 @@ def expected_shapes(ck: Idefics3Checkpoint) -> dict[str, tuple[int, ...]]:
 
 
 def load_weights(ck: Idefics3Checkpoint) -> dict[str, np.ndarray]:
-    return llava.load_weights(ck, expected_shapes(ck), canonical)
+    return llava.load_weights(ck, rename=canonical, shapes=expected_shapes)

@@ -12,3 +12,11 @@ SOURCES: tuple[str, ...] = tuple(SHIPPED)
 def accepts(path: Path) -> bool:
     """A directory with a config.json: a checkpoint for this family (read_checkpoint refuses the wrong kind)."""
     return (path / "config.json").is_file()
+
+
+def check(path: Path) -> None:
+    """CheckpointError (a ValueError naming the file and field) unless the build can use it; no torch."""
+    from graphs.families.llava.checkpoint import read_checkpoint
+    from graphs.families.llava.preprocessing import preprocessing
+
+    preprocessing(read_checkpoint(path))  # the base view's resize: what the build's resolve refuses too

@@ -170,9 +170,9 @@ def _vision(f: _Fields, top: _Fields) -> VisionSpec:
     layers = f.get("num_hidden_layers", int)
     feature_layers = _feature_layers(top, layers)
     strategy = top.choice("vision_feature_select_strategy", ("default", "full"), "default")
-    image, patch = f.get("image_size", int), f.get("patch_size", int)
-    if image % patch:
-        f.fail("image_size", f"{image} is not a multiple of patch_size {patch}")
+    image, patch = f.get("image_size", int), f.get("patch_size", int)  # a remainder is dropped, as the conv does
+    if image < patch:
+        f.fail("image_size", f"{image} is smaller than patch_size {patch}")
     if f.get("num_channels", int, 3) != 3:
         f.fail("num_channels", "only 3-channel images are supported")
     hidden, heads = f.get("hidden_size", int), f.get("num_attention_heads", int)
@@ -240,25 +240,24 @@ def _pair(f: _Fields, key: str, value) -> tuple[int, int] | int:
     f.fail(key, f"expected {{height, width}}, got {value!r}")
 
 
-def normalization(f: _Fields) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """An image processor's (image_mean, image_std), identity when do_normalize is off; 3 numbers each, std > 0."""
-    mean, std = (0.0,) * 3, (1.0,) * 3
-    if f.get("do_normalize", bool, True):
-        mean, std = f.get("image_mean", list), f.get("image_std", list)
-        for key, v in (("image_mean", mean), ("image_std", std)):
-            if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) or (key == "image_std" and min(v) <= 0):
-                f.fail(key, f"expected 3 numbers (std > 0), got {v!r}")
-    return tuple(map(float, mean)), tuple(map(float, std))
+def processor_fields(directory: Path) -> _Fields:
+    """The image processor's settings: processor_config.json's `image_processor`, or preprocessor_config.json (a
+    processor_config.json without one holds only the processor's own settings, as older saves wrote it)."""
+    combined, alone = (directory / n for n in PROCESSOR_FILES)
+    data = _read_json(combined) if combined.is_file() else {}
+    if "image_processor" in data or (combined.is_file() and not alone.is_file()):
+        return _Fields(combined, data.get("image_processor", data),
+                       "image_processor." if "image_processor" in data else "")
+    if not alone.is_file():
+        raise CheckpointError(f"{alone}: file not found (nor {combined.name})")
+    return json_fields(alone)
 
 
-def _preprocess(directory: Path) -> PreprocessSpec:
-    path = next((directory / n for n in PROCESSOR_FILES if (directory / n).is_file()), None)
-    if path is None:
-        raise CheckpointError(f"{directory / PROCESSOR_FILES[1]}: file not found (nor {PROCESSOR_FILES[0]})")
-    data = _read_json(path)
-    f = _Fields(path, data.get("image_processor", data), "image_processor." if "image_processor" in data else "")
+def _preprocess(directory: Path, tiling: tuple[str, ...]) -> PreprocessSpec:
+    """`tiling`: the processor options a family reads itself (anyres: do_pad, image_grid_pinpoints)."""
+    f = processor_fields(directory)
     for key in ("do_pad", "do_image_splitting", "image_grid_pinpoints"):
-        if f.data.get(key):
+        if f.data.get(key) and key not in tiling:
             f.fail(key, "unsupported")
     resize, size = "none", 0
     if f.get("do_resize", bool, True):
@@ -276,9 +275,15 @@ def _preprocess(directory: Path) -> PreprocessSpec:
     if resample not in RESAMPLE:
         f.fail("resample", f"unknown PIL filter {resample}")
     rescale = f.get("rescale_factor", float, 1 / 255) if f.get("do_rescale", bool, True) else 1.0
-    mean, std = normalization(f)
+    mean, std = (0.0,) * 3, (1.0,) * 3
+    if f.get("do_normalize", bool, True):
+        mean, std = f.get("image_mean", list), f.get("image_std", list)
+        for key, v in (("image_mean", mean), ("image_std", std)):
+            if len(v) != 3 or not all(isinstance(x, (int, float)) for x in v) or (key == "image_std" and min(v) <= 0):
+                f.fail(key, f"expected 3 numbers (std > 0), got {v!r}")
     return PreprocessSpec(resize=resize, size=size, crop=crop, resample=RESAMPLE[resample], rescale_factor=rescale,
-                          mean=mean, std=std, convert_rgb=f.get("do_convert_rgb", bool, True))
+                          mean=tuple(map(float, mean)), std=tuple(map(float, std)),
+                          convert_rgb=f.get("do_convert_rgb", bool, True))
 
 
 def _tokenizer(directory: Path) -> tuple[tuple[int, ...], str | None, tuple[str, ...]]:
@@ -365,17 +370,43 @@ def same_tokenizer(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
 
 
-def config_fields(directory: Path) -> _Fields:
-    if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a checkpoint directory")
-    path = directory / "config.json"
+def json_fields(path: Path) -> _Fields:
+    """A JSON file's object, with typed access failing with the file and field (CheckpointError)."""
     return _Fields(path, _read_json(path))
 
 
-def read_checkpoint(directory: str | Path) -> Checkpoint:
+def config_fields(directory: Path) -> _Fields:
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a checkpoint directory")
+    return json_fields(directory / "config.json")
+
+
+def plan_spec(directory: Path, spec_from_hf):
+    """A view planner's spec (mmcore.image_plan), read by its `spec_from_hf(image processor, processor, config)`
+    from the checkpoint's own files (processor_config.json when saved); the planner's refusal (a ValueError, or
+    pydantic's ValidationError, one) as a one-line CheckpointError naming the directory."""
+    from pydantic import ValidationError
+
+    saved = directory / PROCESSOR_FILES[0]
+    files = processor_fields(directory).data, json_fields(saved).data if saved.is_file() else {}, \
+        config_fields(directory).data  # their own errors name the file
+    try:
+        return spec_from_hf(*files)
+    except ValidationError as e:
+        why = "; ".join(str(err.get("ctx", {}).get("error", "")) or f"{'.'.join(map(str, err['loc']))}: "
+                        f"{err['msg']}" for err in e.errors())
+        raise CheckpointError(f"{directory}: {why}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{directory}: {e}") from None
+
+
+def read_checkpoint(directory: str | Path, model_types: tuple[str, ...] = ("llava",),
+                    tiling: tuple[str, ...] = ()) -> Checkpoint:
+    """`model_types`: the config.json model types the caller's family builds; `tiling`: the processor options it
+    reads itself (refused here otherwise)."""
     directory = Path(directory)
     top = config_fields(directory)
-    top.choice("model_type", ("llava",))
+    top.choice("model_type", model_types)
     vision = _vision(top.sub("vision_config"), top)
     text_f = top.sub("text_config")
     tied = top.get("tie_word_embeddings", bool, False) or text_f.get("tie_word_embeddings", bool, False)
@@ -390,6 +421,6 @@ def read_checkpoint(directory: str | Path) -> Checkpoint:
     return Checkpoint(directory=directory, vision=vision, text=text,
                       projector_act=top.choice("projector_hidden_act", ACTIVATIONS, "gelu"),
                       projector_bias=top.get("multimodal_projector_bias", bool, True), image_token_id=image_token,
-                      eos_token_ids=eos, chat_template=template, preprocess=_preprocess(directory),
+                      eos_token_ids=eos, chat_template=template, preprocess=_preprocess(directory, tiling),
                       tokenizer_files=files, clean_up_tokenization_spaces=clean_up,
                       generation=read_generation(directory).defaults_dict())

@@ -21,12 +21,11 @@ from graphs.families.llava import SHIPPED
 from graphs.families.llava.checkpoint import (Checkpoint, CheckpointError, effective_tokenizer_json, read_checkpoint,
                                               same_tokenizer)
 from graphs.families.llava.driver import decoder_spec
+from graphs.families.llava.preprocessing import preprocessing
 from graphs.families.llava.variants import VARIANTS
 from graphs.gate import GateResult
-from mmcore.manifest import DecoderSpec, Preprocessing, PromptSpec, VisionSpec
+from mmcore.manifest import DecoderSpec, PromptSpec, VisionSpec
 
-PREPROCESSOR_FILE = "preprocessor_config.json"
-RESAMPLE = ("bicubic", "bilinear", "nearest")  # what the preprocess stage implements (PIL filters)
 
 
 @dataclass(frozen=True)
@@ -34,27 +33,11 @@ class Loaded:
     ck: Checkpoint
     weights: dict  # canonical key -> np.ndarray (weights.py)
 
+    def reference(self):
+        """transformers' model for this checkpoint (reference.py); build time only."""
+        from graphs.families.llava.reference import Reference
 
-def preprocessing(ck: Checkpoint) -> Preprocessing:
-    """The image processor's resize and crop as the serving preprocess spec; SourceError for what it cannot do."""
-    p, side, where = ck.preprocess, ck.vision.image_size, ck.directory / PREPROCESSOR_FILE
-    if p.resample not in RESAMPLE:
-        raise SourceError(f"{where}: resample: {p.resample} is not supported (supported: {', '.join(RESAMPLE)})")
-    if abs(p.rescale_factor * 255 - 1) > 1e-6:
-        raise SourceError(f"{where}: rescale_factor: {p.rescale_factor} is not supported (only 1/255)")
-    crop = p.crop
-    if crop is not None and tuple(crop) != (side, side):
-        raise SourceError(f"{where}: crop_size: {crop} differs from the vision tower's image_size {side}")
-    common = dict(resample=p.resample, mean=p.mean, std=p.std)
-    if p.resize == "shortest_edge":
-        if crop is None:
-            raise SourceError(f"{where}: do_center_crop: a shortest_edge resize needs a center crop to {side}")
-        if p.size < side:
-            raise SourceError(f"{where}: size.shortest_edge: {p.size} is smaller than the crop {side}")
-        return Preprocessing(resize="shortest_edge", shortest_edge=p.size, **common)
-    if p.resize == "height_width" and tuple(p.size) == (side, side):
-        return Preprocessing(resize="resize", **common)
-    raise SourceError(f"{where}: size: {p.size} does not resize to the vision tower's {side}x{side}")
+        return Reference(self.ck)
 
 
 class LlavaFamily:
@@ -68,18 +51,23 @@ class LlavaFamily:
         if weights is not None or tokenizer is not None:
             raise SourceError("--weights/--tokenizer: not used with a checkpoint directory (it has its own)")
         directory = (SHIPPED[name] if name in SHIPPED else Path(name)).absolute()
-        ck = read_checkpoint(directory)
+        ck = self.load_checkpoint(directory).ck
         preprocessing(ck)
         if ck.chat_template is None:
             raise SourceError(f"{directory / 'tokenizer_config.json'}: chat_template: missing (nor "
                               f"chat_template.jinja)")
         return Source(name if name in SHIPPED else directory.name, directory=directory)
 
-    def load(self, source: Source) -> Loaded:
+    @staticmethod
+    def load_checkpoint(directory: Path, weights: bool = False) -> Loaded:
+        """The checkpoint read and validated, and its weights when asked (else an empty dict)."""
         from graphs.families.llava.weights import load_weights
 
-        ck = read_checkpoint(source.directory)
-        return Loaded(ck, load_weights(ck))
+        ck = read_checkpoint(directory)
+        return Loaded(ck, load_weights(ck) if weights else {})
+
+    def load(self, source: Source) -> Loaded:
+        return self.load_checkpoint(source.directory, weights=True)
 
     def write_tokenizer(self, source: Source, model: Loaded, dst: Path) -> None:
         """The checkpoint's tokenizer.json verbatim when transformers runs it as written, else as transformers runs
@@ -109,11 +97,10 @@ class LlavaFamily:
     def parity_gate(self, model: Loaded, built: dict[str, dict[str, bytes]], decoder: DecoderSpec,
                     progress: Progress) -> GateResult:
         from graphs.families.llava import parity
-        from graphs.families.llava.reference import Reference
         from graphs.signed_check import u8s8_figures
 
-        ref = getattr(model, "reference", Reference)(model.ck)  # another family's Loaded names its own
-        progress(f"reference: transformers {type(ref.model).__name__}")
+        ref = model.reference()
+        progress(f"reference: transformers {ref.MODEL}")
         inputs = parity.Inputs(ref)
         out = GateResult({})
         for graph, protos in built.items():
@@ -123,8 +110,7 @@ class LlavaFamily:
                 spec = self.variants[graph][name]
                 progress(f"parity {graph} {name}")
                 if graph == "vision":
-                    figures = parity.vision_figures(ref, protos[name])
-                    px = parity.pixels(model.ck, 2, parity.SEED)
+                    figures, px = self.vision_figures(ref, protos[name])
                     run = lambda b: parity.session(b).run(None, {"pixels": px})[0]  # noqa: E731
                     figures |= u8s8_figures(protos[name], run) if spec.precision == "int8" else {}
                 else:
@@ -136,6 +122,13 @@ class LlavaFamily:
                                                    (forced, out.figures[graph]))
                 out.add(graph, name, figures, parity.failures(spec.precision, figures))
         return out
+
+    @staticmethod
+    def vision_figures(ref, proto: bytes) -> tuple[dict, np.ndarray]:
+        """-> (the vision graph's figures against the reference, the pixels they were measured on)."""
+        from graphs.families.llava import parity
+
+        return parity.vision_figures(ref, proto), parity.pixels(ref.ck, 2, parity.SEED)
 
     @staticmethod
     def _kv_figures(model: Loaded, ref, inputs, mine: tuple, spec, siblings: tuple) -> dict:

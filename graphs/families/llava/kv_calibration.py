@@ -29,10 +29,12 @@ SOURCE = "transformers' post-rotary K and V (what GroupQueryAttention's do_rotar
 _LAST: list = [None, None]  # [weakref to the loaded model, its KvAbsmax]: calibrate once a build, for every variant
 
 
-def contexts(ck, rng: np.random.Generator) -> list[tuple[list[int], np.ndarray | None]]:
-    """Seeded (ids, pixels (1,3,H,W) uint8 or None) calibration prompts, image placeholders expanded."""
+def contexts(ref, rng: np.random.Generator) -> list[tuple[list[int], np.ndarray | None]]:
+    """Seeded (ids, pixels (1,3,H,W) uint8 or None) calibration prompts, image placeholders expanded (as many as
+    the reference's prompt features for the image)."""
+    ck = ref.ck
     text = np.array([i for i in range(ck.text.vocab_size) if i != ck.image_token_id])
-    size, image = ck.vision.image_size, [ck.image_token_id] * ck.vision.features_per_image
+    size = ck.vision.image_size
     out = []
     for i in range(CALIBRATION_CONTEXTS):
         prompt = rng.choice(text, int(rng.integers(4, 41))).tolist()
@@ -40,6 +42,7 @@ def contexts(ck, rng: np.random.Generator) -> list[tuple[list[int], np.ndarray |
             out.append((prompt, None))
             continue
         pixels = rng.integers(0, 256, (1, 3, size, size), dtype=np.uint8)
+        image = [ck.image_token_id] * len(ref.prompt_features(pixels))
         out.append((rng.choice(text, int(rng.integers(1, 9))).tolist() + image + prompt, pixels))
     return out
 
@@ -48,12 +51,10 @@ def kv_absmax(model) -> kv_quant.KvAbsmax:
     """Per (layer, kv head, channel) absmax of the reference's cached K and V over the calibration contexts."""
     if _LAST[0] is not None and _LAST[0]() is model:
         return _LAST[1]
-    from graphs.families.llava.reference import Reference  # torch + transformers: build time only
-
-    ck = model.ck
-    ref, t = getattr(model, "reference", Reference)(ck), ck.text  # another family's Loaded names its own
+    ref = model.reference()  # torch + transformers: build time only
+    t = ref.ck.text
     acc = kv_quant.KvAbsmax(t.layers, t.kv_heads, t.head_dim)
-    for ids, pixels in contexts(ck, np.random.default_rng(CALIBRATION_SEED)):
+    for ids, pixels in contexts(ref, np.random.default_rng(CALIBRATION_SEED)):
         _, cache = ref.greedy_cache(ids, pixels, CONTINUATION_TOKENS)
         for i, (k, v) in enumerate(cache):  # (1,kvh,T,hs)
             acc.update(i, k, v)

@@ -77,7 +77,11 @@ def pixels(ck: Checkpoint, batch: int, seed: int) -> np.ndarray:
 def vision_figures(ref, model_bytes: bytes) -> dict:
     px = pixels(ref.ck, 2, SEED)
     want = ref.image_features(px)
-    got = session(model_bytes).run(None, {"pixels": px})[0]
+    return feature_figures(session(model_bytes).run(None, {"pixels": px})[0], want)
+
+
+def feature_figures(got: np.ndarray, want: np.ndarray) -> dict:
+    """The vision figures the bounds read: the graph's features against the reference's."""
     return {"feature_max_abs_err": float(np.abs(got - want).max()), "feature_cosine": cosine(got, want),
             "feature_scale": float(max(1.0, np.abs(want).max()))}
 
@@ -90,8 +94,8 @@ class Inputs:
         self.table, self.image_token = ref.token_embeddings(), ck.image_token_id
         text = [i for i in range(ck.text.vocab_size) if i != ck.image_token_id]
         self.pixels = pixels(ck, 1, SEED + 2)
-        self.features = ref.image_features(self.pixels)[0]  # (P,D)
-        image = [ck.image_token_id] * ck.vision.features_per_image
+        self.features = ref.prompt_features(self.pixels)  # (T,D): what the image's placeholders take
+        image = [ck.image_token_id] * len(self.features)
         self.prompt = rng.choice(text, 5).tolist() + image + rng.choice(text, 7).tolist()
         self.prompt_logits = ref.logits(self.prompt, self.pixels)[-1]  # (V,)
         self.greedy = ref.greedy(self.prompt, self.pixels, GREEDY_TOKENS)

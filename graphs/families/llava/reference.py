@@ -16,12 +16,15 @@ from graphs.families.llava.checkpoint import Checkpoint
 
 
 class Reference:
+    MODEL = "LlavaForConditionalGeneration"  # the transformers class; the anyres family's subclass names its own
+
     def __init__(self, ck: Checkpoint):
         import torch
-        from transformers import GenerationConfig, LlavaForConditionalGeneration
+        import transformers
+        from transformers import GenerationConfig
 
         self.torch, self.ck = torch, ck
-        self.model = LlavaForConditionalGeneration.from_pretrained(
+        self.model = getattr(transformers, self.MODEL).from_pretrained(
             Path(ck.directory), dtype=torch.float32, attn_implementation="eager").eval()
         # The gate measures the graphs, not the checkpoint's sampling defaults: generate() would otherwise apply its
         # generation_config (a repetition_penalty, say) to the reference's greedy tokens and not to the graph's.
@@ -42,9 +45,17 @@ class Reference:
         feats = out.pooler_output if hasattr(out, "pooler_output") else out
         return np.stack([f.numpy() for f in feats])
 
+    def image_inputs(self, pixels: np.ndarray | None) -> dict:
+        """The model's keyword inputs for pixels (1,3,H,W) uint8, or none for text only."""
+        return {} if pixels is None else {"pixel_values": self.pixel_values(pixels)}
+
+    def prompt_features(self, pixels: np.ndarray) -> np.ndarray:
+        """(T,Dt): the rows the placeholders of the one image in pixels (1,3,H,W) take in the prompt, in order."""
+        return self.image_features(pixels)[0]
+
     def logits(self, ids: list[int], pixels: np.ndarray | None) -> np.ndarray:
         """One forward over the whole sequence (image placeholders expanded in ids) -> logits (S,V)."""
-        kwargs = {} if pixels is None else {"pixel_values": self.pixel_values(pixels)}
+        kwargs = self.image_inputs(pixels)
         with self.torch.no_grad():
             out = self.model(input_ids=self.torch.tensor([ids]), **kwargs)
         return out.logits[0].numpy()
@@ -60,13 +71,13 @@ class Reference:
 
     def kv(self, ids: list[int], pixels: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
         """One forward over ids -> per layer (K, V) (1,kvh,S,hs) as transformers caches them (K after rotary)."""
-        kwargs = {} if pixels is None else {"pixel_values": self.pixel_values(pixels)}
+        kwargs = self.image_inputs(pixels)
         with self.torch.no_grad():
             out = self.model(input_ids=self.torch.tensor([ids]), use_cache=True, **kwargs)
         return _layers(out.past_key_values)
 
     def _generate(self, ids, pixels, steps: int, cache: bool):
-        kwargs = {} if pixels is None else {"pixel_values": self.pixel_values(pixels)}
+        kwargs = self.image_inputs(pixels)
         with self.torch.no_grad():
             out = self.model.generate(input_ids=self.torch.tensor([ids]),
                                       attention_mask=self.torch.ones(1, len(ids), dtype=self.torch.long),

@@ -20,10 +20,10 @@ from graphs.families.llava.kv_calibration import cache_entry
 from mmcore.manifest import CPU_EP, CUDA_EP, TENSORRT_EP
 
 
-def _vision(style: str, dtype=np.float32, quantize=None):
+def _vision(style: str, dtype=np.float32, quantize=None, batch: str = "batch"):
     def build(model):
         from graphs.families.llava.vision_graph import build_vision
-        return build_vision(model.ck, model.weights, style, dtype, quantize() if quantize else None)
+        return build_vision(model.ck, model.weights, style, dtype, quantize() if quantize else None, batch)
     return build
 
 
@@ -38,21 +38,28 @@ def _decoder(quantize=None, kv_bits: int | None = None):
     return build
 
 
-VARIANTS: dict[str, dict[str, VariantSpec]] = {
-    "vision": {
-        "portable-fp32": VariantSpec("vision", "fp32", (TENSORRT_EP, CUDA_EP, CPU_EP), _vision("portable"), False),
-        "portable-fp16": VariantSpec("vision", "fp16", (TENSORRT_EP, CUDA_EP), _vision("portable", np.float16),
-                                     False),
-        "cpu-fp32": VariantSpec("vision", "fp32", (CPU_EP,), _vision("cpu"), True),
-        "cpu-int8": VariantSpec("vision", "int8", (CPU_EP,), _vision("cpu", quantize=Int8Weights), True),
-    },
-    "decoder": {
-        "cpu-int8-kv8": VariantSpec("decoder", "int8", (CPU_EP,), _decoder(Int8Weights, 8), True,
-                                    kv_cache=cache_entry(8), same_weights_as="cpu-int8"),
-        "cpu-int4-kv8": VariantSpec("decoder", "int4", (CPU_EP,), _decoder(BlockInt4Weights, 8), True,
-                                    kv_cache=cache_entry(8), same_weights_as="cpu-int4"),
-        "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), _decoder(), True),
-        "cpu-int8": VariantSpec("decoder", "int8", (CPU_EP,), _decoder(Int8Weights), True),
-        "cpu-int4": VariantSpec("decoder", "int4", (CPU_EP,), _decoder(BlockInt4Weights), True),
-    },
-}
+def variants(batch: str = "batch") -> dict[str, dict[str, VariantSpec]]:
+    """Every variant; `batch`: the vision graph's batch axis name (images here, views for the anyres families)."""
+    return {
+        "vision": {
+            "portable-fp32": VariantSpec("vision", "fp32", (TENSORRT_EP, CUDA_EP, CPU_EP),
+                                         _vision("portable", batch=batch), False),
+            "portable-fp16": VariantSpec("vision", "fp16", (TENSORRT_EP, CUDA_EP),
+                                         _vision("portable", np.float16, batch=batch), False),
+            "cpu-fp32": VariantSpec("vision", "fp32", (CPU_EP,), _vision("cpu", batch=batch), True),
+            "cpu-int8": VariantSpec("vision", "int8", (CPU_EP,), _vision("cpu", quantize=Int8Weights, batch=batch),
+                                    True),
+        },
+        "decoder": {
+            "cpu-int8-kv8": VariantSpec("decoder", "int8", (CPU_EP,), _decoder(Int8Weights, 8), True,
+                                        kv_cache=cache_entry(8), same_weights_as="cpu-int8"),
+            "cpu-int4-kv8": VariantSpec("decoder", "int4", (CPU_EP,), _decoder(BlockInt4Weights, 8), True,
+                                        kv_cache=cache_entry(8), same_weights_as="cpu-int4"),
+            "cpu-fp32": VariantSpec("decoder", "fp32", (CPU_EP,), _decoder(), True),
+            "cpu-int8": VariantSpec("decoder", "int8", (CPU_EP,), _decoder(Int8Weights), True),
+            "cpu-int4": VariantSpec("decoder", "int4", (CPU_EP,), _decoder(BlockInt4Weights), True),
+        },
+    }
+
+
+VARIANTS: dict[str, dict[str, VariantSpec]] = variants()

@@ -1,6 +1,7 @@
 """The LLaVA vision tower + projector as ONNX, computed as transformers computes `get_image_features`.
 
     pixels (B,3,H,W) uint8, already resized/cropped by preprocessing
+      -> [Slice to a whole number of patches, as the conv drops the rest, when H is not a multiple of p]
       -> Reshape (B,3,n,p,n,p) -> Transpose (B,n,n,3,p,p) -> Reshape (B,N,3pp) -> Cast
       -> MatMul [rescale, mean/std folded into W and b]                          (B,N,Dv)
       CLIP:   Concat(class token) (B,N+1,Dv) -> Add positions -> pre-LayerNorm    hidden_states[0]
@@ -56,7 +57,12 @@ def _embeddings(g: GraphBuilder, ck: Checkpoint, w: dict, style: str) -> str:
     v = ck.vision
     p, n = v.patch_size, v.image_size // v.patch_size
     b = PATCH_BATCH_DIM[style]
-    x = g.op("Reshape", ["pixels", g.ints("patch.grid_shape", [b, 3, n, p, n, p])], "/vision/patch/Reshape")
+    x = "pixels"
+    if v.image_size % p:  # the patch conv (no padding) drops the last rows and columns: so400m/14 at 384 px
+        ends = g.ints("patch.crop_ends", [n * p] * 2)
+        x = g.op("Slice", [x, g.ints("patch.crop_starts", [0, 0]), ends, g.ints("patch.crop_axes", [2, 3])],
+                 "/vision/patch/Crop")
+    x = g.op("Reshape", [x, g.ints("patch.grid_shape", [b, 3, n, p, n, p])], "/vision/patch/Reshape")
     x = g.op("Transpose", [x], "/vision/patch/Transpose", perm=[0, 2, 4, 1, 3, 5])  # (B,n,n,3,p,p), still uint8
     x = g.op("Reshape", [x, g.ints("patch.flat_shape", [b, n * n, 3 * p * p])], "/vision/patch/Flat")
     x = g.op("Cast", [x], "/vision/patch/Cast", to=NP_TO_ONNX[g.float_dtype])  # (B,N,3pp)
@@ -137,12 +143,13 @@ def _projector(g: GraphBuilder, ck: Checkpoint, w: dict, x: str, style: str) -> 
     return g.matmul(h, w2, "/projector/linear_2", bias=b2)  # (B,P,Dt)
 
 
-def build_vision(ck: Checkpoint, w: dict, style: str, float_dtype=np.float32, quantize=None):
-    """The vision + projector ModelProto for `style` in {"portable", "cpu"}; `quantize` makes weights int8."""
+def build_vision(ck: Checkpoint, w: dict, style: str, float_dtype=np.float32, quantize=None, batch: str = "batch"):
+    """The vision + projector ModelProto for `style` in {"portable", "cpu"}; `quantize` makes weights int8; `batch`:
+    the symbolic name of the batch axis (anyres families batch views, not images)."""
     v = ck.vision
     g = GraphBuilder(f"llava_vision_{style}", float_dtype)
     g.quantize = quantize
-    g.input("pixels", np.uint8, ["batch", 3, v.image_size, v.image_size])
+    g.input("pixels", np.uint8, [batch, 3, v.image_size, v.image_size])
     x = _embeddings(g, ck, w, style)
     hidden = {0: x}
     for i in range(v.layers):
@@ -157,5 +164,5 @@ def build_vision(ck: Checkpoint, w: dict, style: str, float_dtype=np.float32, qu
     if g.float_dtype != np.float32:
         y = g.op("Cast", [y], "/vision/output/Cast", to=1)  # float32 out whatever the weight precision
     g.node("Identity", [y], "/vision/output/Identity", outputs=["image_features"])
-    g.output("image_features", np.float32, ["batch", v.features_per_image, ck.text.hidden])
+    g.output("image_features", np.float32, [batch, v.features_per_image, ck.text.hidden])
     return g.model(contrib=style != "portable")

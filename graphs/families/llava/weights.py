@@ -29,6 +29,7 @@ RENAMES = [
     (re.compile(r"^(language_model\.)?lm_head\."), "lm_head."),
     (re.compile(r"^(model\.)?vision_tower\.(vision_model\.)?"), "vision."),
     (re.compile(r"^(model\.)?multi_modal_projector\."), "projector."),
+    (re.compile(r"^(model\.)?image_newline$"), "image_newline"),  # the anyres families' newline row
 ]
 
 
@@ -101,15 +102,16 @@ def expected_shapes(ck: Checkpoint) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_weights(ck: Checkpoint, expected: dict[str, tuple[int, ...]] | None = None,
-                 rename=canonical) -> dict[str, np.ndarray]:
-    """{canonical name: float32 array} for exactly the tensors `expected_shapes` names; one-line errors otherwise.
-    `expected` and `rename`: another family's shapes and key mapping over the same reading (idefics3).
+def load_weights(ck: Checkpoint, extra: dict[str, tuple[int, ...]] | None = None, rename=canonical,
+                 shapes=expected_shapes) -> dict[str, np.ndarray]:
+    """{canonical name: float32 array} for exactly the tensors `shapes(ck)` names and `extra` (a family's own
+    tensors, canonical name -> shape); one-line errors otherwise. `rename` and `shapes`: another family's key
+    mapping and tensors over the same reading (idefics3: its connector instead of the projector).
 
     Vision layers past the deepest feature layer are never read: the graph does not run them.
     """
     named_in, shards = _files(ck.directory)
-    expected = expected_shapes(ck) if expected is None else expected
+    expected = shapes(ck) | (extra or {})
     sources: dict[str, tuple[Path, str]] = {}
     keys = shards.items() if shards is not None else [(k, named_in) for k in _keys(named_in)]
     for key, path in keys:

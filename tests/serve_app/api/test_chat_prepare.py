@@ -128,13 +128,13 @@ class FakeStages:
         self.calls["vis"] = self.vision.calls
 
     @staticmethod
-    def _pre(url, param, model_key=None):
+    def _pre(url, param, model_key=None, images_in_prompt=1):
         v = int(url[-1])
-        return PreprocessedImage(np.full((3, 4, 4), v, np.uint8), str(v), 1, 16)
+        return PreprocessedImage(np.full((1, 3, 4, 4), v, np.uint8), 16, str(v), 1, 16)
 
     @staticmethod
     async def _vis(img, model_key=None):
-        return np.full((16, 8), float(img.pixels[0, 0, 0]), np.float32)  # (P,D)
+        return np.full((16, 8), float(img.views[0, 0, 0, 0]), np.float32)  # (P,D)
 
 
 def test_image_features_in_order_and_text_only_skips_stages():
@@ -146,6 +146,48 @@ def test_image_features_in_order_and_text_only_skips_stages():
     assert [c[1] for c in fake.calls["pre"]] == ["p1", "p2"]
     assert asyncio.run(chat.image_features(stages, [])) == []
     assert len(fake.calls["pre"]) == 2 and len(fake.calls["vis"]) == 2
+
+
+def planned(*rows: int) -> list[PreprocessedImage]:
+    """Preprocessed images whose plans fill these many rows each (one view each: the views do not matter here)."""
+    return [PreprocessedImage(np.zeros((1, 3, 4, 4), np.uint8), r, str(r), 1, 16) for r in rows]
+
+
+def test_admission_with_each_images_rows_from_its_plan():
+    """An image that fills more rows than the fewest (a tiled image) lengthens the prompt: the context and the
+    request's image-token bound are checked again with the plan's rows, before anything is encoded."""
+    req = request("data:a", "hi", max_tokens=10)
+    p = chat.prepare(req, PROMPT, LIMITS)
+    assert chat.admit_images(p, planned(16), req, LIMITS, PROMPT) is p  # the fewest rows: nothing changes
+    longer = chat.admit_images(p, planned(40), req, LIMITS, PROMPT)
+    assert longer.prompt_len == p.prompt_len + 24 and longer.max_tokens == 10 and longer.pieces == p.pieces
+    filled = chat.prepare(request("data:a", "hi"), PROMPT, LIMITS)  # no max_tokens: fills what is left
+    refilled = chat.admit_images(filled, planned(40), request("data:a", "hi"), LIMITS, PROMPT)
+    assert refilled.max_tokens == filled.max_tokens - 24
+    room = 128 - p.prompt_len + 16  # rows the image may fill with 10 tokens to go
+    with pytest.raises(ContextLengthExceeded, match="images included"):
+        chat.admit_images(p, planned(room - 9), req, LIMITS, PROMPT)
+    assert chat.admit_images(p, planned(room - 10), req, LIMITS, PROMPT).prompt_len == 128 - 10
+    with pytest.raises(InvalidRequest, match="40 image tokens; the limit is 39") as e:
+        chat.admit_images(p, planned(40), req, LIMITS, PROMPT, max_image_tokens=39)
+    assert e.value.code == "too_many_image_tokens"
+    at_the_limit = chat.admit_images(p, planned(40), req, LIMITS, PROMPT, max_image_tokens=40)
+    assert at_the_limit.prompt_len == longer.prompt_len
+
+
+def test_a_request_refused_on_its_images_rows_is_never_encoded():
+    fake = FakeStages()
+    stages = chat.Stages(fake.preprocess, fake.vision, None)
+    seen = []
+
+    async def admit(images):
+        seen.append([im.rows for im in images])
+        raise ContextLengthExceeded("too long")
+
+    with pytest.raises(ContextLengthExceeded):
+        asyncio.run(chat.image_features(stages, [chat.ImageRef("data:1", "p1"), chat.ImageRef("data:2", "p2")],
+                                        admit))
+    assert seen == [[16, 16]] and len(fake.calls["pre"]) == 2 and fake.calls["vis"] == []
 
 
 class FakeStream:

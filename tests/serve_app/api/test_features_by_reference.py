@@ -20,15 +20,15 @@ P, D = 16, 8
 class Preprocess:
     class process:  # noqa: N801 -- a handle's method: .remote(...) -> awaitable
         @staticmethod
-        def remote(url, param, model_key=None):
+        def remote(url, param, model_key=None, images_in_prompt=1):
             async def run():
                 v = int(url[-1])
-                return PreprocessedImage(np.full((3, 4, 4), v, np.uint8), str(v), 1, 16)
+                return PreprocessedImage(np.full((1, 3, 4, 4), v, np.uint8), P, str(v), 1, 16)
             return run()
 
 
 async def block_of(image, model_key=None):
-    return np.full((P, D), float(image.pixels[0, 0, 0]), np.float32)
+    return np.full((P, D), float(image.views[0, 0, 0, 0]), np.float32)
 
 
 class Decoder:

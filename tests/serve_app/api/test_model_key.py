@@ -27,15 +27,15 @@ class Replica:
     def __init__(self, stage: str, key: str):
         self.stage, self.key, self.calls = stage, key, 0
 
-    def process(self, url, param, model_key):
+    def process(self, url, param, model_key, images_in_prompt=1):
         check_model_key(self.stage, self.key, model_key)
         self.calls += 1
-        return PreprocessedImage(np.full((3, 4, 4), ord(self.key[0]), np.uint8), url, 1, 16)
+        return PreprocessedImage(np.full((1, 3, 4, 4), ord(self.key[0]), np.uint8), 16, url, 1, 16)
 
     async def encode(self, image, model_key):
         check_model_key(self.stage, self.key, model_key)
         self.calls += 1
-        return np.full((16, 8), float(image.pixels[0, 0, 0]), np.float32)  # (P,D): carries the preprocess model
+        return np.full((16, 8), float(image.views[0, 0, 0, 0]), np.float32)  # (P,D): carries the preprocess model
 
     async def generate(self, request):
         check_model_key(self.stage, self.key, request.model_key)
@@ -128,7 +128,7 @@ def test_no_replica_of_the_model_left_is_a_503_with_retry_after():
 
 def test_other_errors_are_not_retried():
     class Broken(Replica):
-        def process(self, url, param, model_key):
+        def process(self, url, param, model_key, images_in_prompt=1):
             self.calls += 1
             raise ValueError("bad image")
 

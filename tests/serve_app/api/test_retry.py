@@ -47,7 +47,7 @@ IMAGES = [chat.ImageRef("data:a", "messages.0.content.0.image_url"),
           chat.ImageRef("data:b", "messages.0.content.1.image_url")]
 
 
-def pixels(url, param, model_key=None):
+def pixels(url, param, model_key=None, images_in_prompt=1):
     return url
 
 

@@ -65,7 +65,7 @@ class FakeRunner:
         self.step_delay_s = step_delay_s  # a decode call this long, GIL released, like ORT's
         self.prefill_delay_s = 0.0  # a prefill call this long (tests that must see a prompt while it is staged)
 
-    def prefill_rows(self, lo: int, chunks: list[np.ndarray], starts: list[int]) -> None:
+    def prefill_rows(self, lo: int, chunks: list[np.ndarray], starts: list[int]) -> np.ndarray:
         """The real runner's contract, enforced: fresh rows only when several (ORT's CPU GroupQueryAttention refuses
         a batch of chunks over a cached past), and each row writes S = the longest chunk's positions, padding
         included, as the real graph does: a row read past its own length would show the padding."""
@@ -84,6 +84,8 @@ class FakeRunner:
                 self.cache[slot] = np.nan
             self.cache[slot, start:start + chunk.shape[0]] = chunk
             self.cache[slot, start + chunk.shape[0]:start + s] = chunk[-1] * 7  # padding: garbage past its length
+        # as the graph's head: column S-1 of every row, the padding's logits for a shorter row
+        return np.stack([self.model.logits(self.cache[lo + i, :start + s]) for i, start in enumerate(starts)])
 
     def decode(self, n: int, embeds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         if n == self.fail_on_batch:

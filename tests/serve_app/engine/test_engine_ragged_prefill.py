@@ -96,8 +96,8 @@ def test_a_short_prompt_behind_a_staged_long_one_gets_its_first_token_first():
 
     first_token, calls = asyncio.run(scenario())
     assert first_token["short"] < first_token["long"], first_token
-    # the long prompt kept progressing while the short one passed: chunks at ever later starts, each one row
-    long_starts = [starts[0] for _, starts, lengths in calls if lengths[0] != 4]
+    # the long prompt kept progressing while the short one passed: chunks at ever later starts in the staging row
+    long_starts = [starts[0] for lo, starts, _ in calls if lo == 4]
     assert long_starts == sorted(long_starts) and long_starts[-1] > 0
 
 
@@ -105,7 +105,7 @@ def test_several_staged_prompts_progress_and_finish_like_each_alone():
     engine = make_engine(slots=4, max_context=256, prefill_token_budget=12)
     reqs = [request(i, n, 5 + i) for i, n in enumerate([70, 50, 3, 90, 4])]
     staged_at_once, prefill = [], engine.runner.prefill_rows
-    engine.runner.prefill_rows = lambda *a: (staged_at_once.append(len(engine._steps.prefiller.staged)), prefill(*a))
+    engine.runner.prefill_rows = lambda *a: (staged_at_once.append(len(engine._steps.prefiller.staged)), prefill(*a))[1]
 
     async def run():
         try:

@@ -137,7 +137,8 @@ def test_seeded_sample_is_the_same_alone_and_in_a_full_batch(tiny_artifacts, var
 
 def test_penalized_and_cut_rows_are_the_same_alone_and_among_other_parameters(tiny_artifacts):
     """The new sampling parameters on the real fp32 graph: a row's tokens and logprobs do not depend on the other
-    rows' parameters or histories."""
+    rows' parameters or histories. Bit for bit, so the request alone takes its first token from a decode call too
+    (lone_prompt_logits off), as it does among others."""
     def req(i, **kw):
         ids = np.random.default_rng(i).integers(10, 400, 4 + 3 * i).tolist()
         return DecodeRequest(f"p{i}", [TokenSegment(ids)], max_tokens=20, ignore_eos=True, **kw)
@@ -148,7 +149,7 @@ def test_penalized_and_cut_rows_are_the_same_alone_and_among_other_parameters(ti
               dict(temperature=0.7, seed=4, repetition_penalty=0.8, min_p=0.1), dict(temperature=1.0, seed=5)]
 
     def engine():
-        return load_engine(tiny_artifacts, EngineConfig(slots=8), prefer=["cpu-fp32"])
+        return load_engine(tiny_artifacts, EngineConfig(slots=8, lone_prompt_logits=False), prefer=["cpu-fp32"])
 
     def tokens_and_logprobs(chunks):
         return [t for c in chunks for t in c.token_ids], [(e.token, e.logprob) for c in chunks for e in c.logprobs]
@@ -206,3 +207,36 @@ def test_shutdown_stops_the_step_thread_fails_what_is_in_flight_and_releases_the
     with pytest.raises(RuntimeError, match="shut down"):
         engine.submit(DecodeRequest("late", [TokenSegment([11])], max_tokens=1))
     engine.shutdown()  # idempotent: Serve's destructor and the garbage collector may both call it
+
+
+@pytest.mark.parametrize("variant", ["cpu-fp32", "cpu-int8"])
+def test_a_lone_request_takes_its_first_token_from_its_whole_prefill(tiny_artifacts, tiny_reference, variant):
+    """An idle engine prefills a lone prompt with its last position and samples the first token from that call's
+    logits, with no decode call before it: the greedy tokens are the reference's (fp32) and the decode path's, and
+    the first token's logprobs agree with the decode path's to float rounding."""
+    reqs, pixels = make_requests(tiny_reference, n=3)
+    req = DecodeRequest("lone", reqs[2].segments, max_tokens=8, temperature=0.0, logprobs=3, ignore_eos=True)
+
+    def run(lone: bool):
+        engine = load_engine(tiny_artifacts, EngineConfig(slots=4, lone_prompt_logits=lone), prefer=[variant])
+        calls, prefill, decode = [], engine.runner.prefill_rows, engine.runner.decode
+        engine.runner.prefill_rows = lambda lo, chunks, starts: (calls.append(("prefill", len(chunks[0]))),
+                                                                 prefill(lo, chunks, starts))[1]
+        engine.runner.decode = lambda n, e, lengths: (calls.append(("decode", n)), decode(n, e, lengths))[1]
+        chunks = asyncio.run(run_all(engine, [req]))[0]
+        return [t for c in chunks for t in c.token_ids], [e for c in chunks for e in c.logprobs], calls
+
+    fast, fast_logprobs, fast_calls = run(True)
+    slow, slow_logprobs, slow_calls = run(False)
+    assert fast_calls == [("prefill", req.prompt_len)] + [("decode", 1)] * 7  # the 2nd..8th tokens
+    assert slow_calls == [("prefill", req.prompt_len - 1)] + [("decode", 1)] * 8
+    assert fast == slow
+    if variant == "cpu-fp32":
+        assert fast == tiny_reference.generate_greedy(pixels[2], token_ids(req), 8)
+    first_fast, first_slow = fast_logprobs[0], slow_logprobs[0]
+    assert [t.token for t in first_fast.top] == [t.token for t in first_slow.top]
+    # int8: DynamicQuantizeMatMul takes one activation scale per call, over the prompt's positions in the prefill
+    # call and over the one position in the decode call, so the two paths' logits differ by that scale's rounding
+    tolerance = 1e-4 if variant == "cpu-fp32" else 2e-3
+    np.testing.assert_allclose([t.logprob for t in first_fast.top], [t.logprob for t in first_slow.top],
+                               atol=tolerance)

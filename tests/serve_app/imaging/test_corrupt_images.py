@@ -28,7 +28,7 @@ def outcome(raw: bytes) -> str:
     except InvalidImage as e:
         assert e.param == PARAM and e.status == 400 and e.message
         return e.code
-    assert out.pixels.shape == (3, 16, 16) and out.pixels.dtype == np.uint8
+    assert out.views.shape == (1, 3, 16, 16) and out.views.dtype == np.uint8
     return "decoded"
 
 

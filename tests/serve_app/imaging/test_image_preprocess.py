@@ -36,9 +36,9 @@ def code_of(url: str, opts: PreprocessOptions = OPTS) -> str:
 @pytest.mark.parametrize("fmt,mime", [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("WEBP", "image/webp")])
 def test_accepted_formats_give_uint8_chw_and_hash(fmt, mime):
     out = run(data_url(encode(gradient_rgb(), fmt), mime))
-    assert out.pixels.shape == (3, SIZE, SIZE) and out.pixels.dtype == np.uint8
-    assert out.pixels.flags.c_contiguous
-    assert out.content_hash == hashlib.sha256(out.pixels.tobytes()).hexdigest()
+    assert out.views.shape == (1, 3, SIZE, SIZE) and out.views.dtype == np.uint8
+    assert out.views.flags.c_contiguous
+    assert out.content_hash == hashlib.sha256(out.views.tobytes()).hexdigest()
     assert out.source_pixels == 48 * 32
 
 
@@ -58,17 +58,17 @@ def test_resize_short_side_then_center_crop():
 
 def test_rgba_transparent_is_white():
     img = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
-    assert (run(data_url(encode(img))).pixels == 255).all()
+    assert (run(data_url(encode(img))).views[0] == 255).all()
 
 
 def test_palette_grayscale_cmyk_convert_to_rgb():
     pal = Image.new("P", (8, 8), 3)
     pal.putpalette([0, 0, 0, 10, 10, 10, 20, 20, 20, 200, 100, 50] + [0] * (256 * 3 - 12))
-    px = run(data_url(encode(pal))).pixels
+    px = run(data_url(encode(pal))).views[0]
     assert tuple(px[:, 0, 0]) == (200, 100, 50)
-    gray = run(data_url(encode(Image.new("L", (8, 8), 77)))).pixels
+    gray = run(data_url(encode(Image.new("L", (8, 8), 77)))).views[0]
     assert (gray == 77).all()
-    cmyk = run(data_url(encode(Image.new("CMYK", (8, 8), (0, 0, 0, 0)), "JPEG"), "image/jpeg")).pixels
+    cmyk = run(data_url(encode(Image.new("CMYK", (8, 8), (0, 0, 0, 0)), "JPEG"), "image/jpeg")).views[0]
     assert cmyk.min() >= 250  # no ink = white
 
 
@@ -76,7 +76,7 @@ def test_16bit_grayscale_is_rescaled_not_clipped():
     a = np.full((8, 8), 32768, np.uint16)  # mid-gray in 16 bits; a plain convert would clip it to 255
     img = Image.fromarray(a)  # mode I;16
     assert img.mode == "I;16"
-    px = run(data_url(encode(img))).pixels
+    px = run(data_url(encode(img))).views[0]
     assert np.all(np.abs(px.astype(int) - 128) <= 1)
 
 
@@ -88,7 +88,7 @@ def test_exif_orientation_is_applied():
     raw = encode(Image.fromarray(a), "JPEG", exif=exif.tobytes(), quality=95)
     out = run(data_url(raw, "image/jpeg"))
     # displayed tall with red on top: after the short-side resize + crop, top rows are red, bottom rows blue
-    top, bottom = out.pixels[:, 0, SIZE // 2], out.pixels[:, -1, SIZE // 2]
+    top, bottom = out.views[0][:, 0, SIZE // 2], out.views[0][:, -1, SIZE // 2]
     assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
 
 
@@ -196,7 +196,7 @@ def test_the_manifests_resize_mode_is_applied(resize):
     a = np.zeros((16, 32, 3), np.uint8)
     a[:, :16, 0] = 255
     a[:, 16:, 2] = 255
-    px = preprocess_image(data_url(encode(Image.fromarray(a))), vision_spec(SIZE, resize=resize), OPTS).pixels  # (3,S,S)
+    px = preprocess_image(data_url(encode(Image.fromarray(a))), vision_spec(SIZE, resize=resize), OPTS).views[0]  # (3,S,S)
     assert px.shape == (3, SIZE, SIZE)
     top, middle = px[:, 0, SIZE // 8], px[:, SIZE // 2, SIZE // 8]  # (3,) near the left edge
     if resize == "pad":

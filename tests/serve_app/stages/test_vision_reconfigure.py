@@ -68,7 +68,7 @@ def test_switching_profiling_on_builds_the_twin_off_the_event_loop(artifacts, bu
     async def scenario():
         async with Heartbeat() as beat:
             await reconfigure_as_serve(enc, {"ort_profile": {"calls": 1, "dir": str(tmp_path), "label": "live"}})
-        features = await enc.encode(PreprocessedImage(pixels, "h", 1, S * S))  # the profiled call
+        features = await enc.encode(PreprocessedImage(pixels[None], P, "h", 1, S * S))  # the profiled call
         return beat.ticks, features
 
     ticks, features = asyncio.run(scenario())

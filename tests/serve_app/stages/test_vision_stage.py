@@ -52,12 +52,20 @@ def artifacts(tmp_path_factory):
 
 
 def image(v: int) -> PreprocessedImage:
-    px = (np.arange(3 * S * S, dtype=np.int64).reshape(3, S, S) + v).astype(np.uint8)
-    return PreprocessedImage(px, f"hash{v}", 10, S * S)
+    px = (np.arange(3 * S * S, dtype=np.int64).reshape(1, 3, S, S) + v).astype(np.uint8)  # one view
+    return PreprocessedImage(px, P, f"hash{v}", 10, S * S)
 
 
 def make(artifacts, **opts) -> VisionEncoder:
     return VisionEncoder.func_or_class({"artifacts_dir": artifacts}, VisionOptions(**opts).model_dump())
+
+
+def batch_sizes(enc: VisionEncoder) -> list[int]:
+    """The batch size of each session call the stage makes from now on, in order."""
+    sizes: list[int] = []
+    run = enc._run
+    enc._run = lambda px: (sizes.append(px.shape[0]), run(px))[1]
+    return sizes
 
 
 def test_variant_follows_preference(artifacts):
@@ -74,9 +82,7 @@ def test_unavailable_provider_falls_back_to_cpu_variant(artifacts):
 
 def test_concurrent_requests_form_one_batch_with_exact_outputs(artifacts):
     enc = make(artifacts, prefer_variants=["cpu-fp32"], max_batch_size=4, batch_wait_timeout_s=0.2)
-    sizes = []
-    run = enc._run
-    enc._run = lambda px: (sizes.append(px.shape[0]), run(px))[1]
+    sizes = batch_sizes(enc)
 
     async def go():
         return await asyncio.gather(*(enc.encode(image(v)) for v in range(4)))
@@ -84,7 +90,7 @@ def test_concurrent_requests_form_one_batch_with_exact_outputs(artifacts):
     assert sizes == [4]
     for v, f in enumerate(feats):
         assert f.shape == (P, D) and f.dtype == np.float32
-        np.testing.assert_array_equal(f, image(v).pixels.astype(np.float32).reshape(P, D))
+        np.testing.assert_array_equal(f, image(v).views.astype(np.float32).reshape(P, D))
 
 
 def test_encode_for_decoder_yields_the_shape_then_the_block_and_refuses_before_either(artifacts):
@@ -96,16 +102,42 @@ def test_encode_for_decoder_yields_the_shape_then_the_block_and_refuses_before_e
         return [item async for item in enc.encode_for_decoder(image(2), model_key)]
     shape, block = asyncio.run(go())
     assert shape == (P, D) and block.dtype == np.float32
-    np.testing.assert_array_equal(block, image(2).pixels.astype(np.float32).reshape(P, D))
+    np.testing.assert_array_equal(block, image(2).views.astype(np.float32).reshape(P, D))
     with pytest.raises(ModelMismatch):
         asyncio.run(go("another model"))
 
 
+def tiled(v: int, views: int) -> PreprocessedImage:
+    """An image the preprocess stage split into `views` views (a base view and tiles): each view's pixels differ."""
+    px = (np.arange(views * 3 * S * S, dtype=np.int64).reshape(views, 3, S, S) + v).astype(np.uint8)
+    return PreprocessedImage(px, views * P, f"tiled{v}", 10, S * S)
+
+
+def test_a_batch_counts_views_and_an_images_block_is_its_views_in_order(artifacts):
+    enc = make(artifacts, prefer_variants=["cpu-fp32"], max_batch_size=8, batch_wait_timeout_s=0.2)
+    sizes = batch_sizes(enc)
+
+    async def go():
+        return await asyncio.gather(enc.encode(tiled(0, 3)), enc.encode(image(5)), enc.encode(tiled(1, 2)))
+    three, one, two = asyncio.run(go())
+    assert sizes == [6]  # 3 + 1 + 2 views in one session call
+    for block, img in ((three, tiled(0, 3)), (one, image(5)), (two, tiled(1, 2))):
+        assert block.shape == (img.rows, D)
+        np.testing.assert_array_equal(block, img.views.astype(np.float32).reshape(img.rows, D))
+
+
+def test_an_image_whose_plan_disagrees_with_the_graph_fails_naming_both(artifacts):
+    enc = make(artifacts, prefer_variants=["cpu-fp32"], batch_wait_timeout_s=0.0)
+    wrong = tiled(0, 2)
+    wrong.rows = 3 * P
+    with pytest.raises(RuntimeError, match=f"2 views gave {2 * P} feature rows, the image's plan says {3 * P}"):
+        asyncio.run(enc.encode(wrong))
+    assert len(enc.cache) == 0  # nothing cached for it
+
+
 def test_cache_by_content_hash_skips_the_session(artifacts):
     enc = make(artifacts, prefer_variants=["cpu-fp32"], batch_wait_timeout_s=0.0)
-    calls = []
-    run = enc._run
-    enc._run = lambda px: (calls.append(1), run(px))[1]
+    calls = batch_sizes(enc)
 
     async def go():
         a = await enc.encode(image(1))
@@ -118,9 +150,7 @@ def test_cache_by_content_hash_skips_the_session(artifacts):
 
 def test_identical_images_arriving_together_are_encoded_once(artifacts):
     enc = make(artifacts, prefer_variants=["cpu-fp32"], batch_wait_timeout_s=0.01)
-    rows = []
-    run = enc._run
-    enc._run = lambda px: (rows.append(px.shape[0]), run(px))[1]
+    rows = batch_sizes(enc)
 
     async def go():
         return await asyncio.gather(*(enc.encode(image(1)) for _ in range(4)))

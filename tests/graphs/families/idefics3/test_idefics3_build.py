@@ -13,11 +13,12 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, Idefics3Processor
 
 from graphs.entry import check_checkpoint
 from graphs.families.idefics3.variants import VARIANTS
 from graphs.families.llava import parity
+from mmcore.image_plan.idefics3 import Idefics3PlanSpec, plan
 from mmcore.manifest import Manifest
 from mmcore.runtime.kv_runner import OrtDecoderRunner
 
@@ -37,16 +38,36 @@ def test_every_variant_written_gated_and_described(built):
     assert [(t.name, t.shape) for t in vision.outputs] == [("image_features", ["views", 16, 64])]
     v = m.vision
     assert (v.image_size, v.patch_size, v.features_per_image, v.feature_dim) == (32, 4, 16, 64)
-    assert v.plan == {"kind": "idefics3", "do_resize": True, "longest_edge": 128, "max_image_size": 32,
-                      "do_image_splitting": True, "resample": "lanczos", "scale_factor": 2, "image_seq_len": 16,
-                      "max_longest_edge": 4096,
-                      "tokens": {"image": "<image>", "fake_image": "<fake_token_around_image>",
-                                 "global_image": "<global-img>", "row_col": "<row_{row}_col_{col}>",
-                                 "end_of_utterance": "<end_of_utterance>"}}
-    assert (v.preprocessing.resample, v.preprocessing.mean, v.preprocessing.std) == ("lanczos", (0.5,) * 3, (0.5,) * 3)
+    spec = Idefics3PlanSpec.model_validate(v.plan)  # serving's validation of the plan: the planner's own spec
+    assert v.plan == spec.model_dump(mode="json")
+    processor = Idefics3Processor.from_pretrained(ck)  # what transformers reads from the same directory
+    ip = processor.image_processor
+    assert (spec.do_resize, spec.longest_edge, spec.max_image_size, spec.do_image_splitting) == (
+        ip.do_resize, ip.size["longest_edge"], ip.max_image_size["longest_edge"], ip.do_image_splitting)
+    assert Image.Resampling[spec.resample.upper()] == ip.resample
+    assert (spec.image_mean, spec.image_std, spec.rescale_factor) == (tuple(ip.image_mean), tuple(ip.image_std),
+                                                                      ip.rescale_factor)
+    assert (spec.image_seq_len, spec.image_token, spec.fake_image_token, spec.global_image_token) == (
+        processor.image_seq_len, processor.image_token, processor.fake_image_token, processor.global_image_tag)
+    assert (spec.image_size, spec.patch_size, spec.rows_per_view) == (32, 4, 16)
     assert m.prompt.image_token == "<image>" and m.prompt.image_features == 16
     assert m.prompt.eos_token == "<end_of_utterance>" and m.decoder.eos_token_ids == [411]
     assert m.decoder.positions.scheme == "rotary" and m.decoder.io.position_ids is None
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-smolvlm"])
+def test_processor_counts_the_plans_rows(built, name):
+    """The checkpoint ships its whole processor: transformers' Idefics3Processor, loaded from the directory, expands
+    an image's placeholder into the ids of the plan's expansion (as many image tokens as the plan's rows)."""
+    ck, _, m = built[name]
+    processor = Idefics3Processor.from_pretrained(ck)
+    spec = Idefics3PlanSpec.model_validate(m.vision.plan)
+    for height, width in [(60, 100), (100, 60), (20, 20), (33, 130), (1, 500)]:
+        image = Image.fromarray(np.zeros((height, width, 3), np.uint8))
+        ids = processor(text=spec.image_token, images=[image])["input_ids"][0]
+        p = plan(spec, height, width)
+        assert ids.count(processor.image_token_id) == p.num_rows == p.num_views * m.vision.features_per_image
+        assert ids == processor.tokenizer(p.expansion(spec.image_token))["input_ids"]
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-smolvlm"])

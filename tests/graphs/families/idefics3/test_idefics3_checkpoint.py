@@ -29,16 +29,17 @@ def _processor(**keys):
 
 
 CASES = {
+    # the planner's refusals (mmcore.image_plan.idefics3.spec_from_hf), naming the checkpoint and the fields
     "crop-not-the-tower": (_processor(max_image_size={"longest_edge": 48}),
-                           ["processor_config.json", "image_processor.max_image_size", "vision_config.image_size 32"]),
-    "size-height-width": (_processor(size={"height": 64, "width": 64}), ["processor_config.json",
-                                                                         "image_processor.size", "longest_edge"]),
+                           ["ckpt: ", "max_image_size.longest_edge 48", "vision_config.image_size 32"]),
+    "size-height-width": (_processor(size={"height": 64, "width": 64}), ["ckpt: ", "preprocessor size",
+                                                                         "only size.longest_edge"]),
     "rescale": (_processor(rescale_factor=0.5), ["processor_config.json", "image_processor.rescale_factor"]),
-    "no-rgb": (_processor(do_convert_rgb=False), ["processor_config.json", "image_processor.do_convert_rgb"]),
+    "no-rgb": (_processor(do_convert_rgb=False), ["ckpt: ", "preprocessor do_convert_rgb false"]),
     "box-filter": (_processor(resample=4), ["processor_config.json", "image_processor.resample", "lanczos"]),
     "seq-len": (_json("processor_config.json", lambda d: d.update(image_seq_len=64)),
-                ["processor_config.json", "image_seq_len: 64", "16 rows per view"]),
-    "shuffle": (_json("config.json", lambda d: d.update(scale_factor=3)), ["config.json", "scale_factor", "8 patches"]),
+                ["ckpt: ", "processor image_seq_len 64", "rows per view", "= 16"]),
+    "shuffle": (_json("config.json", lambda d: d.update(scale_factor=3)), ["ckpt: ", "scale_factor 3", "8 patches"]),
     "image-token": (_json("config.json", lambda d: d.update(image_token_id=5)),
                     ["config.json", "image_token_id", "'<image>'"]),
     "text-model": (_json("config.json", lambda d: d["text_config"].update(model_type="gemma")),
@@ -80,7 +81,7 @@ def test_smolvlm_reads_its_wrapper_tokens_from_the_tokenizer(tiny_smolvlm, tmp_p
     import shutil
 
     ck = shutil.copytree(tiny_smolvlm, tmp_path / "ckpt")
-    assert read_checkpoint(ck).plan["tokens"]["fake_image"] == "<fake_token_around_image>"
+    assert read_checkpoint(ck).plan["fake_image_token"] == "<fake_token_around_image>"
     _json("tokenizer_config.json", lambda d: d.update(fake_image_token="<fake>"))(ck)
     with pytest.raises(CheckpointError) as e:
         check_checkpoint(ck)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -37,13 +36,3 @@ def built(tmp_path_factory, clip_llama, siglip_qwen2) -> dict:
         target = tmp_path_factory.mktemp("llava_artifacts") / name
         out[name] = target, build_artifacts(ck, target)
     return out
-
-
-@pytest.fixture
-def copy_of(tmp_path):
-    """copy_of(checkpoint dir) -> a private copy a test may break."""
-    def copy(src: Path) -> Path:
-        dst = tmp_path / "ckpt"
-        shutil.copytree(src, dst)
-        return dst
-    return copy
