@@ -3,8 +3,8 @@ contract in pyproject.toml holds serve_app to this module).
 
     source_names()                          the buildable preset names, for validating a model source
     check_checkpoint(directory)             a checkpoint directory the build can use (LLaVA, LLaVA-NeXT,
-                                            LLaVA-OneVision), or a ValueError naming the file (config and tokenizer
-                                            files only: no torch)
+                                            LLaVA-OneVision, Idefics3/SmolVLM), or a ValueError naming the file
+                                            (config and tokenizer files only: no torch)
     build_into_cache(source, cache_dir)     build a preset or checkpoint into this node's cache unless it is there
                                             (under the cache's file lock) -> the artifact directory
 

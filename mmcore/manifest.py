@@ -200,7 +200,9 @@ class Preprocessing(_Spec):
                     "center-crop (top = (h - S) // 2), as transformers' CLIPImageProcessor does")
     shortest_edge: int | None = Field(default=None, ge=1, description="short side after resizing, for "
                                       "`shortest_edge` (>= the crop size, image_size)")
-    resample: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    resample: Literal["bicubic", "bilinear", "nearest", "lanczos"] = Field(
+        default="bicubic", description="PIL filter; lanczos (Idefics3's default) only with a `plan` whose views are "
+                                       "resized by the plan's own resample")
     pad_color: tuple[int, int, int] = Field(default=(0, 0, 0), description="RGB fill for `pad`")
     mean: tuple[float, float, float] = Field(description="normalization folded into the vision graph (for reference: "
                                              "serving passes raw pixels)")
@@ -223,9 +225,11 @@ class VisionSpec(_Spec):
         default=None, description="anyres families: the model's `image_newline` row (feature_dim,) float32, a .npy "
                                   "file in the artifact, appended after each row of a tiled image's features")
     plan: dict | None = Field(
-        default=None, description="anyres families: the view planner's spec (kind, grid_pinpoints as (height, "
-                                  "width), view_size, patch_size, anyres_max, ...: mmcore.image_plan); None: one view per image "
-                                  "of features_per_image rows. With a plan, features_per_image counts one view's rows")
+        default=None, description="the view planner's spec, mmcore.image_plan's by `kind`: anyres (LLaVA-NeXT, "
+                                  "OneVision: grid_pinpoints as (height, width), view_size, patch_size, anyres_max, "
+                                  "...), idefics3 (Idefics3/SmolVLM: crops + a global view, each view's rows wrapped "
+                                  "in row/column text); None: one view per image of features_per_image rows. With a "
+                                  "plan, features_per_image counts one view's rows")
 
 
 class PromptSpec(_Spec):

@@ -15,6 +15,7 @@ from pathlib import Path
 FAMILIES: dict[str, str] = {
     "own": "graphs.families.own",
     "llava_next": "graphs.families.llava_next",
+    "idefics3": "graphs.families.idefics3",
     "llava": "graphs.families.llava",
 }
 

@@ -381,6 +381,25 @@ def config_fields(directory: Path) -> _Fields:
     return json_fields(directory / "config.json")
 
 
+def plan_spec(directory: Path, spec_from_hf):
+    """A view planner's spec (mmcore.image_plan), read by its `spec_from_hf(image processor, processor, config)`
+    from the checkpoint's own files (processor_config.json when saved); the planner's refusal (a ValueError, or
+    pydantic's ValidationError, one) as a one-line CheckpointError naming the directory."""
+    from pydantic import ValidationError
+
+    saved = directory / PROCESSOR_FILES[0]
+    files = processor_fields(directory).data, json_fields(saved).data if saved.is_file() else {}, \
+        config_fields(directory).data  # their own errors name the file
+    try:
+        return spec_from_hf(*files)
+    except ValidationError as e:
+        why = "; ".join(str(err.get("ctx", {}).get("error", "")) or f"{'.'.join(map(str, err['loc']))}: "
+                        f"{err['msg']}" for err in e.errors())
+        raise CheckpointError(f"{directory}: {why}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{directory}: {e}") from None
+
+
 def read_checkpoint(directory: str | Path, model_types: tuple[str, ...] = ("llava",),
                     tiling: tuple[str, ...] = ()) -> Checkpoint:
     """`model_types`: the config.json model types the caller's family builds; `tiling`: the processor options it

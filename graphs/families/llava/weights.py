@@ -102,18 +102,20 @@ def expected_shapes(ck: Checkpoint) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_weights(ck: Checkpoint, extra: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
-    """{canonical name: float32 array} for exactly the tensors `expected_shapes` names and `extra` (a family's own
-    tensors, canonical name -> shape); one-line errors otherwise.
+def load_weights(ck: Checkpoint, extra: dict[str, tuple[int, ...]] | None = None, rename=canonical,
+                 shapes=expected_shapes) -> dict[str, np.ndarray]:
+    """{canonical name: float32 array} for exactly the tensors `shapes(ck)` names and `extra` (a family's own
+    tensors, canonical name -> shape); one-line errors otherwise. `rename` and `shapes`: another family's key
+    mapping and tensors over the same reading (idefics3: its connector instead of the projector).
 
     Vision layers past the deepest feature layer are never read: the graph does not run them.
     """
     named_in, shards = _files(ck.directory)
-    expected = expected_shapes(ck) | (extra or {})
+    expected = shapes(ck) | (extra or {})
     sources: dict[str, tuple[Path, str]] = {}
     keys = shards.items() if shards is not None else [(k, named_in) for k in _keys(named_in)]
     for key, path in keys:
-        name = canonical(key)
+        name = rename(key)
         if name is None:
             raise CheckpointError(f"{named_in}: {key}: not a LLaVA tensor name (unknown layout)")
         if name in expected:

@@ -21,7 +21,7 @@ from pathlib import Path
 from graphs.families.llava.preprocessing import preprocessing
 from mmcore.image_plan.anyres_hf import spec_from_hf
 from graphs.families.llava_next import MODEL_TYPES
-from graphs.families.llava.checkpoint import (Checkpoint, CheckpointError, config_fields, json_fields,
+from graphs.families.llava.checkpoint import (Checkpoint, CheckpointError, config_fields, json_fields, plan_spec,
                                               processor_fields, read_checkpoint)
 
 MODEL_CLASSES = {"llava_next": "LlavaNextForConditionalGeneration",
@@ -46,14 +46,7 @@ class AnyresCheckpoint:
         checkpoint's own files as transformers' processor and model read them; CheckpointError naming the fields
         where the planner could not reproduce them. The base view, tiles, unpadding, OneVision's shrink and its
         one-view images of a multi-image prompt all follow from it."""
-        d = self.directory
-        saved = d / "processor_config.json"
-        processor = json_fields(saved).data if saved.is_file() else {}
-        try:
-            spec = spec_from_hf(processor_fields(d).data, processor, config_fields(d).data)
-        except ValueError as e:
-            raise CheckpointError(f"{d}: {e}") from None
-        return spec.model_dump(mode="json")
+        return plan_spec(self.directory, spec_from_hf).model_dump(mode="json")
 
     def to_dict(self) -> dict:
         return {**self.base.to_dict(), "model_type": self.model_type,
