@@ -155,3 +155,13 @@ def served(e2e_artifacts) -> Served:
         serve.shutdown()
         ray.shutdown()
         os.environ.pop("MMSERVE_API_KEYS", None)
+
+
+def serve_checkpoints(served: Served, tmp_path_factory, write: Callable[[str, Path], Path]):
+    """The body of a module fixture: yields name -> (checkpoint dir, artifact dir, base URL), each checkpoint
+    written by write(name, dir) on first use (CheckpointApps), every app deleted at the end."""
+    apps = CheckpointApps(served, tmp_path_factory)
+    try:
+        yield lambda name: apps.get(name, lambda d: write(name, d))
+    finally:
+        apps.close()

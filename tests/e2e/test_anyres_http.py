@@ -7,20 +7,16 @@ checkpoint's processor (its chat template, tiling and image-token count) and gen
 
 from __future__ import annotations
 
-import base64
-import io
-
 import httpx
 import pytest
-
-from tests.e2e.conftest import CheckpointApps, auth_headers
 from PIL import Image
 
-from tests.serve_app.image_samples import data_url, encode, png_url
+from tests.e2e.conftest import auth_headers, serve_checkpoints
+from tests.e2e.image_chats import CASES, SQUARE, check_chat, greedy, pil_images
+from tests.serve_app.image_samples import data_url, encode
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.e2e
-MAX_TOKENS = 16
 SPECS = ("next-clip-llama", "onevision-siglip-qwen2")
 
 
@@ -30,20 +26,15 @@ def anyres(served, tmp_path_factory):
     from graphs.families.llava.synthetic import write_checkpoint
     from graphs.families.llava_next.synthetic import SPECS as ANYRES_SPECS
 
-    apps = CheckpointApps(served, tmp_path_factory)
-    try:
-        yield lambda name: apps.get(name, lambda d: write_checkpoint(d, ANYRES_SPECS[name]))
-    finally:
-        apps.close()
+    yield from serve_checkpoints(served, tmp_path_factory, lambda name, d: write_checkpoint(d, ANYRES_SPECS[name]))
 
 
 def _reference(ck, artifacts, messages: list[dict], images: list[str]) -> tuple[str, str, int, int]:
-    """(text, finish reason, completion tokens, prompt tokens) from transformers on the checkpoint itself."""
+    """transformers on the checkpoint itself: its processor and generate() in fp32."""
     import json
 
     import torch
     import transformers
-    from PIL import Image
 
     from graphs.families.llava.synthetic import images_only
     from mmcore.manifest import Manifest
@@ -54,49 +45,19 @@ def _reference(ck, artifacts, messages: list[dict], images: list[str]) -> tuple[
         "llava_onevision": ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor")}[config["model_type"]]
     processor = images_only(getattr(transformers, processor_class)).from_pretrained(ck)
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    pil = [Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).convert("RGB") for u in images]
+    pil = pil_images(images)
     # the images as one conversation's (a list per sample), as apply_chat_template hands them over: OneVision tiles
     # an image only when it is its conversation's one image (a flat list would make each a conversation of its own)
     inputs = processor(text=text, images=[pil] if pil else None, return_tensors="pt")
     model = getattr(transformers, model_class).from_pretrained(ck, torch_dtype=torch.float32,
                                                                attn_implementation="eager").eval()
-    eos = Manifest.read(artifacts).decoder.eos_token_ids  # every eos id of the checkpoint's files, as served
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=eos,
-                             pad_token_id=eos[0])[0, inputs["input_ids"].shape[1]:].tolist()
-    finish = "stop" if out[-1] in eos else "length"
-    answer = processor.tokenizer.decode([i for i in out if i not in eos], skip_special_tokens=True)
-    return answer, finish, len(out), inputs["input_ids"].shape[1]
-
-
-TALL, WIDE, SQUARE = png_url(30, 90, seed=1), png_url(100, 28, seed=2), png_url(48, 48, seed=3)
-CASES = {  # name -> turns: (role, [image urls], text)
-    "tall": [("user", [TALL], "what is in this picture?")],
-    "wide": [("user", [WIDE], "what is in this picture?")],
-    "square": [("user", [SQUARE], "describe it")],
-    "two-sizes": [("user", [WIDE, png_url(20, 70, seed=4)], "compare the two")],
-    "text-only": [("user", [], "describe the quick brown fox")],
-    "multi-turn": [("user", [TALL], "what is this?"), ("assistant", [], "a picture"),
-                   ("user", [], "and its colours?")],
-}
+    return greedy(model, processor, inputs, Manifest.read(artifacts).decoder.eos_token_ids)
 
 
 @pytest.mark.parametrize("spec,case", [(s, c) for s in SPECS for c in CASES])
 def test_greedy_equals_transformers_generate(served, anyres, spec, case):
     ck, artifacts, url = anyres(spec)
-    turns = CASES[case]
-    wire = [{"role": role, "content": [{"type": "image_url", "image_url": {"url": u}} for u in images]
-             + [{"type": "text", "text": text}]} for role, images, text in turns]
-    r = httpx.post(f"{url}/v1/chat/completions", headers=auth_headers(served), timeout=120,
-                   json={"model": f"mmserve-{spec}", "messages": wire, "max_tokens": MAX_TOKENS, "temperature": 0})
-    assert r.status_code == 200, r.text
-    hf_messages = [{"role": role, "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]}
-                   for role, images, text in turns]
-    text, finish, completion, prompt_tokens = _reference(ck, artifacts, hf_messages, [u for _, i, _ in turns for u in i])
-    body = r.json()
-    assert body["usage"]["prompt_tokens"] == prompt_tokens
-    assert body["choices"][0]["message"]["content"] == text
-    assert (body["choices"][0]["finish_reason"], body["usage"]["completion_tokens"]) == (finish, completion)
+    check_chat(served, url, case, lambda messages, images: _reference(ck, artifacts, messages, images))
 
 
 def test_an_image_too_thin_for_the_grid_is_a_400_and_the_app_keeps_serving(served, anyres):
