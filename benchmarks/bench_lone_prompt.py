@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from mmcore.manifest import Manifest
 from mmcore.runtime.int8_kernels import cpu_model, reported_isa
 from serve_app.contract import DecodeRequest, TokenSegment
 from serve_app.engine import EngineConfig, load_engine
@@ -32,7 +33,8 @@ async def first_token_s(engine, ids: list[int], i: int) -> float:
 async def run(args) -> dict[bool, list[float]]:
     engines = {lone: load_engine(args.artifacts, EngineConfig(slots=4, lone_prompt_logits=lone), args.threads,
                                  [args.variant]) for lone in (False, True)}
-    ids = np.random.default_rng(0).integers(100, 5000, args.prompt).tolist()
+    vocab = Manifest.read(args.artifacts).decoder.vocab_size
+    ids = np.random.default_rng(0).integers(min(100, vocab // 2), min(5000, vocab), args.prompt).tolist()
     times: dict[bool, list[float]] = {False: [], True: []}
     try:
         for i in range(args.rounds):

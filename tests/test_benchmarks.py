@@ -62,6 +62,15 @@ def test_bench_prefill_prints_ttft_throughput_and_an_op_profile(tiny_artifacts_d
         figures(rf"^    {variant}: GroupQueryAttention {NUMBER} ms|^    {variant}: .*GroupQueryAttention", out)
 
 
+def test_bench_lone_prompt_prints_the_first_token_time_with_the_option_on_and_off(tiny_artifacts_dir):
+    out = run("bench_lone_prompt.py", "--artifacts", str(tiny_artifacts_dir), "--variant", "cpu-fp32", "--threads",
+              "1", "--rounds", "4", "--prompt", "8")
+    for lone in ("False", "True"):
+        (p50, low), = figures(rf"^lone_prompt_logits={lone} *: first token p50 +{NUMBER} ms, min +{NUMBER} ms "
+                              rf"\(n=2\)$", out)
+        assert 0 < float(low) <= float(p50) < 10000
+
+
 def test_bench_profile_prints_step_rates_and_an_op_table(tiny_artifacts_dir):
     out = run("bench_profile.py", "--artifacts", str(tiny_artifacts_dir), "--variants", "cpu-int8", "cpu-int8-kv8",
               "--batches", "1", "2", "--context", "16", "--rounds", "1")
