@@ -105,9 +105,10 @@ class CheckpointApps:
 
     def get(self, name: str, write: Callable[[Path], Path],
             variants: tuple[str, ...] = ("vision/cpu-fp32", "decoder/cpu-fp32"),
-            folder: str | None = None) -> tuple[Path, Path, str]:
+            folder: str | None = None, args: dict | None = None) -> tuple[Path, Path, str]:
         """-> (checkpoint dir, artifact dir, base URL) of app `name`; `write(dir)` writes its checkpoint in a folder
-        named `folder` (default: the app's name), which names the served model: mmserve-<folder>."""
+        named `folder` (default: the app's name), which names the served model: mmserve-<folder>. `args`: stage ->
+        fields laid over the e2e args' (e.g. {"preprocess": {"max_tiles": 2}})."""
         from graphs.cli import main
 
         if name not in self.apps:
@@ -115,7 +116,10 @@ class CheckpointApps:
             ck = write(self.tmp.mktemp("ckpt") / (folder or name))
             out = self.tmp.mktemp("artifacts") / name
             assert main(["build", "--hf", str(ck), "--out", str(out), "--quiet", "--variants", *variants]) == 0
-            start_app({**self.served.args, "model": {"artifacts_dir": str(out)}}, name, f"/{name}")
+            app_args = {**self.served.args, "model": {"artifacts_dir": str(out)}}
+            for stage, fields in (args or {}).items():
+                app_args[stage] = {**app_args.get(stage, {}), **fields}
+            start_app(app_args, name, f"/{name}")
             self.apps[name] = ck, out, f"{self.served.url}/{name}"
             wait_ready(self.apps[name][2])
         return self.apps[name]
@@ -158,10 +162,11 @@ def served(e2e_artifacts) -> Served:
 
 
 def serve_checkpoints(served: Served, tmp_path_factory, write: Callable[[str, Path], Path]):
-    """The body of a module fixture: yields name -> (checkpoint dir, artifact dir, base URL), each checkpoint
-    written by write(name, dir) on first use (CheckpointApps), every app deleted at the end."""
+    """The body of a module fixture: yields (app name, spec=app name, **CheckpointApps.get's keywords) -> (checkpoint
+    dir, artifact dir, base URL), each checkpoint written by write(spec, dir) on first use, every app deleted at the
+    end."""
     apps = CheckpointApps(served, tmp_path_factory)
     try:
-        yield lambda name: apps.get(name, lambda d: write(name, d))
+        yield lambda name, spec=None, **kw: apps.get(name, lambda d: write(spec or name, d), **kw)
     finally:
         apps.close()

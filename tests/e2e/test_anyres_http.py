@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import auth_headers, serve_checkpoints
-from tests.e2e.image_chats import CASES, SQUARE, check_chat, greedy, pil_images
+from tests.e2e.image_chats import CASES, SQUARE, WIDE, check_chat, greedy, pil_images
 from tests.serve_app.image_samples import data_url, encode
 
 pytest.importorskip("transformers")
@@ -73,3 +73,21 @@ def test_an_image_too_thin_for_the_grid_is_a_400_and_the_app_keeps_serving(serve
     assert (err["code"], err["param"]) == ("invalid_image_size", "messages.0.content.0.image_url")
     assert "20000x20 px" in err["message"]
     assert ask(SQUARE).status_code == 200
+
+
+def test_an_image_of_more_views_than_max_tiles_is_a_400_naming_the_limit(served, anyres):
+    """preprocess.max_tiles 4: a square image (a base view + the 2x2 grid's tiles) is refused before anything is
+    encoded; a wide one (a base view + 1x3 tiles) is served."""
+    _, _, url = anyres("next-max-tiles", spec="next-clip-llama", folder="next-clip-llama",
+                       args={"preprocess": {"max_tiles": 4}})
+
+    def ask(image: str) -> httpx.Response:
+        content = [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "what is it?"}]
+        return httpx.post(f"{url}/v1/chat/completions", headers=auth_headers(served), timeout=120,
+                          json={"messages": [{"role": "user", "content": content}], "max_tokens": 2})
+    r = ask(SQUARE)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["param"]) == ("image_too_many_tiles", "messages.0.content.0.image_url")
+    assert "becomes 5 views to encode; the limit is 4 (preprocess.max_tiles)" in err["message"]
+    assert ask(WIDE).status_code == 200
