@@ -60,3 +60,29 @@ def test_an_image_too_thin_for_its_grid_is_refused():
     with pytest.raises(InvalidImage) as e:
         plan_image(random_image(20, 20000), with_plan(NEXT.spec), PARAM)
     assert (e.value.code, e.value.param) == ("invalid_image_size", PARAM) and "20000x20 px" in str(e.value)
+
+
+def test_the_cache_key_counts_the_plan_that_assembles_the_views():
+    """The vision stage caches an image's assembled block by this key: for anyres the block depends on the plan (the
+    unpad rows, from the image's size) as well as on the views, so the plan is hashed with them; without a plan
+    the key is the views' sha256, as before."""
+    import hashlib
+
+    from PIL import Image
+
+    from serve_app.imaging.pipeline import content_hash, preprocess_image
+    from serve_app.stages.options import PreprocessOptions
+    from tests.serve_app.image_samples import data_url, encode
+
+    def preprocessed(vision, fmt: str = "PNG"):
+        url = data_url(encode(Image.new("RGB", (90, 40), (200, 30, 30)), fmt), f"image/{fmt.lower()}")
+        return preprocess_image(url, vision, PreprocessOptions(), PARAM)
+
+    tiled = preprocessed(with_plan(NEXT.spec))
+    plan = anyres.plan(NEXT.spec, 40, 90)
+    assert tiled.content_hash == content_hash(tiled.views, plan.model_dump_json())
+    other = plan.model_copy(update={"width": 91})  # another size's plan over the same views
+    assert content_hash(tiled.views, other.model_dump_json()) != tiled.content_hash
+    whole = preprocessed(vision_spec(32, features=16))
+    assert whole.content_hash == hashlib.sha256(whole.views.tobytes()).hexdigest()
+    assert preprocessed(with_plan(NEXT.spec)).content_hash == tiled.content_hash  # the same picture: one key
