@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -172,6 +173,21 @@ async def served(url: str, args, images: Images, label: str) -> None:
         latency = latency or f["latency_s"]
 
 
+def overrides(artifacts: Path, args) -> dict:
+    """local.yaml's args changed for this load: decoder.max_context the longest load image's tokens + 256 (prompt,
+    completion), rounded up to 512, so that local.yaml's 16 slots of cache fit this machine (the models' own 8192 or
+    32768 positions would not), and --set on top."""
+    from mmcore.manifest import Manifest
+    from serve_app.imaging.plans import plan_image
+
+    manifest = Manifest.read(artifacts)
+    rows = max(plan_image(noise(w, h), manifest.vision, "image").rows for w, h in args.load_sizes)
+    out: dict = {"decoder": {"max_context": min(-(-(rows + 256) // 512) * 512, manifest.decoder.max_positions)}}
+    for stage, field, value in args.set:
+        out.setdefault(stage, {})[field] = json.loads(value)
+    return out
+
+
 def part_c(runs: list[tuple[str, Path]], args) -> None:
     import ray
     from ray import serve
@@ -185,8 +201,10 @@ def part_c(runs: list[tuple[str, Path]], args) -> None:
     try:
         for model, artifacts in runs:
             t = time.perf_counter()
-            deploy_mmserve(str(artifacts), {})
-            print(f"{model}: deployed in {time.perf_counter() - t:.0f} s", flush=True)
+            changed = overrides(artifacts, args)
+            deploy_mmserve(str(artifacts), changed)
+            print(f"{model}: deployed in {time.perf_counter() - t:.0f} s, local.yaml's args changed: {changed}",
+                  flush=True)
             asyncio.run(served(url, args, images, model))
             serve.delete("mmserve")
     finally:
@@ -212,6 +230,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=16, help="completion tokens per request (ignore_eos)")
     p.add_argument("--duration-s", type=float, default=45.0, help="measurement window per load")
     p.add_argument("--ramp-s", type=float, default=0.0, help="more load before the window opens")
+    p.add_argument("--set", nargs=3, action="append", default=[], metavar=("STAGE", "FIELD", "JSON"),
+                   help="(c) override one of local.yaml's args, e.g. --set vision max_batch_size 16")
     p.add_argument("--images", type=int, default=64, help="distinct images made up front; more requests than "
                                                           "this wrap around (and would hit the vision cache)")
     return p.parse_args(argv)
