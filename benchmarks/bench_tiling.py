@@ -14,8 +14,9 @@ tiny checkpoints, for trying the script in seconds. Artifacts: `graphs.cli build
 configs/local.yaml picks on a CPU (cpu-int8) and their fp32 gate partners.
 
 (a) image tokens per request for one image of each --sizes (WxH), from the planner the preprocess stage runs
-    (serve_app.imaging.plans.plan_image on the built manifest), against transformers' processor loaded from the
-    checkpoint (its count of image tokens in input_ids for a prompt of that one image); views = what gets encoded.
+    (mmcore.image_plan, on the spec the build writes into the manifest, read from the checkpoint: no build needed),
+    against transformers' processor loaded from the checkpoint (its count of image tokens in input_ids for a
+    prompt of that one image); views = what gets encoded.
 (b) vision ms through the session the vision stage opens with configs/local.yaml's vision options (the variant and
     int8 encoding it picks on this CPU): a batch of 1 view and of 8 views (ms per call and per view), and one
     --sizes[0] image as the stage runs it alone (its views in batches of max_batch_size, then anyres's unpad +
@@ -98,24 +99,33 @@ def hf_processor(model: str, ckpt: Path):
     return proc, proc.tokenizer.convert_tokens_to_ids(str(proc.image_token))
 
 
-def part_a(model: str, ckpt: Path, artifacts: Path, sizes: list[tuple[int, int]]) -> None:
-    from mmcore.manifest import Manifest
-    from serve_app.imaging.plans import plan_image
+def planner(model: str, ckpt: Path):
+    """(width, height) -> (views, image tokens): the planner the preprocess stage runs, on the spec the build writes
+    into the manifest (read here from the checkpoint's own files, so this part needs no build)."""
+    if MODELS[model][0] == "llava_next":
+        from graphs.families.llava_next.checkpoint import read_anyres_checkpoint
+        from mmcore.image_plan import anyres
+        spec = anyres.AnyresPlanSpec.model_validate(read_anyres_checkpoint(ckpt).plan())
+        return lambda w, h: (lambda p: (p.num_views, p.num_rows))(anyres.plan(spec, h, w))
+    from graphs.families.idefics3.checkpoint import read_checkpoint
+    from mmcore.image_plan import idefics3
+    spec = idefics3.Idefics3PlanSpec.model_validate(read_checkpoint(ckpt).plan)
+    return lambda w, h: (lambda p: (p.num_views, p.num_rows))(idefics3.plan(spec, h, w))
 
-    vision = Manifest.read(artifacts).vision
+
+def part_a(model: str, ckpt: Path, sizes: list[tuple[int, int]]) -> None:
+    plan = planner(model, ckpt)
     proc, image_id = hf_processor(model, ckpt)
     print(f"\n(a) {model}: image tokens per request of one image (planner = the preprocess stage's; HF = "
           f"{type(proc).__name__}'s input_ids)")
     print(f"    {'image WxH':>10} {'views':>5} {'image tokens':>12} {'HF':>6}  equal")
     for w, h in sizes:
         img = noise(w, h)
-        planned = plan_image(img, vision, "image")
-        text = str(proc.image_token)
-        ids = proc(text=text, images=[img] if MODELS[model][0] == "llava_next" else [[img]],
+        views, rows = plan(w, h)
+        ids = proc(text=str(proc.image_token), images=[img] if MODELS[model][0] == "llava_next" else [[img]],
                    return_tensors="np")["input_ids"]
         hf = int((ids == image_id).sum())
-        print(f"    {f'{w}x{h}':>10} {len(planned.views):5d} {planned.rows:12d} {hf:6d}  "
-              f"{'yes' if hf == planned.rows else 'NO'}", flush=True)
+        print(f"    {f'{w}x{h}':>10} {views:5d} {rows:12d} {hf:6d}  {'yes' if hf == rows else 'NO'}", flush=True)
 
 
 def vision_options():
@@ -248,13 +258,15 @@ def main(argv=None) -> int:
     runs = []
     for model in args.models:
         ckpt = ensure_checkpoint(work, model)
+        if "a" in args.parts:
+            part_a(model, ckpt, args.sizes)
+        if not {"b", "c"} & set(args.parts):
+            continue
         t = time.perf_counter()
         artifacts = build_artifacts(ckpt, work / f"{model}-artifacts", args.variants)
         if time.perf_counter() - t > 1:
             print(f"  built in {time.perf_counter() - t:.0f} s", flush=True)
         runs.append((model, artifacts))
-        if "a" in args.parts:
-            part_a(model, ckpt, artifacts, args.sizes)
         if "b" in args.parts:
             part_b(model, artifacts, args.sizes[0], args.seconds)
     if "c" in args.parts:
