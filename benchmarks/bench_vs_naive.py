@@ -110,15 +110,17 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
 
 
 class Images:
-    """A new image per request: a noise PNG whose first pixels spell the request's number (unique content hash)."""
+    """A new image per request: a noise PNG whose first pixels spell the request's number (unique content hash).
+    `sizes`: (width, height) of each image in turn (default: `size` x `size` for all)."""
 
-    def __init__(self, count: int, size: int = 224):
+    def __init__(self, count: int, size: int = 224, sizes: list[tuple[int, int]] | None = None):
         self.next = 0
-        self.pixels = np.random.default_rng(7).integers(0, 256, (size, size, 3), np.uint8)  # (H,W,3), bench_http's
+        rng = np.random.default_rng(7)
+        self.pixels = [rng.integers(0, 256, (h, w, 3), np.uint8) for w, h in sizes or [(size, size)]]  # (H,W,3)
         self.urls = [self._url(i) for i in range(count)] if count else [image_url(seed=7)]
 
     def _url(self, i: int) -> str:
-        px = self.pixels.copy()
+        px = self.pixels[i % len(self.pixels)].copy()
         px[0, :4, 0] = np.frombuffer(i.to_bytes(4, "little"), np.uint8)
         return png_data_url(px, compress_level=1)  # fast to make: noise does not compress anyway
 

@@ -89,13 +89,18 @@ def ensure_checkpoint(args) -> Path:
 
 
 def ensure_artifacts(args, ckpt: Path) -> Path:
+    return build_artifacts(ckpt, Path(args.artifacts or Path(args.work) / f"{SPEC}-artifacts"), args.variants)
+
+
+def build_artifacts(ckpt: Path, out: Path, variants: list[str]) -> Path:
+    """`out`, built from `ckpt` by `graphs.cli build` unless it already holds a manifest; variants ["all"]: every
+    one."""
     from mmcore.manifest import MANIFEST
 
-    out = Path(args.artifacts or Path(args.work) / f"{SPEC}-artifacts")
     if (out / MANIFEST).is_file():
         return out
     cmd = [sys.executable, "-m", "graphs.cli", "build", "--hf", str(ckpt), "--out", str(out)]
-    cmd += [] if args.variants == ["all"] else ["--variants", *args.variants]
+    cmd += [] if variants == ["all"] else ["--variants", *variants]
     print("building mmserve's artifacts: " + " ".join(cmd), flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)

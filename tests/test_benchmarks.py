@@ -171,3 +171,16 @@ def test_vllm_copy_renames_only_the_vision_tower_keys_and_transformers_loads_it_
     renamed = loaded.state_dict()
     assert renamed.keys() == original.keys()
     assert all(torch.equal(renamed[k], original[k]) for k in original)
+
+
+def test_bench_tiling_counts_image_tokens_as_transformers_and_times_the_views(tmp_path):
+    """Parts a and b on the tests' tiny OneVision and SmolVLM checkpoints (written and built into tmp_path)."""
+    out = run("bench_tiling.py", "--models", "onevision-tiny", "smolvlm-tiny", "--parts", "a", "b", "--work",
+              str(tmp_path), "--sizes", "640x480", "480x640", "300x300", "--seconds", "0.05")
+    counts = figures(r"^ +(\d+x\d+) +(\d+) +(\d+) +(\d+)  (yes|NO)$", out)
+    assert len(counts) == 6 and all(equal == "yes" and int(views) >= 1 for _, views, _, _, equal in counts)
+    for b in (1, 8):
+        assert len(figures(rf"^ +batch of {b} view\(s\) +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER}$", out)) == 2
+    per_image = figures(rf"^ +one 640x480 image \((\d+) views\) +{NUMBER} .* -> (\d+) rows$", out)
+    tokens_640 = [int(rows) for size, _, rows, _, _ in counts if size == "640x480"]
+    assert [int(rows) for *_, rows in per_image] == tokens_640  # the assembled features fill the planned rows
