@@ -29,8 +29,9 @@ from pathlib import Path
 
 from graphs.families.idefics3 import MODEL_TYPES
 from graphs.families.llava.checkpoint import (ACTIVATIONS, Checkpoint, CheckpointError, PreprocessSpec, VisionSpec,
-                                              _Fields, _read_json, _text, _tokenizer, cleans_up_spaces, config_fields,
-                                              plan_spec, processor_fields)
+                                              _Fields, _read_json, _text, _tokenizer, config_fields, plan_spec,
+                                              processor_fields)
+from graphs.families.llava.tokenizer_files import cleans_up_spaces
 from mmcore.image_plan.idefics3 import Idefics3PlanSpec, spec_from_hf
 
 VISION_TYPES = ("idefics3_vision", "smolvlm_vision")

@@ -18,8 +18,8 @@ import numpy as np
 
 from graphs.families.base import Progress, Source, SourceError, Specs
 from graphs.families.llava import SHIPPED
-from graphs.families.llava.checkpoint import (Checkpoint, CheckpointError, effective_tokenizer_json, read_checkpoint,
-                                              same_tokenizer)
+from graphs.families.llava.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from graphs.families.llava.tokenizer_files import effective_tokenizer_json, same_tokenizer
 from graphs.families.llava.driver import decoder_spec
 from graphs.families.llava.preprocessing import preprocessing
 from graphs.families.llava.variants import VARIANTS

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from graphs.families.llava.checkpoint import cleans_up_spaces, effective_tokenizer_json
+from graphs.families.llava.tokenizer_files import cleans_up_spaces, effective_tokenizer_json
 from serve_app.engine.detokenize import IncrementalDetokenizer
 from tests.tokenizer_kinds import KINDS, make_tokenizer
 
