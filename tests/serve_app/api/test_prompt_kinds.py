@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from tokenizers import Tokenizer
 
-from graphs.families.llava.checkpoint import effective_tokenizer_json
+from graphs.families.llava.tokenizer_files import effective_tokenizer_json
 from mmcore.manifest import PromptSpec
 from serve_app.api.errors import InvalidRequest
 from serve_app.api.prompt import ImageSlot, PromptRenderer
