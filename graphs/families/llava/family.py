@@ -110,9 +110,9 @@ class LlavaFamily:
                 spec = self.variants[graph][name]
                 progress(f"parity {graph} {name}")
                 if graph == "vision":
-                    figures, px = self.vision_figures(ref, protos[name])
-                    run = lambda b: parity.session(b).run(None, {"pixels": px})[0]  # noqa: E731
-                    figures |= u8s8_figures(protos[name], run) if spec.precision == "int8" else {}
+                    figures, px, got = self.vision_figures(ref, protos[name])
+                    run = lambda b: parity.run_views(b, px)  # noqa: E731
+                    figures |= u8s8_figures(protos[name], run, got) if spec.precision == "int8" else {}
                 else:
                     figures, forced[name] = parity.decoder_run(model.ck, inputs, protos[name], spec.kv_cache)
                     run = lambda b: parity.decoder_run(model.ck, inputs, b, spec.kv_cache)[1]  # noqa: E731
@@ -124,11 +124,13 @@ class LlavaFamily:
         return out
 
     @staticmethod
-    def vision_figures(ref, proto: bytes) -> tuple[dict, np.ndarray]:
-        """-> (the vision graph's figures against the reference, the pixels they were measured on)."""
+    def vision_figures(ref, proto: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
+        """-> (the vision graph's figures against the reference, the pixels they were measured on, its features)."""
         from graphs.families.llava import parity
 
-        return parity.vision_figures(ref, proto), parity.pixels(ref.ck, 2, parity.SEED)
+        px = parity.pixels(ref.ck, 2, parity.SEED)
+        got = parity.run_views(proto, px)
+        return parity.feature_figures(got, ref.image_features(px)), px, got
 
     @staticmethod
     def _kv_figures(model: Loaded, ref, inputs, mine: tuple, spec, siblings: tuple) -> dict:

@@ -66,7 +66,7 @@ class AnyresFamily(LlavaFamily):
         return dataclasses.replace(specs, vision=vision, source=model.anyres.to_dict())
 
     @staticmethod
-    def vision_figures(ref, proto: bytes) -> tuple[dict, np.ndarray]:
+    def vision_figures(ref, proto: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
         from graphs.families.llava_next import parity
 
         return parity.vision_figures(ref, proto)
