@@ -161,6 +161,7 @@ class Stages:
     decoder: object
     timeout_s: float = 60.0
     missing: Callable[[], frozenset[str]] = frozenset  # deployments with no running replica (a StageWatch)
+    recheck: Callable[[], frozenset[str]] | None = None  # the same, looked at again (blocking; StageWatch.recheck)
     model_key: str | None = None  # the ingress's model; None = calls untagged (unit tests of other things)
     retry_s: float = 2.0  # how long a call refused by replicas of another model is sent again
     decoder_timeout_s: float = 60.0  # longest wait for the decoder's first chunk, and between two chunks
@@ -196,6 +197,8 @@ async def image_features(stages: Stages, images: list[ImageRef],
         return []
     key = stages.model_key
     check = partial(require_image_stages, stages)  # polled while waiting too: a lost stage fails fast
+    if stages.recheck is not None and _lost(stages):
+        await asyncio.to_thread(stages.recheck)  # not refused on a probe from before the stage came up
 
     def tagged(call):  # a refusal by a replica of another model is sent again (matching), a dead replica's once
         return lambda: matching(stages, call)
@@ -237,9 +240,13 @@ IMAGE_STAGES = {"Preprocess": "preprocess", "VisionEncoder": "vision"}  # deploy
 def require_image_stages(stages: Stages) -> None:
     """Fail fast (503) when an image stage has no running replica, e.g. its node is lost: a call would wait in
     Serve's router until the timeout. Text-only requests never get here."""
-    lost = [stage for name, stage in IMAGE_STAGES.items() if name in stages.missing()]
+    lost = _lost(stages)
     if lost:
         raise StageUnavailable(lost[-1])
+
+
+def _lost(stages: Stages) -> list[str]:
+    return [stage for name, stage in IMAGE_STAGES.items() if name in stages.missing()]
 
 
 def decode_request(request_id: str, req: ChatCompletionRequest, chat: PreparedChat,

@@ -127,7 +127,7 @@ class Ingress:
                         "replaced the default runtime_env): expect its RSS to creep under load; set "
                         "runtime_env: {env_vars: {MALLOC_ARENA_MAX: \"2\"}} there")
         self.stages = chat.Stages(preprocess, vision, decoder, self.options.stage_timeout_s, self.watch.missing,
-                                  decoder_timeout_s=self.options.decoder_timeout_s)
+                                  self.watch.recheck, decoder_timeout_s=self.options.decoder_timeout_s)
         self.keys = self.options.keys()
         self.metrics = StageMetrics("ingress")
         self.work = RequestWork()  # parsing and preparing a request, off the loop that relays every stream

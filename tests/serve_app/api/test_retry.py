@@ -136,3 +136,24 @@ def test_a_call_waiting_when_vision_is_lost_is_abandoned_at_once():
     with pytest.raises(StageUnavailable):
         asyncio.run(scenario())
     assert time.monotonic() - start < 2.0
+
+
+def test_an_image_request_is_not_refused_on_a_stale_answer_that_a_second_look_clears():
+    """The watch's last tick ran before the vision replica came up (a client's first request the moment the
+    deploy returned): the second look finds it running, and the request is served."""
+    lost = {"VisionEncoder"}
+    st = stages(FlakyMethod(pixels), FlakyMethod(features))
+    st.missing = lambda: frozenset(lost)
+    st.recheck = lambda: (lost.clear(), frozenset(lost))[1]
+    feats = asyncio.run(chat.image_features(st, IMAGES[:1]))
+    assert len(feats) == 1
+
+
+def test_a_stage_still_lost_on_the_second_look_is_refused():
+    pre, vis = FlakyMethod(pixels), FlakyMethod(features)
+    st = stages(pre, vis, missing={"VisionEncoder"})
+    looks = []
+    st.recheck = lambda: (looks.append(1), frozenset({"VisionEncoder"}))[1]
+    with pytest.raises(StageUnavailable):
+        asyncio.run(chat.image_features(st, IMAGES[:1]))
+    assert looks == [1] and (pre.calls, vis.calls) == (0, 0)

@@ -74,3 +74,18 @@ def test_a_refresh_replaces_the_answer_and_a_failed_probe_keeps_it():
     assert watch.refresh() == {"VisionEncoder"} and watch.missing() == {"VisionEncoder"}
     assert watch.refresh() == {"VisionEncoder"}
     assert watch.refresh() == frozenset() and watch.missing() == frozenset()
+
+
+def test_recheck_probes_again_an_answer_naming_a_stage_once_it_is_older_than_its_age():
+    states = iter([["VisionEncoder"], []])
+    calls = []
+
+    def probe() -> list[str]:
+        calls.append(1)
+        return next(states)
+
+    watch = StageWatch(probe, period_s=3600)
+    assert watch.refresh() == {"VisionEncoder"}
+    assert watch.recheck(max_age_s=3600) == {"VisionEncoder"} and len(calls) == 1  # young enough: trusted
+    assert watch.recheck(max_age_s=0) == frozenset() and len(calls) == 2  # the replica came up since
+    assert watch.recheck(max_age_s=0) == frozenset() and len(calls) == 2  # nothing missing: no probe
