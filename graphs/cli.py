@@ -26,8 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     source = b.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help=f"a named source: one of {', '.join(sorted(source_names()))} (demo: the "
                                          f"shipped LLaVA captioner, as --hf graphs/assets/demo-llava builds it)")
-    source.add_argument("--hf", metavar="DIR", help="a LLaVA, LLaVA-NeXT or LLaVA-OneVision checkpoint directory as "
-                                                     "save_pretrained writes it")
+    source.add_argument("--hf", metavar="DIR", help="a LLaVA, LLaVA-NeXT, LLaVA-OneVision, Idefics3 or SmolVLM "
+                                                     "checkpoint directory as save_pretrained writes it")
     b.add_argument("--variants", nargs="+", default=None,
                    help="graph/variant names to build (default: all, leaving out any that fails its parity "
                         "gate; a named one that fails fails the build), e.g. decoder/cpu-int4")
