@@ -30,7 +30,7 @@ from graphs.demo.scenes import COLORS, SHAPES
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo-llava"
 SEED = 0
-DEFAULT_STEPS = 2400
+DEFAULT_STEPS = 4400
 DEFAULT_BATCH = 24
 DEFAULT_LR = 2.5e-3
 WARMUP = 100
