@@ -128,9 +128,7 @@ class LlavaFamily:
         """-> (the vision graph's figures against the reference, the pixels they were measured on, its features)."""
         from graphs.families.llava import parity
 
-        px = parity.pixels(ref.ck, 2, parity.SEED)
-        got = parity.run_views(proto, px)
-        return parity.feature_figures(got, ref.image_features(px)), px, got
+        return parity.vision_run(ref, proto)
 
     @staticmethod
     def _kv_figures(model: Loaded, ref, inputs, mine: tuple, spec, siblings: tuple) -> dict:

@@ -83,10 +83,15 @@ def run_views(model_bytes: bytes, px: np.ndarray) -> np.ndarray:
                            for i in range(0, len(px), VIEW_CHUNK)])
 
 
-def vision_figures(ref, model_bytes: bytes) -> dict:
+def vision_run(ref, model_bytes: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
+    """-> (figures against the reference, the seeded batch of 2 they were measured on, the graph's features)."""
     px = pixels(ref.ck, 2, SEED)
-    want = ref.image_features(px)
-    return feature_figures(run_views(model_bytes, px), want)
+    got = run_views(model_bytes, px)
+    return feature_figures(got, ref.image_features(px)), px, got
+
+
+def vision_figures(ref, model_bytes: bytes) -> dict:
+    return vision_run(ref, model_bytes)[0]
 
 
 def feature_figures(got: np.ndarray, want: np.ndarray) -> dict:
