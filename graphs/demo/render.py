@@ -30,11 +30,14 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from graphs.demo.scenes import COLORS, SHAPES, Scene, Shape, sample_training_scene
+from graphs.demo.scenes import COLORS, NATURAL_MIX, SHAPES, Mix, Scene, Shape, sample_training_scene
 
 MODEL_SIDE, PATCH = 64, 8
 GRID = MODEL_SIDE // PATCH
 LOCAL_CLASSES = 5  # none, curved edge, straight edge, right-angle corner, sharp corner
+# A patch's part in its scene's sentence: none, the single shape, a pair's first (left/top) or second shape, one of
+# a count's alike shapes (`patch_roles`).
+ROLE_CLASSES = 5
 SIDE_RANGE, BIG_SIDE, BIG_P = (32, 1024), 320, 0.08
 SUPERSAMPLE = 4
 HUES = {"red": 0.0, "yellow": 52.0, "green": 135.0, "blue": 226.0, "purple": 282.0}  # degrees
@@ -46,6 +49,9 @@ OUTLINE_P, THIN, THICK = 0.25, (1.2, 2.5), (2.5, 6.0)  # widths in model pixels
 BLUR_P, BLUR_MAX = 0.3, 1.0
 JPEG_P, JPEG_QUALITY = 0.4, (20, 90)
 BACKGROUNDS = ("solid", "noise", "gradient", "texture", "photo")
+# A shadow or a table edge: a long straight brightness step across any background, sharp or soft. Without them the
+# captioner read such an edge (the third renderer's two-tone backgrounds) as a second shape.
+EDGE_P, EDGE_STEP, EDGE_SOFTNESS = 0.3, (30.0, 110.0), (0.003, 0.06)  # step in gray levels, softness in sides
 assert set(HUES) == set(COLORS)
 
 
@@ -64,7 +70,23 @@ def _smooth(rng: random.Random, side: int, cells: int) -> np.ndarray:
 
 
 def background(rng: random.Random, side: int) -> np.ndarray:
-    """(H,W,3) float32 in [0,255]: one of BACKGROUNDS, unsaturated (chroma <= ~30)."""
+    """(H,W,3) float32 (clipped to [0,255] by the caller): one of BACKGROUNDS, unsaturated (chroma <= ~30), with
+    probability EDGE_P crossed by a straight brightness step (`_edge`)."""
+    img = _plain_background(rng, side)
+    return img + _edge(rng, side)[:, :, None] if rng.random() < EDGE_P else img
+
+
+def _edge(rng: random.Random, side: int) -> np.ndarray:
+    """(side,side) a gray step across a line of any angle through any point of the canvas: lighter or darker on one
+    side, over a ramp from a pixel to a sixteenth of the side wide."""
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    t, px, py = rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9)
+    dist = (x - px) * math.cos(t) + (y - py) * math.sin(t)
+    step = rng.uniform(*EDGE_STEP) * rng.choice((-1, 1))
+    return step / (1 + np.exp(-np.clip(dist / rng.uniform(*EDGE_SOFTNESS), -60, 60)))
+
+
+def _plain_background(rng: random.Random, side: int) -> np.ndarray:
     kind = rng.choice(BACKGROUNDS)
     y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
     tint = np.array([rng.uniform(-12, 12) for _ in range(3)], np.float32)
@@ -212,12 +234,28 @@ def patch_targets(scene: Scene, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return kinds[labels], colors[labels]
 
 
-def render_labelled_seed(seed: int) -> tuple[np.ndarray, str, np.ndarray, np.ndarray, np.ndarray]:
-    """seed -> (pixels, caption, per-patch kind ids (64,), color ids (64,), local boundary ids (64,))."""
+def patch_roles(scene: Scene, labels: np.ndarray) -> np.ndarray:
+    """Patch labels -> each patch's part in the caption's sentence (ROLE_CLASSES): 0 background, 1 a single shape,
+    2 / 3 a pair's first / second shape, 4 one of a count. Deciding pair against count needs both shapes' kinds,
+    and first against second both positions: the calls the caption's first words hang on, here taught at every
+    patch of a shape instead of by one caption token."""
+    if len(scene.shapes) == 1:
+        roles = np.array([0, 1])
+    elif " and " in scene.caption:
+        roles = np.array([0, 2, 3])
+    else:
+        roles = np.array([0] + [4] * len(scene.shapes))
+    return roles[labels]
+
+
+def render_labelled_seed(seed: int, mix: Mix = NATURAL_MIX) -> tuple[np.ndarray, str, np.ndarray, np.ndarray,
+                                                                     np.ndarray, np.ndarray]:
+    """seed -> (pixels, caption, per-patch kind ids (64,), color ids (64,), local boundary ids (64,), role ids
+    (64,)); scenes drawn with `mix` (training passes scenes.TRAINING_MIX)."""
     rng = random.Random(seed)
-    scene = sample_training_scene(rng)
+    scene = sample_training_scene(rng, mix)
     pixels, labels, local = render_labelled(scene, rng)
-    return (pixels, scene.caption, *patch_targets(scene, labels), local)
+    return (pixels, scene.caption, *patch_targets(scene, labels), local, patch_roles(scene, labels))
 
 
 def render_seed(seed: int) -> tuple[np.ndarray, str]:

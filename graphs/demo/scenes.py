@@ -154,9 +154,20 @@ def _wide_single(rng: random.Random) -> Scene:
     return Scene(f"a {size} {color} {kind} {region}", (Shape(kind, color, cx, cy, r),))
 
 
-def _wide_pair(rng: random.Random) -> Scene:
+def _pair_looks(rng: random.Random, same_color: float | None) -> list[tuple[str, str]]:
+    """Two different (kind, color) looks: uniformly (same_color None, the grammar's draw), or one color for both
+    with probability same_color and two colors otherwise."""
+    if same_color is None:
+        return rng.sample([(k, c) for k in SHAPES for c in COLORS], 2)
+    if rng.random() < same_color:
+        color = rng.choice(list(COLORS))
+        return [(k, color) for k in rng.sample(SHAPES, 2)]
+    return [(rng.choice(SHAPES), c) for c in rng.sample(list(COLORS), 2)]
+
+
+def _wide_pair(rng: random.Random, same_color: float | None = None) -> Scene:
     first, second = PAIR_AXES[rng.choice(list(PAIR_AXES))]
-    looks = rng.sample([(k, c) for k in SHAPES for c in COLORS], 2)
+    looks = _pair_looks(rng, same_color)
     horizontal = first == "on the left"
     while True:  # the pair's axis must dominate: along-axis distance > 2x the cross-axis one, and no touching
         r1, r2 = rng.uniform(*WIDE_MEDIUM), rng.uniform(*WIDE_MEDIUM)
@@ -190,6 +201,25 @@ def _wide_count(rng: random.Random) -> Scene:
 WIDE_LAYOUTS = {"single": _wide_single, "pair": _wide_pair, "count": _wide_count}
 
 
-def sample_training_scene(rng: random.Random) -> Scene:
-    layout = rng.choices(list(LAYOUT_WEIGHTS), weights=list(LAYOUT_WEIGHTS.values()))[0]
+@dataclass(frozen=True)
+class Mix:
+    """How often the training renderer draws each layout, and how often a pair shares one color (None: the
+    grammar's uniform draw of two different looks, 1 pair in 7 one-colored)."""
+    layouts: dict[str, float]
+    pair_same_color: float | None
+
+
+# The grammar's own mix: what the in-distribution evaluation draws (the same images as before TRAINING_MIX).
+NATURAL_MIX = Mix(LAYOUT_WEIGHTS, None)
+# What training draws: more pairs, and pairs of one color far more often. Every miss of the 4400-step model in
+# distribution was a pair, half of them one-colored (a purple triangle and a purple square read as "two purple
+# squares"): count scenes, always one color and one kind, taught "same color, same kind"; one-colored pairs of two
+# kinds were 6% of the data to unteach it.
+TRAINING_MIX = Mix({"single": 0.33, "pair": 0.42, "count": 0.25}, 0.4)
+
+
+def sample_training_scene(rng: random.Random, mix: Mix = NATURAL_MIX) -> Scene:
+    layout = rng.choices(list(mix.layouts), weights=list(mix.layouts.values()))[0]
+    if layout == "pair":
+        return _wide_pair(rng, mix.pair_same_color)
     return WIDE_LAYOUTS[layout](rng)

@@ -7,7 +7,7 @@ preprocessor_config.json: a checkpoint directory like any other, which the LLaVA
 (`mmserve build --hf DIR`, or the `demo` preset, which names the shipped one).
 
 Reproducible on one machine: the data is a pure function of the step (step s renders seeds s*B .. s*B+B-1 of the
-training range), the init is seeded, and torch runs deterministic CPU kernels on one thread.
+training range), the init is seeded, and torch runs deterministic CPU kernels.
 """
 
 from __future__ import annotations
@@ -25,21 +25,22 @@ import numpy as np
 
 from graphs.demo.dataset import (BOS, CHAT_TEMPLATE, EOS, IGNORE, IMAGE_SIZE, IMAGE_TOKEN, PAD, PATCH_SIZE, PROMPTS,
                                  TRAIN_SEEDS_END, VOCAB_SIZE, build_tokenizer, make_batch, model_pixels)
-from graphs.demo.render import LOCAL_CLASSES, render_labelled_seed
-from graphs.demo.scenes import COLORS, SHAPES
+from graphs.demo.render import LOCAL_CLASSES, ROLE_CLASSES, render_labelled_seed
+from graphs.demo.scenes import COLORS, SHAPES, TRAINING_MIX
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo-llava"
 SEED = 0
-DEFAULT_STEPS = 4400
+DEFAULT_STEPS = 5000
 DEFAULT_BATCH = 24
 DEFAULT_LR = 2.5e-3
 WARMUP = 100
 MARGIN = 8.0  # the hinge's target logit margin per caption token
 HINGE_WEIGHT = 0.1
 AUX_WEIGHT = 1.0
-# One torch thread and one rendering process: on 2 cores, torch's 2-thread kernels stalled on each other, while
-# rendering (~35% of a step inline) overlaps the step fully in a process of its own.
-DEFAULT_THREADS = 1
+# Two torch threads and one rendering process on 2 cores: 0.21 s a step against 0.24 s on one thread (the renderer
+# needs ~35% of a core and fits beside them), so 5000 steps fit the issue's 20 minutes. The loss is the same either
+# way; deterministic kernels, whatever the thread count.
+DEFAULT_THREADS = 2
 DEFAULT_RENDER_WORKERS = 1
 PREFETCH_STEPS = 4  # steps rendered ahead per worker: bounded, so a fast renderer never piles up batches
 MAX_POSITIONS = 256  # 64 image features + ~12 prompt tokens + a caption of <= 16 leave room for a longer chat
@@ -80,8 +81,8 @@ def render_step(step: int, batch_size: int) -> list[tuple]:
     passes them through unchanged), so a worker ships 12 KB an image instead of up to 3 MB."""
     out = []
     for seed in training_seeds(step, batch_size):
-        pixels, caption, kinds, colors, local = render_labelled_seed(seed)
-        out.append((model_pixels(pixels).transpose(1, 2, 0), caption, kinds, colors, local))
+        pixels, caption, *targets = render_labelled_seed(seed, TRAINING_MIX)
+        out.append((model_pixels(pixels).transpose(1, 2, 0), caption, *targets))
     return out
 
 
@@ -179,7 +180,7 @@ def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, log_e
     width = model.config.vision_config.hidden_size
     # The auxiliary per-patch heads (training only, not saved): which shape kind and color covers each patch.
     # They give the vision tower a dense signal from the first step instead of one caption word per shape.
-    aux = torch.nn.Linear(width, 1 + len(SHAPES) + 1 + len(COLORS) + LOCAL_CLASSES)
+    aux = torch.nn.Linear(width, 1 + len(SHAPES) + 1 + len(COLORS) + LOCAL_CLASSES + ROLE_CLASSES)
     sincos_positions(model)
     features = {}
     projector = next(m for n, m in model.named_modules() if n.endswith("multi_modal_projector"))
@@ -197,15 +198,17 @@ def train(out: Path, steps: int, batch_size: int, lr: float, threads: int, log_e
         kinds = torch.from_numpy(np.stack([e[2] for e in examples]))  # (B,64)
         colors = torch.from_numpy(np.stack([e[3] for e in examples]))  # (B,64)
         local = torch.from_numpy(np.stack([e[4] for e in examples]))  # (B,64)
+        roles = torch.from_numpy(np.stack([e[5] for e in examples]))  # (B,64)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup=min(WARMUP, steps // 10))
         logits = model(input_ids=ids, pixel_values=pixel_values(pixels)).logits
         ce, hinge = caption_loss(logits, labels, MARGIN)
-        patch = aux(features["patches"])  # (B,64,4+6+5)
-        k, c = 1 + len(SHAPES), 1 + len(COLORS)
+        patch = aux(features["patches"])  # (B,64,4+6+5+5)
+        k, c, b = 1 + len(SHAPES), 1 + len(COLORS), LOCAL_CLASSES
         aux_loss = (F.cross_entropy(patch[..., :k].reshape(-1, k), kinds.reshape(-1))
                     + F.cross_entropy(patch[..., k:k + c].reshape(-1, c), colors.reshape(-1))
-                    + F.cross_entropy(patch[..., k + c:].reshape(-1, LOCAL_CLASSES), local.reshape(-1)))
+                    + F.cross_entropy(patch[..., k + c:k + c + b].reshape(-1, b), local.reshape(-1))
+                    + F.cross_entropy(patch[..., k + c + b:].reshape(-1, ROLE_CLASSES), roles.reshape(-1)))
         loss = ce + HINGE_WEIGHT * hinge + AUX_WEIGHT * aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

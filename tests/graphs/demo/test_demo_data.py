@@ -1,6 +1,7 @@
 """The demo captioner's data: three seeded renderers sharing only the scene grammar, disjoint seed ranges, a tokenizer
 and prompt layout identical to what serving builds, pixels resized as the preprocess stage resizes them."""
 
+import collections
 import subprocess
 import sys
 
@@ -13,7 +14,8 @@ from graphs.demo.dataset import (IMAGE_SIZE, PROMPTS, TRAIN_SEEDS_END, VOCAB_SIZ
 from graphs.demo.evaluate import names_every_shape, shapes_named
 from graphs.demo.heldout_render import EVAL_SEED_START, eval_seeds, render_eval_seed
 from graphs.demo.render import render_labelled_seed, render_seed
-from graphs.demo.scenes import COLORS, SHAPES, all_captions
+from graphs.demo.scenes import (COLORS, LAYOUT_WEIGHTS, NATURAL_MIX, SHAPES, TRAINING_MIX, all_captions,
+                                sample_training_scene)
 from graphs.demo.sdf_render import SEED_START, render_sdf_seed, sdf_seeds
 from graphs.demo.train import ASSETS, DEFAULT_BATCH, DEFAULT_STEPS, training_seeds
 
@@ -68,13 +70,58 @@ def test_training_patch_labels_mark_each_shape_in_its_kind_and_color():
     """The auxiliary targets: per 8x8 patch, background (0) or the covering shape's kind and color, and a patch's
     label agrees with the caption; the local boundary labels name only corners the caption's kinds have."""
     for seed in range(40):
-        pixels, caption, kinds, colors, local = render_labelled_seed(seed)
+        pixels, caption, kinds, colors, local, roles = render_labelled_seed(seed)
         assert kinds.shape == colors.shape == local.shape == (IMAGE_SIZE // 8 * IMAGE_SIZE // 8,)
         assert (3 in local) <= ("square" in caption) and (4 in local) <= ("triangle" in caption)
         assert (1 in local) <= ("circle" in caption)
         assert np.array_equal(kinds == 0, colors == 0) and (kinds > 0).any()
         for k, c in set(zip(kinds[kinds > 0].tolist(), colors[colors > 0].tolist())):
             assert SHAPES[k - 1] in caption and list(COLORS)[c - 1] in caption
+        assert np.array_equal(roles == 0, kinds == 0)
+        parts = set(roles[roles > 0].tolist())
+        if " and " in caption:  # a pair: its first shape is the left (top) one, and both are seen
+            assert parts == {2, 3}
+            axis = 1 if "on the left" in caption else 0  # column or row of each patch in the 8x8 grid
+            where = np.stack(np.divmod(np.arange(roles.size), IMAGE_SIZE // 8))[axis]
+            assert where[roles == 2].mean() < where[roles == 3].mean()
+        else:
+            assert parts == ({4} if caption.startswith(("two ", "three ")) else {1})
+
+
+def _layout(scene) -> str:
+    return "pair" if len(scene.shapes) == 2 and " and " in scene.caption else \
+        "count" if scene.caption.startswith(("two ", "three ")) else "single"
+
+
+@pytest.mark.parametrize("mix", [NATURAL_MIX, TRAINING_MIX], ids=["natural", "training"])
+def test_scene_mixes_draw_their_layouts_and_one_colored_pairs(mix):
+    """The training mix over-draws pairs and one-colored pairs of two kinds; the natural mix (the in-distribution
+    evaluation's) is the grammar's: a uniform draw of two different looks, 1 pair in 7 one-colored."""
+    import random
+
+    n, layouts, same = 6000, collections.Counter(), 0
+    for seed in range(n):
+        scene = sample_training_scene(random.Random(seed), mix)
+        layouts[_layout(scene)] += 1
+        if _layout(scene) == "pair":
+            a, b = scene.shapes
+            assert (a.kind, a.color) != (b.kind, b.color)
+            same += a.color == b.color
+    for layout, weight in mix.layouts.items():
+        assert abs(layouts[layout] / n - weight) < 0.025, (layout, layouts)
+    expected = 2 / 14 if mix.pair_same_color is None else mix.pair_same_color  # 2 of the 14 other looks share a color
+    assert abs(same / layouts["pair"] - expected) < 0.03
+
+
+def test_the_default_mix_is_the_natural_one():
+    import random
+
+    assert NATURAL_MIX.layouts == LAYOUT_WEIGHTS
+    for seed in range(50):
+        assert sample_training_scene(random.Random(seed)) == sample_training_scene(random.Random(seed), NATURAL_MIX)
+        assert render_labelled_seed(seed, NATURAL_MIX)[1] == render_seed(seed)[1]
+    assert any(sample_training_scene(random.Random(s), TRAINING_MIX) != sample_training_scene(random.Random(s))
+               for s in range(20))
 
 
 def test_seed_ranges_are_disjoint():
