@@ -11,19 +11,19 @@ from graphs.demo.evaluate import (EVAL_FILE, onnx_captions, reference_captions, 
 from graphs.demo.train import ASSETS
 from graphs.families.llava.checkpoint import read_checkpoint
 
-# What the shipped weights meet in the recorded 400-image evaluation (eval.json): second renderer 99.5%, third
-# 97.5%, in distribution 94.5% (transformers; served cpu-int8: 99.5 / 97.25 / 94.5%). Issue 25's targets (99%, 99%,
-# 98%) are met on the second renderer only (docs/demo.md); these floors keep the shipped model from sliding back
-# towards the ones it replaced (95.75% / 91.0% / 86.5%, and before those 96.0% / 63.75% / 40.25%).
-RECORDED_MIN = {"second_renderer_names_every_shape": 0.99, "third_renderer_names_every_shape": 0.97,
-                "in_distribution_exact_match": 0.94}
-MAX_AT_RISK = 0.02  # recorded: 1.75% of captions at risk under the margin criterion (the weights before: 10.75%)
-# A re-measurement on a sample: N images per renderer scored against its floor. At the recorded rates a 60-image
-# sample falls below it with probability ~0.03% (second: p = 0.995, P(X <= 56)) and ~0.1% (third: p = 0.975,
-# P(X <= 53)), while a model that had not learned shapes (the old demo's 33% on foreign drawings) passes with
-# probability ~0.
+# What the shipped weights meet in the recorded 400-image evaluation (eval.json): second renderer 100%, third 99.75%,
+# in distribution 96.5% (transformers; served cpu-int8: 100 / 99.75 / 96.75%), 0.92% of captions at risk. Issue 25's
+# targets (99%, 99%, 98%, <= 1% at risk) are met but in distribution (docs/demo.md); these floors keep the shipped
+# model from sliding back towards the ones it replaced (99.5% / 97.5% / 91.75% on today's in-distribution set, 1.75%
+# at risk; before those 95.75% / 91.0%, and 96.0% / 63.75%).
+RECORDED_MIN = {"second_renderer_names_every_shape": 0.99, "third_renderer_names_every_shape": 0.99,
+                "in_distribution_exact_match": 0.96}
+MAX_AT_RISK = 0.01  # the margin criterion itself (graphs/demo/evaluate.py); recorded 0.92%
+# A re-measurement on a sample: N images per renderer scored against its floor. At the recorded rates (100%, 99.75%)
+# a 60-image sample falls below 95% (P(X <= 56)) with probability ~2e-5 or less, while a model that had not
+# learned shapes (the old demo's 33% on foreign drawings) passes with probability ~0.
 N = 60
-SAMPLE_MIN = {"second": 0.95, "third": 0.9}
+SAMPLE_MIN = {"second": 0.95, "third": 0.95}
 
 
 @pytest.fixture(scope="module", params=["second", "third"])
