@@ -45,7 +45,11 @@ APP = "mmserve"
 MODEL = "mmserve-local"
 BASE_PORT = int(os.environ.get("MMSERVE_TEST_CLUSTER_PORT", "27379"))  # not the script's default: no clash
 SCALE = LocalScale(max_replicas=3, vision_batch=2, decoder_slots=4, upscale_delay_s=1.0, downscale_delay_s=5.0)
-LOAD_CLIENTS = {"image": 8, "text": 12}  # text: enough streams that the decoder's queue stays above its slots
+# image: no more clients than the decoder's target, so the requests in the decoder (queued or running) can never
+# exceed it, however fast a scaled-up vision stage hands them on; vision still sees 4 calls per client against a
+# target of 2. With more clients the decoder's share depended on timing (it scaled once in CI with 8).
+# text: enough streams that the decoder's queue stays above its slots.
+LOAD_CLIENTS = {"image": SCALE.decoder_slots, "text": 12}
 IMAGES_PER_REQUEST = 4  # image requests fan out to 4 vision calls and 1 one-token decode
 TEXT_TOKENS = 48
 
