@@ -45,7 +45,7 @@ HUES = {"red": 0.0, "yellow": 52.0, "green": 135.0, "blue": 226.0, "purple": 282
 HUE_JITTER = {"red": 12.0, "yellow": 10.0, "green": 20.0, "blue": 13.0, "purple": 13.0}
 MAX_ROTATION_DEG = 20.0
 PERSPECTIVE = 0.05  # corner displacement, fraction of the side
-OUTLINE_P, THIN, THICK = 0.25, (1.2, 2.5), (2.5, 6.0)  # widths in model pixels
+THIN, THICK = (1.2, 2.5), (2.5, 6.0)  # outline widths in model pixels; how often: Mix.outlined
 BLUR_P, BLUR_MAX = 0.3, 1.0
 JPEG_P, JPEG_QUALITY = 0.4, (20, 90)
 BACKGROUNDS = ("solid", "noise", "gradient", "texture", "photo")
@@ -159,9 +159,10 @@ def _pick_side(rng: random.Random) -> int:
     return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
 
 
-def render_labelled(scene: Scene, rng: random.Random) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_labelled(scene: Scene, rng: random.Random, outlined: float = NATURAL_MIX.outlined
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """scene -> ((H,W,3) uint8 RGB at a random side, (64,) patch labels: 0 background, i+1 shape i,
-    (64,) local boundary labels (`_local_labels`))."""
+    (64,) local boundary labels (`_local_labels`)); each shape outlined with probability `outlined`."""
     side = _pick_side(rng)
     # antialiasing matters below 128 px, where the processor enlarges the image: tiny ones always smooth
     scale = SUPERSAMPLE if side < 64 or (side < 128 and rng.random() < 0.6) else 1
@@ -178,7 +179,7 @@ def render_labelled(scene: Scene, rng: random.Random) -> tuple[np.ndarray, np.nd
         poly = warp(outline(shape, angle))
         layer = Image.new("L", (canvas, canvas), 0)  # coverage of this shape, composited in its color
         ImageDraw.Draw(layer).polygon([(u * canvas, v * canvas) for u, v in poly], fill=255)
-        if rng.random() < OUTLINE_P:  # an outline: the inner polygon, inset by the stroke width, cut out again
+        if rng.random() < outlined:  # an outline: the inner polygon, inset by the stroke width, cut out again
             width = rng.uniform(*(THIN if rng.random() < 0.5 else THICK)) / MODEL_SIDE
             hole = warp(outline(shape, angle, inset=width))
             ImageDraw.Draw(layer).polygon([(u * canvas, v * canvas) for u, v in hole], fill=0)
@@ -254,7 +255,7 @@ def render_labelled_seed(seed: int, mix: Mix = NATURAL_MIX) -> tuple[np.ndarray,
     (64,)); scenes drawn with `mix` (training passes scenes.TRAINING_MIX)."""
     rng = random.Random(seed)
     scene = sample_training_scene(rng, mix)
-    pixels, labels, local = render_labelled(scene, rng)
+    pixels, labels, local = render_labelled(scene, rng, mix.outlined)
     return (pixels, scene.caption, *patch_targets(scene, labels), local, patch_roles(scene, labels))
 
 

@@ -203,10 +203,12 @@ WIDE_LAYOUTS = {"single": _wide_single, "pair": _wide_pair, "count": _wide_count
 
 @dataclass(frozen=True)
 class Mix:
-    """How often the training renderer draws each layout, and how often a pair shares one color (None: the
-    grammar's uniform draw of two different looks, 1 pair in 7 one-colored)."""
+    """How often the training renderer draws each layout, how often a pair shares one color (None: the grammar's
+    uniform draw of two different looks, 1 pair in 7 one-colored), and how often it outlines a shape rather than
+    filling it."""
     layouts: dict[str, float]
     pair_same_color: float | None
+    outlined: float = 0.25
 
 
 # The grammar's own mix: what the in-distribution evaluation draws (the same images as before TRAINING_MIX).

@@ -4,6 +4,7 @@ and prompt layout identical to what serving builds, pixels resized as the prepro
 import collections
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -122,6 +123,32 @@ def test_the_default_mix_is_the_natural_one():
         assert render_labelled_seed(seed, NATURAL_MIX)[1] == render_seed(seed)[1]
     assert any(sample_training_scene(random.Random(s), TRAINING_MIX) != sample_training_scene(random.Random(s))
                for s in range(20))
+
+
+def _hollow(pixels: np.ndarray, shape) -> bool:
+    """Whether a large shape's centre shows the background (low chroma) rather than its color: an outline."""
+    rgb = model_pixels(pixels).astype(int)
+    x, y = int(shape.cx * IMAGE_SIZE), int(shape.cy * IMAGE_SIZE)
+    centre = rgb[:, y - 1:y + 2, x - 1:x + 2].reshape(3, -1).mean(1)
+    return centre.max() - centre.min() < 45  # shapes' shades have a chroma of at least ~84, backgrounds ~30
+
+
+@pytest.mark.parametrize("mix", [NATURAL_MIX, TRAINING_MIX, replace(NATURAL_MIX, outlined=0.0),
+                                 replace(NATURAL_MIX, outlined=1.0)], ids=["natural", "training", "never", "always"])
+def test_shapes_are_outlined_as_often_as_the_mix_says(mix):
+    """Read from the pixels: the centre of a large single shape is hollow in about `mix.outlined` of the images."""
+    import random
+
+    from graphs.demo.render import render_labelled
+
+    hollow = []
+    for seed in range(3000):
+        rng = random.Random(seed)
+        scene = sample_training_scene(rng, mix)
+        if len(scene.shapes) == 1 and scene.shapes[0].radius > 0.22:  # large: the centre is inside any outline
+            hollow.append(_hollow(render_labelled(scene, rng, mix.outlined)[0], scene.shapes[0]))
+    assert len(hollow) > 150
+    assert abs(np.mean(hollow) - mix.outlined) < 0.08, (np.mean(hollow), len(hollow))
 
 
 def test_seed_ranges_are_disjoint():
