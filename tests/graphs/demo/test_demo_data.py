@@ -14,7 +14,7 @@ from graphs.demo.dataset import (IMAGE_SIZE, PROMPTS, TRAIN_SEEDS_END, VOCAB_SIZ
                                  decode_caption, heldout_seeds, model_pixels, prompt_ids)
 from graphs.demo.evaluate import names_every_shape, shapes_named
 from graphs.demo.heldout_render import EVAL_SEED_START, eval_seeds, render_eval_seed
-from graphs.demo.render import render_labelled_seed, render_seed
+from graphs.demo.render import GRID, render_labelled_seed, render_seed
 from graphs.demo.scenes import (COLORS, LAYOUT_WEIGHTS, NATURAL_MIX, SHAPES, TRAINING_MIX, all_captions,
                                 sample_training_scene)
 from graphs.demo.sdf_render import SEED_START, render_sdf_seed, sdf_seeds
@@ -72,7 +72,7 @@ def test_training_patch_labels_mark_each_shape_in_its_kind_and_color():
     label agrees with the caption; the local boundary labels name only corners the caption's kinds have."""
     for seed in range(40):
         pixels, caption, kinds, colors, local, roles = render_labelled_seed(seed)
-        assert kinds.shape == colors.shape == local.shape == (IMAGE_SIZE // 8 * IMAGE_SIZE // 8,)
+        assert kinds.shape == colors.shape == local.shape == (GRID * GRID,)
         assert (3 in local) <= ("square" in caption) and (4 in local) <= ("triangle" in caption)
         assert (1 in local) <= ("circle" in caption)
         assert np.array_equal(kinds == 0, colors == 0) and (kinds > 0).any()
@@ -83,7 +83,7 @@ def test_training_patch_labels_mark_each_shape_in_its_kind_and_color():
         if " and " in caption:  # a pair: its first shape is the left (top) one, and both are seen
             assert parts == {2, 3}
             axis = 1 if "on the left" in caption else 0  # column or row of each patch in the 8x8 grid
-            where = np.stack(np.divmod(np.arange(roles.size), IMAGE_SIZE // 8))[axis]
+            where = np.stack(np.divmod(np.arange(roles.size), GRID))[axis]
             assert where[roles == 2].mean() < where[roles == 3].mean()
         else:
             assert parts == ({4} if caption.startswith(("two ", "three ")) else {1})

@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from graphs.demo.dataset import IMAGE_SIZE  # noqa: E402
 from graphs.demo.train import rendered_steps, train  # noqa: E402
 
 
@@ -19,7 +20,7 @@ def test_rendering_ahead_in_a_process_gives_the_inline_batches_in_order():
         for x, y in zip(a, b):
             for u, v in zip(x[:1] + x[2:], y[:1] + y[2:]):
                 assert np.array_equal(u, v)
-    assert inline[0][0][0].shape == (64, 64, 3)
+    assert inline[0][0][0].shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def test_a_short_run_writes_the_same_weights_with_and_without_rendering_processes(tmp_path):
