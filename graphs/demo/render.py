@@ -159,8 +159,7 @@ def _pick_side(rng: random.Random) -> int:
     return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
 
 
-def render_labelled(scene: Scene, rng: random.Random, outlined: float = NATURAL_MIX.outlined
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_labelled(scene: Scene, rng: random.Random, outlined: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """scene -> ((H,W,3) uint8 RGB at a random side, (64,) patch labels: 0 background, i+1 shape i,
     (64,) local boundary labels (`_local_labels`)); each shape outlined with probability `outlined`."""
     side = _pick_side(rng)

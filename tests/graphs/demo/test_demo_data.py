@@ -2,6 +2,7 @@
 and prompt layout identical to what serving builds, pixels resized as the preprocess stage resizes them."""
 
 import collections
+import random
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,7 +15,7 @@ from graphs.demo.dataset import (IMAGE_SIZE, PROMPTS, TRAIN_SEEDS_END, VOCAB_SIZ
                                  decode_caption, heldout_seeds, model_pixels, prompt_ids)
 from graphs.demo.evaluate import names_every_shape, shapes_named
 from graphs.demo.heldout_render import EVAL_SEED_START, eval_seeds, render_eval_seed
-from graphs.demo.render import GRID, render_labelled_seed, render_seed
+from graphs.demo.render import GRID, render_labelled, render_labelled_seed, render_seed
 from graphs.demo.scenes import (COLORS, LAYOUT_WEIGHTS, NATURAL_MIX, SHAPES, TRAINING_MIX, all_captions,
                                 sample_training_scene)
 from graphs.demo.sdf_render import SEED_START, render_sdf_seed, sdf_seeds
@@ -98,8 +99,6 @@ def _layout(scene) -> str:
 def test_scene_mixes_draw_their_layouts_and_one_colored_pairs(mix):
     """The training mix over-draws pairs and one-colored pairs of two kinds; the natural mix (the in-distribution
     evaluation's) is the grammar's: a uniform draw of two different looks, 1 pair in 7 one-colored."""
-    import random
-
     n, layouts, same = 6000, collections.Counter(), 0
     for seed in range(n):
         scene = sample_training_scene(random.Random(seed), mix)
@@ -115,8 +114,6 @@ def test_scene_mixes_draw_their_layouts_and_one_colored_pairs(mix):
 
 
 def test_the_default_mix_is_the_natural_one():
-    import random
-
     assert NATURAL_MIX.layouts == LAYOUT_WEIGHTS
     for seed in range(50):
         assert sample_training_scene(random.Random(seed)) == sample_training_scene(random.Random(seed), NATURAL_MIX)
@@ -137,10 +134,6 @@ def _hollow(pixels: np.ndarray, shape) -> bool:
                                  replace(NATURAL_MIX, outlined=1.0)], ids=["natural", "training", "never", "always"])
 def test_shapes_are_outlined_as_often_as_the_mix_says(mix):
     """Read from the pixels: the centre of a large single shape is hollow in about `mix.outlined` of the images."""
-    import random
-
-    from graphs.demo.render import render_labelled
-
     hollow = []
     for seed in range(3000):
         rng = random.Random(seed)
